@@ -1,0 +1,1 @@
+"""Channel adapters: one module per provider, chosen by name in the registry."""

@@ -1,0 +1,106 @@
+"""Development channels: print to the console, append to a JSON Lines file, or drop."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cartback.core.model import Channel
+from cartback.ports import LookupStatus, OutboundMessage, SendResult, SendStatus
+
+
+class NullChannel:
+    """Accepts everything and keeps nothing: for benchmarks."""
+
+    name = "null"
+
+    def __init__(self, kind: Channel) -> None:
+        self.kind = kind
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        return SendResult(SendStatus.ACCEPTED, provider_id=f"null-{message.key}")
+
+    def lookup(self, key: str) -> LookupStatus:
+        return LookupStatus.UNKNOWN
+
+    def close(self) -> None:
+        return None
+
+
+class ConsoleChannel:
+    """Prints each message; the quickstart watches recovery happen here."""
+
+    name = "console"
+
+    def __init__(self, kind: Channel, write: Callable[[str], None] = print) -> None:
+        self.kind = kind
+        self._write = write
+        self._lock = threading.Lock()
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        stamp = datetime.now(UTC).strftime("%H:%M:%S")
+        head = f"[{stamp}] {message.channel.upper()} to {message.to}"
+        lines = [head]
+        if message.subject:
+            lines.append(f"  Subject: {message.subject}")
+        lines.extend(f"  {line}" for line in message.body.splitlines())
+        with self._lock:
+            self._write("\n".join(lines))
+        return SendResult(SendStatus.ACCEPTED, provider_id=f"console-{message.key}")
+
+    def lookup(self, key: str) -> LookupStatus:
+        return LookupStatus.UNKNOWN
+
+    def close(self) -> None:
+        return None
+
+
+class JsonlChannel:
+    """Appends one JSON object per message; its keys make `lookup` exact after a crash."""
+
+    name = "jsonl"
+
+    def __init__(self, kind: Channel, path: Path) -> None:
+        self.kind = kind
+        self.path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        record = {
+            "key": message.key,
+            "channel": str(message.channel),
+            "to": message.to,
+            "subject": message.subject,
+            "body": message.body,
+            "html": message.html,
+            "headers": dict(message.headers),
+            "at": datetime.now(UTC).isoformat(),
+        }
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        try:
+            with self._lock, self.path.open("a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+        except OSError as error:
+            return SendResult(SendStatus.REJECTED, error=str(error), retryable=True)
+        return SendResult(SendStatus.ACCEPTED, provider_id=f"jsonl-{message.key}")
+
+    def lookup(self, key: str) -> LookupStatus:
+        if not self.path.exists():
+            return LookupStatus.NOT_SENT
+        with self.path.open(encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    if json.loads(line).get("key") == key:
+                        return LookupStatus.SENT
+                except json.JSONDecodeError:
+                    # A torn last line from a crash mid-write: that message did not go out.
+                    continue
+        return LookupStatus.NOT_SENT
+
+    def close(self) -> None:
+        return None

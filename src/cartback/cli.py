@@ -1,0 +1,323 @@
+"""The command line: serve · web · worker · migrate · demo · store · flows check · flows test."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cartback.app import App, build_app, register_flows
+from cartback.config import ConfigError, Settings, load_settings
+from cartback.core.flows import FlowError, load_flow
+from cartback.core.model import Store
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+flows_cli = typer.Typer(no_args_is_help=True, help="Check flow files and run carts through them.")
+store_cli = typer.Typer(no_args_is_help=True, help="Stores and their API keys.")
+cli.add_typer(flows_cli, name="flows")
+cli.add_typer(store_cli, name="store")
+out = Console()
+err = Console(stderr=True)
+
+DEMO_KEY = "cbk_demo_local_only"
+USAGE_ERROR = 2
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+def settings_or_exit(**overrides: object) -> Settings:
+    try:
+        return load_settings(None, **overrides)
+    except ConfigError as error:
+        raise fail(f"configuration: {error}") from None
+
+
+@contextmanager
+def running_app(**overrides: object) -> Iterator[App]:
+    app = build_app(settings_or_exit(**overrides))
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def _flows_or_exit(app: App) -> None:
+    try:
+        register_flows(app)
+    except FlowError as error:
+        raise fail(str(error)) from None
+
+
+@cli.command()
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    from cartback.store.migrate import upgrade
+
+    with running_app() as app:
+        upgrade(app.engine)
+        out.print(f"database is at the latest schema ({_safe_url(app.settings.database_url)})")
+
+
+@cli.command()
+def demo() -> None:
+    """Create the demo store (flow `demo`, steps seconds apart) with a local-only API key."""
+    from cartback.services import admin
+
+    with running_app() as app:
+        _flows_or_exit(app)
+        now = app.clock.now()
+        with app.engine.begin() as conn:
+            if admin.store_by_slug(conn, "demo") is None:
+                store = admin.create_store(
+                    conn,
+                    admin.NewStore(
+                        slug="demo",
+                        name="Demo Outfitters",
+                        brand="DemoShop",
+                        flow_name="demo",
+                        default_zone="Europe/Oslo",
+                        currency="USD",
+                        domains=("shop.example",),
+                        postal_address="1 Demo Street, 0150 Oslo, Norway",
+                        support_contact="help@shop.example",
+                    ),
+                    now,
+                )
+                admin.issue_api_key(conn, store.id, now, label="demo", key=DEMO_KEY)
+        out.print(f"demo store ready; API key: {DEMO_KEY} (for local use only)")
+
+
+@store_cli.command("create")
+def store_create(
+    slug: str,
+    name: Annotated[str, typer.Option(help="The store's name")],
+    brand: Annotated[str, typer.Option(help="Brand shown at the start of each SMS")],
+    flow: Annotated[str, typer.Option(help="Name of the flow new carts enter")] = "default",
+    zone: Annotated[str, typer.Option(help="Default IANA time zone")] = "UTC",
+    locale: str = "en",
+    currency: str = "USD",
+    domain: Annotated[list[str] | None, typer.Option(help="Store domain (repeatable)")] = None,
+) -> None:
+    """Create a store and print its first API key (shown once)."""
+    from cartback.services import admin
+
+    with running_app() as app:
+        _flows_or_exit(app)
+        now = app.clock.now()
+        with app.engine.begin() as conn:
+            if admin.store_by_slug(conn, slug) is not None:
+                raise fail(f"a store with slug {slug!r} exists")
+            store = admin.create_store(
+                conn,
+                admin.NewStore(
+                    slug=slug,
+                    name=name,
+                    brand=brand,
+                    flow_name=flow,
+                    default_zone=zone,
+                    default_locale=locale,
+                    currency=currency,
+                    domains=tuple(domain or ()),
+                ),
+                now,
+            )
+            key = admin.issue_api_key(conn, store.id, now)
+        out.print(f"store {slug} created; API key (shown once): {key}")
+
+
+@store_cli.command("key")
+def store_key(slug: str, label: str = "default") -> None:
+    """Issue another API key for a store."""
+    from cartback.services import admin
+
+    with running_app() as app:
+        now = app.clock.now()
+        with app.engine.begin() as conn:
+            store = admin.store_by_slug(conn, slug)
+            if store is None:
+                raise fail(f"no store with slug {slug!r}")
+            key = admin.issue_api_key(conn, store.id, now, label=label)
+        out.print(f"API key for {slug} (shown once): {key}")
+
+
+def _serve_web(app: App, host: str, port: int) -> None:
+    import uvicorn
+
+    from cartback.web.app import create_app
+
+    uvicorn.run(create_app(app), host=host, port=port, log_level="info")
+
+
+def _worker(app: App) -> tuple[threading.Thread, threading.Event]:
+    from cartback.worker import Worker
+
+    worker = Worker(app)
+    thread = threading.Thread(target=worker.run, name="worker", daemon=True)
+    thread.start()
+    return thread, worker.stop
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="Port")] = None,
+) -> None:
+    """Web and worker in one process."""
+    _logging()
+    with running_app(host=host, port=port) as app:
+        _flows_or_exit(app)
+        thread, stop = _worker(app)
+        try:
+            _serve_web(app, app.settings.host, app.settings.port)
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+
+
+@cli.command()
+def web(
+    host: Annotated[str | None, typer.Option(help="Bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="Port")] = None,
+) -> None:
+    """The web server alone (run workers separately)."""
+    _logging()
+    with running_app(host=host, port=port) as app:
+        _flows_or_exit(app)
+        _serve_web(app, app.settings.host, app.settings.port)
+
+
+@cli.command()
+def worker() -> None:
+    """The worker alone: fire due timers and send messages. Stops cleanly on SIGTERM/SIGINT."""
+    from cartback.worker import Worker
+
+    _logging()
+    with running_app() as app:
+        _flows_or_exit(app)
+        runner = Worker(app)
+
+        def _stop(_signum: int, _frame: Any) -> None:
+            runner.stop.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        out.print("worker running; Ctrl-C to stop")
+        runner.run()
+
+
+@flows_cli.command("check")
+def flows_check(files: Annotated[list[Path], typer.Argument(help="Flow files")]) -> None:
+    """Validate flow files; errors print as file:line: field: message and exit with code 2."""
+    failed = False
+    for path in files:
+        try:
+            flow = load_flow(path)
+        except FlowError as error:
+            failed = True
+            for issue in error.issues:
+                err.print(str(issue), highlight=False, markup=False)
+            continue
+        except OSError as error:
+            failed = True
+            err.print(f"{path}:0: file: {error.strerror}", highlight=False, markup=False)
+            continue
+        out.print(f"{path}: ok ({flow.name}, {len(flow.steps)} steps, version {flow.version})")
+    if failed:
+        raise typer.Exit(USAGE_ERROR)
+
+
+@flows_cli.command("test")
+def flows_test(
+    flow_path: Annotated[
+        Path, typer.Argument(metavar="FLOW", help="Flow file, or a shipped flow's name")
+    ],
+    event: Annotated[
+        Path, typer.Option("--event", help='JSON file: one event or {"events": [...]}')
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the timeline as JSON")] = False,
+    brand: str = "DemoShop",
+) -> None:
+    """Run one cart through a flow in virtual time and print every decision."""
+    from cartback.app import SHIPPED_FLOWS
+    from cartback.simulate import timeline
+    from cartback.web.intake import parse_event_document
+    from cartback.web.problems import Problem
+
+    path = flow_path if flow_path.exists() else SHIPPED_FLOWS / f"{flow_path}.yaml"
+    try:
+        flow = load_flow(path)
+    except FlowError as error:
+        raise fail(str(error)) from None
+    except OSError as error:
+        raise fail(f"{flow_path}: {error.strerror}") from None
+    try:
+        events = parse_event_document(event.read_bytes())
+    except OSError as error:
+        raise fail(f"{event}: {error.strerror}") from None
+    except Problem as problem:
+        details = (
+            "; ".join(f"{e['field']}: {e['message']}" for e in problem.errors) or problem.detail
+        )
+        raise fail(f"{event}: {details}") from None
+    store = Store(id=1, name=brand, brand=brand, domains=("shop.example",))
+    try:
+        entries = timeline(flow, store, events)
+    except ValueError as error:
+        raise fail(f"{event}: {error}") from None
+    if as_json:
+        sys.stdout.write(
+            json.dumps([asdict(entry) for entry in entries], default=str, indent=2) + "\n"
+        )
+        return
+    _print_timeline(flow.name, entries)
+
+
+def _print_timeline(name: str, entries: list[Any]) -> None:
+    table = Table(title=f"flow {name}", show_lines=True)
+    for column in ("time (UTC)", "step", "outcome", "channel", "message or reason"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        if entry.text is not None:
+            detail = (f"Subject: {entry.subject}\n" if entry.subject else "") + entry.text
+            if entry.segments is not None:
+                detail += f"\n[{entry.encoding}, {entry.segments} segment(s)]"
+        else:
+            detail = entry.reason + (f" [rule: {entry.rule}]" if entry.rule else "")
+        table.add_row(
+            entry.at.strftime("%Y-%m-%d %H:%M:%S"),
+            entry.step_id or "",
+            entry.outcome,
+            entry.channel or "",
+            detail,
+        )
+    out.print(table)
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,101 @@
+"""Settings, from CARTBACK_* environment variables. A bad value names its variable."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = "sqlite:///var/cartback.db"
+    base_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    sms_channel: str = "console"
+    email_channel: str = "console"
+    jsonl_path: Path = Path("var/messages.jsonl")
+    flows_dir: Path | None = None
+    worker_batch: int = 500
+    worker_poll_seconds: float = 0.5
+    dispatch_batch: int = 200
+    dispatch_concurrency: int = 8
+    lease_seconds: int = 60
+
+
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "port": (1, 65535),
+    "worker_batch": (1, 10_000),
+    "worker_poll_seconds": (0.01, 60),
+    "dispatch_batch": (1, 10_000),
+    "dispatch_concurrency": (1, 256),
+    "lease_seconds": (5, 3600),
+}
+CHANNELS = ("console", "jsonl", "null")
+
+
+def env_name(field: str) -> str:
+    return f"CARTBACK_{field.upper()}"
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for spec in fields(Settings):
+        raw = environ.get(env_name(spec.name))
+        if raw is None or raw == "":
+            continue
+        values[spec.name] = _convert(spec.name, raw, Settings.__dataclass_fields__[spec.name].type)
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    settings = Settings(**values)  # type: ignore[arg-type]
+    _validate(settings)
+    return settings
+
+
+def _convert(name: str, raw: str, kind: object) -> object:
+    text = str(kind)
+    try:
+        if text == "int":
+            return int(raw)
+        if text == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(env_name(name), f"expected a number, got {raw!r}") from None
+    if "Path" in text:
+        return Path(raw)
+    return raw
+
+
+def _validate(settings: Settings) -> None:
+    for name, (low, high) in _BOUNDS.items():
+        value = getattr(settings, name)
+        if not low <= value <= high:
+            raise ConfigError(env_name(name), f"must be between {low:g} and {high:g}, got {value}")
+    for name in ("sms_channel", "email_channel"):
+        value = getattr(settings, name)
+        if value not in CHANNELS:
+            raise ConfigError(
+                env_name(name), f"unknown channel {value!r}; one of {', '.join(CHANNELS)}"
+            )
+    parts = urlsplit(settings.base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            env_name("base_url"), f"must be an http(s) URL, got {settings.base_url!r}"
+        )
+    scheme = settings.database_url.split(":", 1)[0]
+    if not scheme.startswith(("sqlite", "postgresql")):
+        raise ConfigError(
+            env_name("database_url"),
+            f"must start with sqlite:/// or postgresql+psycopg://, got {scheme!r}",
+        )
+    if settings.flows_dir is not None and not settings.flows_dir.is_dir():
+        raise ConfigError(env_name("flows_dir"), f"{settings.flows_dir} is not a directory")

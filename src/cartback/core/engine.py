@@ -1,0 +1,233 @@
+"""The flow engine: where an enrollment stands, and what happens when its timer fires.
+
+Pure: the caller passes the flow, the cart, the contact, the step history, a send gate and `now`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from cartback.core.conditions import build_facts
+from cartback.core.flows import Flow, Step
+from cartback.core.model import (
+    Cart,
+    CartStatus,
+    Contact,
+    Enrollment,
+    EnrollmentState,
+    StepOutcome,
+)
+
+
+class Outcome(StrEnum):
+    SEND = "send"
+    SKIP = "skip"
+    DEFER = "defer"
+    HOLDOUT = "holdout"
+    EXIT = "exit"
+    COMPLETE = "complete"
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Defer:
+    until: datetime
+    rule: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    rule: str
+    reason: str
+
+
+GateResult = Allow | Defer | Skip
+# Decides, at send time, whether one step may go out now. `planned` are the steps this same
+# evaluation already decided to send, so cooldowns and caps can count them.
+SendGate = Callable[[Step, tuple[Step, ...]], GateResult]
+
+
+def allow_all(_step: Step, _planned: tuple[Step, ...]) -> GateResult:
+    return Allow()
+
+
+@dataclass(frozen=True, slots=True)
+class StepDecision:
+    step_id: str | None
+    outcome: Outcome
+    reason: str
+    rule: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Advance:
+    """The result of firing one enrollment's timer: what to record, send, and when to wake."""
+
+    enrollment: Enrollment
+    decisions: tuple[StepDecision, ...]
+    sends: tuple[Step, ...] = field(default=())
+
+    @property
+    def finished(self) -> bool:
+        return self.enrollment.state is not EnrollmentState.ACTIVE
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentPlan:
+    abandoned_at: datetime
+    wake_at: datetime
+    variant: str | None
+    holdout: bool
+
+
+def bucket(*parts: str) -> Decimal:
+    """A stable number in [0, 100) from the parts: the same cart always lands in the same group."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return Decimal(int.from_bytes(digest[:8], "big") % 1_000_000) / Decimal(10_000)
+
+
+def plan_enrollment(flow: Flow, cart_token: str, last_activity: datetime) -> EnrollmentPlan:
+    abandoned_at = last_activity + flow.abandon_after
+    holdout = bucket(flow.name, "holdout", cart_token) < flow.holdout_percent
+    return EnrollmentPlan(
+        abandoned_at=abandoned_at,
+        wake_at=abandoned_at + flow.steps[0].at,
+        variant=pick_variant(flow, cart_token),
+        holdout=holdout,
+    )
+
+
+def pick_variant(flow: Flow, cart_token: str) -> str | None:
+    if not flow.variants:
+        return None
+    total = sum(variant.weight for variant in flow.variants)
+    point = bucket(flow.name, "variant", cart_token) * total / 100
+    running = Decimal(0)
+    for variant in flow.variants:
+        running += variant.weight
+        if point < running:
+            return variant.name
+    return flow.variants[-1].name
+
+
+def may_enroll(flow: Flow, cart: Cart, contact: Contact | None) -> bool:
+    if cart.status is not CartStatus.OPEN or not cart.lines or contact is None:
+        return False
+    if not (contact.phone or contact.email):
+        return False
+    if flow.enroll_when is None:
+        return True
+    return flow.enroll_when.evaluate(build_facts(cart, contact, None, {}))
+
+
+def exit_reason(flow: Flow, cart: Cart, contact: Contact | None, *, opted_out: bool) -> str | None:
+    """Why the enrollment must stop now, checked every time it wakes and before every send."""
+    if cart.status is CartStatus.ORDERED and "order_placed" in flow.exit_on:
+        return "order_placed"
+    if (cart.status is CartStatus.EMPTIED or not cart.lines) and "cart_emptied" in flow.exit_on:
+        return "cart_emptied"
+    if opted_out and "opted_out" in flow.exit_on:
+        return "opted_out"
+    if contact is None:
+        return "contact_erased"
+    return None
+
+
+def advance(
+    flow: Flow,
+    enrollment: Enrollment,
+    cart: Cart,
+    contact: Contact | None,
+    now: datetime,
+    *,
+    opted_out: bool = False,
+    gate: SendGate = allow_all,
+) -> Advance:
+    """Fire every step that is due at `now`, in order, stopping at the first one that must wait."""
+    if enrollment.state is not EnrollmentState.ACTIVE:
+        return Advance(enrollment, ())
+    reason = exit_reason(flow, cart, contact, opted_out=opted_out)
+    if reason is not None:
+        ended = replace(enrollment, state=EnrollmentState.EXITED, wake_at=None, exit_reason=reason)
+        return Advance(ended, (StepDecision(None, Outcome.EXIT, _EXIT_TEXT[reason]),))
+    assert contact is not None
+
+    history = dict(enrollment.history)
+    decisions: list[StepDecision] = []
+    sends: list[Step] = []
+    index = enrollment.step_index
+    wake_at: datetime | None = None
+    while index < len(flow.steps):
+        step = flow.steps[index]
+        due = enrollment.abandoned_at + step.at
+        if due > now:
+            wake_at = due
+            break
+        if enrollment.wake_at is not None and enrollment.wake_at > now:
+            # A deferred step waits for the time its gate named, not for its flow offset.
+            wake_at = enrollment.wake_at
+            break
+        facts = build_facts(cart, contact, enrollment.variant, history)
+        if step.when is not None and not step.when.evaluate(facts):
+            decisions.append(
+                StepDecision(
+                    step.id, Outcome.SKIP, f"condition is false: {step.when.source}", "when"
+                )
+            )
+            history[step.id] = StepOutcome(skipped=True)
+            index += 1
+            continue
+        if enrollment.holdout:
+            decisions.append(
+                StepDecision(step.id, Outcome.HOLDOUT, "cart is in the holdout group", "holdout")
+            )
+            history[step.id] = StepOutcome(skipped=True)
+            index += 1
+            continue
+        verdict = gate(step, tuple(sends))
+        if isinstance(verdict, Defer):
+            decisions.append(StepDecision(step.id, Outcome.DEFER, verdict.reason, verdict.rule))
+            wake_at = verdict.until
+            break
+        if isinstance(verdict, Skip):
+            decisions.append(StepDecision(step.id, Outcome.SKIP, verdict.reason, verdict.rule))
+            history[step.id] = StepOutcome(skipped=True)
+            index += 1
+            continue
+        decisions.append(StepDecision(step.id, Outcome.SEND, f"{step.channel} step is due"))
+        history[step.id] = StepOutcome(sent=True)
+        sends.append(step)
+        index += 1
+        # A deferral applies to one step only; the next step runs on its own offset.
+        enrollment = replace(enrollment, wake_at=None)
+
+    if index >= len(flow.steps):
+        done = replace(
+            enrollment,
+            step_index=index,
+            state=EnrollmentState.COMPLETED,
+            wake_at=None,
+            history=history,
+        )
+        decisions.append(StepDecision(None, Outcome.COMPLETE, "all steps have run"))
+        return Advance(done, tuple(decisions), tuple(sends))
+    waiting = replace(enrollment, step_index=index, wake_at=wake_at, history=history)
+    return Advance(waiting, tuple(decisions), tuple(sends))
+
+
+_EXIT_TEXT = {
+    "order_placed": "exit: the shopper placed an order",
+    "cart_emptied": "exit: the cart was emptied",
+    "opted_out": "exit: the shopper opted out",
+    "contact_erased": "exit: the contact was erased",
+}

@@ -1,0 +1,72 @@
+"""The boundaries between the application and the world: clocks and message channels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Protocol
+
+from cartback.core.model import Channel
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """One rendered message, ready for a provider. `key` is stable across retries."""
+
+    key: str
+    channel: Channel
+    to: str
+    body: str
+    subject: str | None = None
+    html: str | None = None
+    sender: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class SendStatus(StrEnum):
+    ACCEPTED = "accepted"
+    # Definitely not accepted; `retryable` says whether trying again may help.
+    REJECTED = "rejected"
+    # The provider may or may not have accepted it (a timeout after the request went out).
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    status: SendStatus
+    provider_id: str | None = None
+    error: str | None = None
+    retryable: bool = False
+    cost: Decimal | None = None
+
+
+class LookupStatus(StrEnum):
+    SENT = "sent"
+    NOT_SENT = "not_sent"
+    UNKNOWN = "unknown"
+
+
+class MessageChannel(Protocol):
+    """A provider adapter. `send` must never raise for a provider's answer; it reports it."""
+
+    name: str
+    kind: Channel
+
+    def send(self, message: OutboundMessage) -> SendResult: ...
+
+    def lookup(self, key: str) -> LookupStatus:
+        """After a crash mid-send: did the provider take the message with this key?"""
+        ...
+
+    def close(self) -> None: ...

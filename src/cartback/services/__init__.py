@@ -1,0 +1,1 @@
+"""Use cases, one transaction each: the only place where the core and the adapters meet."""

@@ -1,0 +1,253 @@
+"""The dispatcher: claim outbox rows with a lease, hand them to providers, record each outcome.
+
+A row is marked `sending` before the provider call. If the process dies after that, the lease
+expires and the row is reconciled with the provider's records where the channel can look them
+up; otherwise it becomes `unknown` and is never sent again: a missed reminder is better than a
+duplicate marketing text.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, select, update
+
+from cartback.core.model import CartStatus, Channel
+from cartback.ports import (
+    LookupStatus,
+    MessageChannel,
+    OutboundMessage,
+    SendResult,
+    SendStatus,
+)
+from cartback.store import tables as t
+from cartback.store.db import is_sqlite
+
+MAX_ATTEMPTS = 5
+
+
+@dataclass
+class DispatchStats:
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    unknown: int = 0
+    cancelled: int = 0
+    recovered: int = 0
+    send_delays: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    id: int
+    message: OutboundMessage
+    attempts: int
+    available_at: datetime
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        engine: Engine,
+        channels: Mapping[Channel, MessageChannel],
+        *,
+        lease: timedelta = timedelta(seconds=60),
+        concurrency: int = 8,
+        owner: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.channels = dict(channels)
+        self.lease = lease
+        self.owner = owner or uuid.uuid4().hex[:16]
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def run_once(self, now: datetime, limit: int = 200) -> DispatchStats:
+        stats = DispatchStats()
+        self.recover_expired(now, stats)
+        claimed = self._claim(now, limit, stats)
+        if not claimed:
+            return stats
+        results = list(self._pool.map(self._send, claimed))
+        self._record(claimed, results, now, stats)
+        return stats
+
+    def _send(self, item: _Claimed) -> SendResult:
+        channel = self.channels[item.message.channel]
+        try:
+            return channel.send(item.message)
+        except Exception as error:
+            # A channel that raises broke its contract; whether the provider took the message
+            # cannot be known, so it is never retried blindly.
+            return SendResult(SendStatus.UNKNOWN, error=f"{type(error).__name__}: {error}")
+
+    def _claim(self, now: datetime, limit: int, stats: DispatchStats) -> list[_Claimed]:
+        o = t.outbox.c
+        with self.engine.begin() as conn:
+            query = (
+                select(t.outbox)
+                .where(
+                    o.status == "pending",
+                    o.available_at <= now,
+                    o.channel.in_([str(kind) for kind in self.channels]),
+                )
+                .order_by(o.available_at, o.id)
+                .limit(limit)
+            )
+            if not is_sqlite(conn.engine):
+                query = query.with_for_update(skip_locked=True)
+            rows = list(conn.execute(query).mappings())
+            if not rows:
+                return []
+            stop = _stopped(conn, rows)
+            cancelled = [row["id"] for row in rows if row["id"] in stop]
+            for row_id in cancelled:
+                conn.execute(
+                    update(t.outbox)
+                    .where(o.id == row_id)
+                    .values(status="cancelled", error=stop[row_id], updated_at=now)
+                )
+            stats.cancelled += len(cancelled)
+            live = [row for row in rows if row["id"] not in stop]
+            if live:
+                conn.execute(
+                    update(t.outbox)
+                    .where(o.id.in_([row["id"] for row in live]))
+                    .values(
+                        status="sending",
+                        lease_owner=self.owner,
+                        lease_until=now + self.lease,
+                        attempts=o.attempts + 1,
+                        updated_at=now,
+                    )
+                )
+        stats.claimed = len(live)
+        return [
+            _Claimed(
+                id=row["id"],
+                message=_message(row),
+                attempts=row["attempts"] + 1,
+                available_at=row["available_at"],
+            )
+            for row in live
+        ]
+
+    def _record(
+        self,
+        claimed: list[_Claimed],
+        results: list[SendResult],
+        now: datetime,
+        stats: DispatchStats,
+    ) -> None:
+        o = t.outbox.c
+        with self.engine.begin() as conn:
+            for item, result in zip(claimed, results, strict=True):
+                values: dict[str, Any] = {"updated_at": now, "error": result.error}
+                channel = self.channels[item.message.channel]
+                values["provider"] = channel.name
+                if result.status is SendStatus.ACCEPTED:
+                    values.update(
+                        status="sent", provider_id=result.provider_id, sent_at=now, cost=result.cost
+                    )
+                    stats.sent += 1
+                    stats.send_delays.append((now - item.available_at).total_seconds())
+                elif result.status is SendStatus.UNKNOWN:
+                    values.update(status="unknown")
+                    stats.unknown += 1
+                elif result.retryable and item.attempts < MAX_ATTEMPTS:
+                    backoff = timedelta(seconds=min(3600, 30 * 2 ** (item.attempts - 1)))
+                    values.update(status="pending", available_at=now + backoff)
+                    stats.retried += 1
+                else:
+                    values.update(status="failed")
+                    stats.failed += 1
+                # Fenced by the lease: a dispatcher whose lease was taken over writes nothing.
+                conn.execute(
+                    update(t.outbox)
+                    .where(
+                        and_(o.id == item.id, o.lease_owner == self.owner, o.status == "sending")
+                    )
+                    .values(lease_owner=None, lease_until=None, **values)
+                )
+
+    def recover_expired(self, now: datetime, stats: DispatchStats) -> None:
+        """Rows left `sending` by a dispatcher that died: never resend without proof."""
+        o = t.outbox.c
+        with self.engine.begin() as conn:
+            query = select(o.id, o.channel).where(o.status == "sending", o.lease_until < now)
+            if not is_sqlite(conn.engine):
+                query = query.with_for_update(skip_locked=True)
+            expired = list(conn.execute(query.limit(200)))
+            for row in expired:
+                channel = self.channels.get(Channel(row.channel))
+                found = channel.lookup(message_key(row.id)) if channel else LookupStatus.UNKNOWN
+                if found is LookupStatus.SENT:
+                    values: dict[str, Any] = {"status": "sent", "sent_at": now}
+                elif found is LookupStatus.NOT_SENT:
+                    values = {"status": "pending", "available_at": now}
+                else:
+                    values = {
+                        "status": "unknown",
+                        "error": "the dispatcher stopped mid-send; not resent to avoid a duplicate",
+                    }
+                conn.execute(
+                    update(t.outbox)
+                    .where(o.id == row.id, o.status == "sending")
+                    .values(lease_owner=None, lease_until=None, updated_at=now, **values)
+                )
+                stats.recovered += 1
+
+
+def message_key(outbox_id: int) -> str:
+    return f"cb-{outbox_id}"
+
+
+def _message(row: Mapping[Any, Any]) -> OutboundMessage:
+    return OutboundMessage(
+        key=message_key(row["id"]),
+        channel=Channel(row["channel"]),
+        to=row["to_address"],
+        body=row["body"],
+        subject=row["subject"],
+        html=row["html"],
+    )
+
+
+def _stopped(conn: Connection, rows: Sequence[Mapping[Any, Any]]) -> dict[int, str]:
+    """Rows that must not go out any more: checked again in the claim, just before the send."""
+    enrollment_ids = {row["enrollment_id"] for row in rows}
+    e, c, k = t.enrollments.c, t.carts.c, t.contacts.c
+    found = conn.execute(
+        select(e.id, e.created_at, c.status, k.sms_marketing, k.email_marketing, k.opted_out_at)
+        .select_from(
+            t.enrollments.join(t.carts, c.id == e.cart_id).outerjoin(
+                t.contacts, k.id == c.contact_id
+            )
+        )
+        .where(e.id.in_(enrollment_ids))
+    ).all()
+    by_enrollment = {r.id: r for r in found}
+    stop: dict[int, str] = {}
+    for row in rows:
+        info = by_enrollment.get(row["enrollment_id"])
+        if info is None:
+            stop[row["id"]] = "the enrollment is gone"
+        elif info.status == CartStatus.ORDERED:
+            stop[row["id"]] = "cancelled: the shopper placed an order"
+        elif info.status == CartStatus.EMPTIED:
+            stop[row["id"]] = "cancelled: the cart was emptied"
+        elif info.opted_out_at is not None and info.opted_out_at >= info.created_at:
+            stop[row["id"]] = "cancelled: the shopper opted out"
+        elif row["channel"] == Channel.SMS and not info.sms_marketing:
+            stop[row["id"]] = "cancelled: SMS consent was withdrawn"
+        elif row["channel"] == Channel.EMAIL and not info.email_marketing:
+            stop[row["id"]] = "cancelled: email consent was withdrawn"
+    return stop

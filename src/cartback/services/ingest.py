@@ -1,0 +1,512 @@
+"""Ingest: shop events become carts, contacts, consent, orders and enrollments.
+
+A whole batch is one transaction: either every event in it is applied, or none is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+from sqlalchemy.exc import IntegrityError
+
+from cartback.core.engine import may_enroll, plan_enrollment
+from cartback.core.events import (
+    CartEmptied,
+    CheckoutUpdated,
+    ConsentChanged,
+    ContactInfo,
+    OrderPlaced,
+    ShopEvent,
+)
+from cartback.core.flows import Flow
+from cartback.core.model import (
+    CartStatus,
+    Channel,
+    EnrollmentState,
+    Purpose,
+    Store,
+)
+from cartback.store import tables as t
+from cartback.store.rows import cart_from_row, contact_from_row, lines_to_json
+
+
+class EventStatus(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+
+
+@dataclass(frozen=True, slots=True)
+class EventResult:
+    id: str
+    status: EventStatus
+    detail: str | None = None
+
+
+def ingest(
+    conn: Connection,
+    store: Store,
+    flow: Flow,
+    events: Sequence[ShopEvent],
+    now: datetime,
+    *,
+    source: str = "api",
+) -> list[EventResult]:
+    results = []
+    for event in events:
+        if not _first_receipt(conn, store.id, source, event.event_id, now):
+            results.append(EventResult(event.event_id, EventStatus.DUPLICATE, "already received"))
+            continue
+        results.append(_apply(conn, store, flow, event, now))
+    return results
+
+
+def _first_receipt(
+    conn: Connection, store_id: int, source: str, event_id: str, now: datetime
+) -> bool:
+    exists = conn.execute(
+        select(t.event_receipts.c.id).where(
+            t.event_receipts.c.store_id == store_id,
+            t.event_receipts.c.source == source,
+            t.event_receipts.c.event_id == event_id,
+        )
+    ).first()
+    if exists is not None:
+        return False
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                t.event_receipts.insert().values(
+                    store_id=store_id, source=source, event_id=event_id, received_at=now
+                )
+            )
+    except IntegrityError:
+        # Another request committed the same event id between our check and insert.
+        return False
+    return True
+
+
+def _apply(
+    conn: Connection, store: Store, flow: Flow, event: ShopEvent, now: datetime
+) -> EventResult:
+    if isinstance(event, CheckoutUpdated):
+        return _checkout_updated(conn, store, flow, event, now)
+    if isinstance(event, OrderPlaced):
+        return _order_placed(conn, store, event, now)
+    if isinstance(event, CartEmptied):
+        return _cart_emptied(conn, store, event, now)
+    return _consent_changed(conn, store, event, now)
+
+
+def upsert_contact(conn: Connection, store_id: int, info: ContactInfo, now: datetime) -> int | None:
+    """Find the shopper by phone, then by email; fill in what the event newly tells us."""
+    if not (info.phone or info.email):
+        return None
+    row = None
+    c = t.contacts.c
+    if info.phone:
+        row = (
+            conn.execute(select(t.contacts).where(c.store_id == store_id, c.phone == info.phone))
+            .mappings()
+            .first()
+        )
+    if row is None and info.email:
+        row = (
+            conn.execute(select(t.contacts).where(c.store_id == store_id, c.email == info.email))
+            .mappings()
+            .first()
+        )
+    fields: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("first_name", info.first_name),
+            ("last_name", info.last_name),
+            ("locale", info.locale),
+            ("zone", info.zone),
+            ("country", info.country),
+            ("region", info.region),
+        )
+        if value is not None
+    }
+    if row is None:
+        result = conn.execute(
+            t.contacts.insert().values(
+                store_id=store_id,
+                phone=info.phone,
+                email=info.email,
+                sms_marketing=False,
+                email_marketing=False,
+                orders_count=0,
+                tags=list(info.tags),
+                created_at=now,
+                updated_at=now,
+                **fields,
+            )
+        )
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
+    contact_id = int(row["id"])
+    # A phone or email already owned by another contact stays with that contact.
+    for key, value in (("phone", info.phone), ("email", info.email)):
+        if (
+            value
+            and row[key] != value
+            and not _owned_by_other(conn, store_id, key, value, contact_id)
+        ):
+            fields[key] = value
+    if info.tags:
+        fields["tags"] = sorted(set(row["tags"] or ()) | set(info.tags))
+    if fields:
+        conn.execute(update(t.contacts).where(c.id == contact_id).values(updated_at=now, **fields))
+    return contact_id
+
+
+def _owned_by_other(conn: Connection, store_id: int, key: str, value: str, contact_id: int) -> bool:
+    column = t.contacts.c[key]
+    return (
+        conn.execute(
+            select(t.contacts.c.id).where(
+                t.contacts.c.store_id == store_id, column == value, t.contacts.c.id != contact_id
+            )
+        ).first()
+        is not None
+    )
+
+
+def record_consent(
+    conn: Connection,
+    *,
+    store_id: int,
+    contact_id: int,
+    channel: Channel,
+    purpose: Purpose,
+    granted: bool,
+    source: str,
+    at: datetime,
+    wording: str | None = None,
+    ip: str | None = None,
+    user_agent: str | None = None,
+    double_opt_in: bool = False,
+) -> None:
+    """Append to the consent ledger and keep the contact's current flags in step with it."""
+    import hashlib
+
+    wording_hash = hashlib.sha256(wording.encode()).hexdigest() if wording else None
+    conn.execute(
+        t.consent_events.insert().values(
+            store_id=store_id,
+            contact_id=contact_id,
+            channel=str(channel),
+            purpose=str(purpose),
+            granted=granted,
+            source=source,
+            wording=wording,
+            wording_hash=wording_hash,
+            ip=ip,
+            user_agent=user_agent,
+            evidence={"double_opt_in": double_opt_in},
+            at=at,
+        )
+    )
+    if purpose is Purpose.TRANSACTIONAL:
+        return
+    flag = "sms_marketing" if channel is Channel.SMS else "email_marketing"
+    values: dict[str, Any] = {flag: granted, "updated_at": at}
+    if not granted and purpose is Purpose.MARKETING:
+        values["opted_out_at"] = at
+    conn.execute(update(t.contacts).where(t.contacts.c.id == contact_id).values(**values))
+
+
+def _checkout_consent(
+    conn: Connection, store_id: int, contact_id: int, event: CheckoutUpdated
+) -> None:
+    flags = event.consent
+    if flags is None:
+        return
+    current = conn.execute(
+        select(t.contacts.c.sms_marketing, t.contacts.c.email_marketing).where(
+            t.contacts.c.id == contact_id
+        )
+    ).one()
+    for channel, wanted, have in (
+        (Channel.SMS, flags.sms_marketing, current.sms_marketing),
+        (Channel.EMAIL, flags.email_marketing, current.email_marketing),
+    ):
+        # Record changes only: a checkout that repeats the same answer adds nothing to the ledger,
+        # and a checkout box left unticked never revokes consent given elsewhere.
+        if wanted and not have:
+            record_consent(
+                conn,
+                store_id=store_id,
+                contact_id=contact_id,
+                channel=channel,
+                purpose=Purpose.MARKETING,
+                granted=True,
+                source="checkout",
+                at=event.occurred_at,
+                wording=flags.wording,
+                ip=flags.ip,
+                user_agent=flags.user_agent,
+                double_opt_in=flags.double_opt_in,
+            )
+    if flags.cart_reminders and flags.sms_marketing:
+        record_consent(
+            conn,
+            store_id=store_id,
+            contact_id=contact_id,
+            channel=Channel.SMS,
+            purpose=Purpose.CART_REMINDERS,
+            granted=True,
+            source="checkout",
+            at=event.occurred_at,
+            wording=flags.wording,
+            ip=flags.ip,
+            user_agent=flags.user_agent,
+            double_opt_in=flags.double_opt_in,
+        )
+
+
+def _checkout_updated(
+    conn: Connection, store: Store, flow: Flow, event: CheckoutUpdated, now: datetime
+) -> EventResult:
+    contact_id = upsert_contact(conn, store.id, event.contact, now)
+    if contact_id is not None:
+        _checkout_consent(conn, store.id, contact_id, event)
+    c = t.carts.c
+    row = (
+        conn.execute(select(t.carts).where(c.store_id == store.id, c.token == event.cart_token))
+        .mappings()
+        .first()
+    )
+    status = CartStatus.OPEN if event.lines else CartStatus.EMPTIED
+    content = {
+        "lines": lines_to_json(event.lines),
+        "value": event.value,
+        "currency": event.currency,
+        "restore_url": event.restore_url,
+        "tags": list(event.tags),
+        "occurred_at": event.occurred_at,
+        "updated_at": now,
+    }
+    if row is None:
+        cart_id = int(
+            conn.execute(
+                t.carts.insert().values(
+                    store_id=store.id,
+                    token=event.cart_token,
+                    contact_id=contact_id,
+                    status=str(status),
+                    created_at=now,
+                    **content,
+                )
+            ).inserted_primary_key[0]  # type: ignore[index]
+        )
+    else:
+        cart_id = int(row["id"])
+        if event.occurred_at <= row["occurred_at"]:
+            return EventResult(
+                event.event_id, EventStatus.STALE, "an event as new or newer was applied"
+            )
+        if row["status"] == CartStatus.ORDERED:
+            return EventResult(event.event_id, EventStatus.STALE, "the cart was already ordered")
+        conn.execute(
+            update(t.carts)
+            .where(c.id == cart_id)
+            .values(status=str(status), contact_id=contact_id or row["contact_id"], **content)
+        )
+    if status is CartStatus.EMPTIED:
+        _end_enrollments(conn, cart_id, "cart_emptied", "exit: the cart was emptied", now)
+    else:
+        _enroll_or_touch(conn, store, flow, cart_id, event.occurred_at, now)
+    return EventResult(event.event_id, EventStatus.ACCEPTED)
+
+
+def _enroll_or_touch(
+    conn: Connection, store: Store, flow: Flow, cart_id: int, activity: datetime, now: datetime
+) -> None:
+    e = t.enrollments.c
+    existing = conn.execute(
+        select(e.id, e.state, e.step_index, e.abandoned_at).where(
+            e.cart_id == cart_id, e.flow_name == flow.name
+        )
+    ).first()
+    if existing is not None:
+        # While nothing has fired yet the shopper is still shopping: abandonment moves later.
+        # Once the sequence has started, an update only changes what later messages show.
+        if existing.state == EnrollmentState.ACTIVE and existing.step_index == 0:
+            started = conn.execute(
+                select(t.decisions.c.id).where(t.decisions.c.enrollment_id == existing.id).limit(1)
+            ).first()
+            abandoned_at = activity + flow.abandon_after
+            if started is None and abandoned_at > existing.abandoned_at:
+                conn.execute(
+                    update(t.enrollments)
+                    .where(e.id == existing.id)
+                    .values(
+                        abandoned_at=abandoned_at,
+                        wake_at=abandoned_at + flow.steps[0].at,
+                        updated_at=now,
+                    )
+                )
+        return
+    cart_row = conn.execute(select(t.carts).where(t.carts.c.id == cart_id)).mappings().one()
+    cart = cart_from_row(cart_row)
+    contact = None
+    if cart.contact_id is not None:
+        contact_row = (
+            conn.execute(select(t.contacts).where(t.contacts.c.id == cart.contact_id))
+            .mappings()
+            .one()
+        )
+        contact = contact_from_row(contact_row)
+    if not may_enroll(flow, cart, contact):
+        return
+    plan = plan_enrollment(flow, cart.token, activity)
+    conn.execute(
+        t.enrollments.insert().values(
+            store_id=store.id,
+            cart_id=cart_id,
+            flow_name=flow.name,
+            flow_version=flow.version,
+            step_index=0,
+            state=str(EnrollmentState.ACTIVE),
+            abandoned_at=plan.abandoned_at,
+            wake_at=plan.wake_at,
+            variant=plan.variant,
+            holdout=plan.holdout,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def _end_enrollments(conn: Connection, cart_id: int, reason: str, text: str, now: datetime) -> None:
+    """Exit a cart's live enrollments at once; the worker would also see it when it wakes."""
+    e = t.enrollments.c
+    live = conn.execute(
+        select(e.id, e.store_id).where(e.cart_id == cart_id, e.state == EnrollmentState.ACTIVE)
+    ).all()
+    for enrollment_id, store_id in live:
+        conn.execute(
+            update(t.enrollments)
+            .where(e.id == enrollment_id)
+            .values(
+                state=str(EnrollmentState.EXITED), wake_at=None, exit_reason=reason, updated_at=now
+            )
+        )
+        conn.execute(
+            t.decisions.insert().values(
+                store_id=store_id,
+                enrollment_id=enrollment_id,
+                cart_id=cart_id,
+                step_id=None,
+                outcome="exit",
+                rule=None,
+                reason=text,
+                at=now,
+            )
+        )
+    # Messages not yet handed to a provider are withdrawn; one already sending is past recall.
+    if live:
+        conn.execute(
+            update(t.outbox)
+            .where(
+                t.outbox.c.enrollment_id.in_([row[0] for row in live]),
+                t.outbox.c.status == "pending",
+            )
+            .values(status="cancelled", error=text, updated_at=now)
+        )
+
+
+def _order_placed(conn: Connection, store: Store, event: OrderPlaced, now: datetime) -> EventResult:
+    contact_id = upsert_contact(conn, store.id, event.contact, now) if event.contact else None
+    cart_row = None
+    if event.cart_token:
+        cart_row = conn.execute(
+            select(t.carts.c.id, t.carts.c.contact_id).where(
+                t.carts.c.store_id == store.id, t.carts.c.token == event.cart_token
+            )
+        ).first()
+    cart_id = cart_row.id if cart_row is not None else None
+    contact_id = contact_id or (cart_row.contact_id if cart_row is not None else None)
+    exists = conn.execute(
+        select(t.orders.c.id).where(
+            t.orders.c.store_id == store.id, t.orders.c.order_ref == event.order_id
+        )
+    ).first()
+    if exists is not None:
+        return EventResult(event.event_id, EventStatus.DUPLICATE, "order already recorded")
+    conn.execute(
+        t.orders.insert().values(
+            store_id=store.id,
+            order_ref=event.order_id,
+            cart_id=cart_id,
+            contact_id=contact_id,
+            value=event.value,
+            currency=event.currency,
+            occurred_at=event.occurred_at,
+        )
+    )
+    if contact_id is not None:
+        conn.execute(
+            update(t.contacts)
+            .where(t.contacts.c.id == contact_id)
+            .values(orders_count=t.contacts.c.orders_count + 1, updated_at=now)
+        )
+    if cart_id is not None:
+        conn.execute(
+            update(t.carts)
+            .where(t.carts.c.id == cart_id)
+            .values(status=str(CartStatus.ORDERED), updated_at=now)
+        )
+        _end_enrollments(conn, cart_id, "order_placed", "exit: the shopper placed an order", now)
+    return EventResult(event.event_id, EventStatus.ACCEPTED)
+
+
+def _cart_emptied(conn: Connection, store: Store, event: CartEmptied, now: datetime) -> EventResult:
+    c = t.carts.c
+    row = conn.execute(
+        select(c.id, c.occurred_at, c.status).where(
+            c.store_id == store.id, c.token == event.cart_token
+        )
+    ).first()
+    if row is None:
+        return EventResult(event.event_id, EventStatus.STALE, "unknown cart token")
+    if event.occurred_at < row.occurred_at or row.status == CartStatus.ORDERED:
+        return EventResult(event.event_id, EventStatus.STALE, "the cart changed after this event")
+    conn.execute(
+        update(t.carts)
+        .where(c.id == row.id)
+        .values(
+            status=str(CartStatus.EMPTIED), lines=[], occurred_at=event.occurred_at, updated_at=now
+        )
+    )
+    _end_enrollments(conn, row.id, "cart_emptied", "exit: the cart was emptied", now)
+    return EventResult(event.event_id, EventStatus.ACCEPTED)
+
+
+def _consent_changed(
+    conn: Connection, store: Store, event: ConsentChanged, now: datetime
+) -> EventResult:
+    contact_id = upsert_contact(conn, store.id, event.contact, now)
+    if contact_id is None:
+        return EventResult(event.event_id, EventStatus.STALE, "no phone or email to match")
+    record_consent(
+        conn,
+        store_id=store.id,
+        contact_id=contact_id,
+        channel=event.channel,
+        purpose=event.purpose,
+        granted=event.granted,
+        source=event.source,
+        at=event.occurred_at,
+        wording=event.wording,
+        ip=event.ip,
+        user_agent=event.user_agent,
+        double_opt_in=event.double_opt_in,
+    )
+    return EventResult(event.event_id, EventStatus.ACCEPTED)

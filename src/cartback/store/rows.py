@@ -1,0 +1,115 @@
+"""Mapping between table rows and the core's records."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from cartback.core.model import (
+    Cart,
+    CartLine,
+    CartStatus,
+    Contact,
+    Enrollment,
+    EnrollmentState,
+    StepOutcome,
+    Store,
+)
+
+
+def store_from_row(row: Mapping[Any, Any]) -> Store:
+    return Store(
+        id=row["id"],
+        name=row["name"],
+        brand=row["brand"],
+        default_zone=row["default_zone"],
+        default_locale=row["default_locale"],
+        currency=row["currency"],
+        domains=tuple(row["domains"] or ()),
+        postal_address=row["postal_address"],
+        support_contact=row["support_contact"],
+    )
+
+
+def lines_to_json(lines: tuple[CartLine, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "title": line.title,
+            "quantity": line.quantity,
+            "price": str(line.price),
+            "sku": line.sku,
+            "product_id": line.product_id,
+            "image_url": line.image_url,
+        }
+        for line in lines
+    ]
+
+
+def lines_from_json(data: list[dict[str, Any]]) -> tuple[CartLine, ...]:
+    return tuple(
+        CartLine(
+            title=item["title"],
+            quantity=int(item["quantity"]),
+            price=Decimal(item["price"]),
+            sku=item.get("sku"),
+            product_id=item.get("product_id"),
+            image_url=item.get("image_url"),
+        )
+        for item in data
+    )
+
+
+def cart_from_row(row: Mapping[Any, Any]) -> Cart:
+    return Cart(
+        id=row["id"],
+        store_id=row["store_id"],
+        token=row["token"],
+        contact_id=row["contact_id"],
+        lines=lines_from_json(row["lines"]),
+        value=Decimal(row["value"]),
+        currency=row["currency"],
+        restore_url=row["restore_url"],
+        status=CartStatus(row["status"]),
+        updated_at=row["occurred_at"],
+        tags=tuple(row["tags"] or ()),
+    )
+
+
+def contact_from_row(row: Mapping[Any, Any]) -> Contact:
+    return Contact(
+        id=row["id"],
+        store_id=row["store_id"],
+        phone=row["phone"],
+        email=row["email"],
+        first_name=row["first_name"],
+        last_name=row["last_name"],
+        locale=row["locale"],
+        zone=row["zone"],
+        country=row["country"],
+        region=row["region"],
+        sms_marketing=bool(row["sms_marketing"]),
+        email_marketing=bool(row["email_marketing"]),
+        orders_count=row["orders_count"],
+        tags=tuple(row["tags"] or ()),
+    )
+
+
+def enrollment_from_row(
+    row: Mapping[Any, Any], history: Mapping[str, StepOutcome] | None = None
+) -> Enrollment:
+    return Enrollment(
+        id=row["id"],
+        store_id=row["store_id"],
+        cart_id=row["cart_id"],
+        flow_name=row["flow_name"],
+        flow_version=row["flow_version"],
+        step_index=row["step_index"],
+        state=EnrollmentState(row["state"]),
+        abandoned_at=row["abandoned_at"],
+        wake_at=row["wake_at"],
+        variant=row["variant"],
+        holdout=bool(row["holdout"]),
+        exit_reason=row["exit_reason"],
+        history=dict(history or {}),
+    )

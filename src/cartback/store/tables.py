@@ -1,0 +1,259 @@
+"""The schema, as SQLAlchemy Core tables. Alembic migrations are written from these."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite has no 64-bit autoincrement alias for BIGINT; INTEGER PRIMARY KEY is already 64-bit there.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+Money = Numeric(14, 4)
+
+
+class UtcDateTime(TypeDecorator[object]):
+    """Timezone-aware UTC datetimes on both backends (SQLite stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: object, dialect: object) -> object:
+        from datetime import UTC, datetime
+
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given to the store; pass an aware UTC time")
+            return value.astimezone(UTC)
+        return value
+
+    def process_result_value(self, value: object, dialect: object) -> object:
+        from datetime import UTC, datetime
+
+        if isinstance(value, datetime):
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value
+
+
+stores = Table(
+    "stores",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("slug", String(64), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("brand", String(60), nullable=False),
+    Column("default_zone", String(64), nullable=False),
+    Column("default_locale", String(16), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("domains", JSON, nullable=False),
+    Column("postal_address", Text),
+    Column("support_contact", String(200)),
+    Column("flow_name", String(64), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("label", String(100), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("revoked_at", UtcDateTime),
+)
+
+flow_versions = Table(
+    "flow_versions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("version", String(16), nullable=False),
+    Column("source_name", String(300), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("name", "version"),
+)
+
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("phone", String(20)),
+    Column("email", String(320)),
+    Column("first_name", String(100)),
+    Column("last_name", String(100)),
+    Column("locale", String(16)),
+    Column("zone", String(64)),
+    Column("country", String(2)),
+    Column("region", String(8)),
+    Column("sms_marketing", Boolean, nullable=False, default=False),
+    Column("email_marketing", Boolean, nullable=False, default=False),
+    Column("orders_count", Integer, nullable=False, default=0),
+    Column("tags", JSON, nullable=False),
+    # The newest marketing opt-out on any channel: running flows exit when it is after their start.
+    Column("opted_out_at", UtcDateTime),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("store_id", "phone"),
+    UniqueConstraint("store_id", "email"),
+)
+
+consent_events = Table(
+    "consent_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("contact_id", ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("channel", String(8), nullable=False),
+    Column("purpose", String(20), nullable=False),
+    Column("granted", Boolean, nullable=False),
+    Column("source", String(20), nullable=False),
+    Column("wording", Text),
+    Column("wording_hash", String(64)),
+    Column("ip", String(64)),
+    Column("user_agent", String(400)),
+    Column("evidence", JSON),
+    Column("at", UtcDateTime, nullable=False),
+)
+
+carts = Table(
+    "carts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("token", String(200), nullable=False),
+    Column("contact_id", ForeignKey("contacts.id", ondelete="SET NULL")),
+    Column("lines", JSON, nullable=False),
+    Column("value", Money, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("restore_url", Text),
+    Column("status", String(10), nullable=False),
+    Column("tags", JSON, nullable=False),
+    # The shop's time of the newest event applied: older events are stale and change nothing.
+    Column("occurred_at", UtcDateTime, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("store_id", "token"),
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("order_ref", String(200), nullable=False),
+    Column("cart_id", ForeignKey("carts.id", ondelete="SET NULL"), index=True),
+    Column("contact_id", ForeignKey("contacts.id", ondelete="SET NULL")),
+    Column("value", Money, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("occurred_at", UtcDateTime, nullable=False),
+    UniqueConstraint("store_id", "order_ref"),
+)
+
+enrollments = Table(
+    "enrollments",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("cart_id", ForeignKey("carts.id", ondelete="CASCADE"), nullable=False),
+    Column("flow_name", String(64), nullable=False),
+    Column("flow_version", String(16), nullable=False),
+    Column("step_index", Integer, nullable=False),
+    Column("state", String(10), nullable=False),
+    Column("abandoned_at", UtcDateTime, nullable=False),
+    # NULL once the enrollment has ended: the due index then only holds live timers.
+    Column("wake_at", UtcDateTime),
+    Column("variant", String(32)),
+    Column("holdout", Boolean, nullable=False),
+    Column("exit_reason", String(40)),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("cart_id", "flow_name"),
+    Index("ix_enrollments_wake_at", "wake_at"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("enrollment_id", ForeignKey("enrollments.id", ondelete="CASCADE"), nullable=False),
+    Column("contact_id", ForeignKey("contacts.id", ondelete="SET NULL")),
+    Column("step_id", String(64), nullable=False),
+    Column("channel", String(8), nullable=False),
+    Column("to_address", String(320), nullable=False),
+    Column("subject", Text),
+    Column("body", Text, nullable=False),
+    Column("html", Text),
+    Column("encoding", String(8)),
+    Column("segments", Integer),
+    # pending → sending → sent → delivered, or failed / unknown / cancelled.
+    Column("status", String(10), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("available_at", UtcDateTime, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_until", UtcDateTime),
+    Column("provider", String(32)),
+    Column("provider_id", String(128)),
+    Column("error", Text),
+    Column("cost", Money),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("sent_at", UtcDateTime),
+    Column("delivered_at", UtcDateTime),
+    Column("opened_at", UtcDateTime),
+    Column("clicked_at", UtcDateTime),
+    Column("updated_at", UtcDateTime, nullable=False),
+    # At most one message per cart and step, whatever the number of workers.
+    UniqueConstraint("enrollment_id", "step_id"),
+    Index("ix_outbox_status_available_at", "status", "available_at"),
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("enrollment_id", ForeignKey("enrollments.id", ondelete="CASCADE"), index=True),
+    Column("cart_id", ForeignKey("carts.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("step_id", String(64)),
+    Column("outcome", String(12), nullable=False),
+    Column("rule", String(64)),
+    Column("reason", Text, nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+)
+
+event_receipts = Table(
+    "event_receipts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("event_id", String(200), nullable=False),
+    Column("received_at", UtcDateTime, nullable=False),
+    UniqueConstraint("store_id", "source", "event_id"),
+)

@@ -1,0 +1,1 @@
+"""The HTTP adapter: one ASGI app and its one route table."""

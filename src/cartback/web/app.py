@@ -1,0 +1,227 @@
+"""The ASGI app and its one route table."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from cartback import __version__
+from cartback.app import App
+from cartback.core.events import ShopEvent
+from cartback.core.model import Store
+from cartback.services import admin
+from cartback.services.ingest import EventStatus, ingest
+from cartback.store import tables as t
+from cartback.web import problems
+from cartback.web.intake import parse_event_document
+from cartback.web.problems import Problem
+from cartback.web.schemas import DecisionOut, EventBatchIn, EventResultOut, EventsOut
+
+log = logging.getLogger("cartback.web")
+_EVENTS_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    {"$ref": "#/components/schemas/EventBatchIn"},
+                    {"$ref": "#/components/schemas/CheckoutUpdatedIn"},
+                    {"$ref": "#/components/schemas/OrderPlacedIn"},
+                    {"$ref": "#/components/schemas/CartEmptiedIn"},
+                    {"$ref": "#/components/schemas/ConsentChangedIn"},
+                ]
+            }
+        }
+    },
+}
+
+
+def create_app(app: App) -> FastAPI:
+    api = FastAPI(
+        title="cartback",
+        version=__version__,
+        description="Self-hosted abandoned-cart recovery: event API and tracked links.",
+    )
+    api.state.cartback = app
+    _install_error_handlers(api)
+    _publish_schemas(api)
+
+    def current_store(request: Request) -> Store:
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Problem(
+                401,
+                "Missing API key",
+                "send the store's key as `Authorization: Bearer <key>`",
+                slug="unauthorized",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        with app.engine.connect() as conn:
+            store = admin.store_for_key(conn, key.strip())
+        if store is None:
+            raise Problem(
+                401,
+                "Invalid API key",
+                "the key is unknown or revoked",
+                slug="unauthorized",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return store
+
+    StoreDep = Annotated[Store, Depends(current_store)]
+
+    @api.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        with app.engine.connect() as conn:
+            conn.execute(select(1))
+        return {"status": "ok", "version": __version__}
+
+    @api.post(
+        "/v1/events",
+        tags=["events"],
+        response_model=EventsOut,
+        openapi_extra={"requestBody": _EVENTS_BODY},
+        summary="Report shop events: one event, or a batch of up to 1,000",
+    )
+    async def post_events(request: Request, store: StoreDep) -> EventsOut:
+        events = parse_event_document(await request.body())
+        # The database work is blocking; it runs on the thread pool, not the event loop.
+        return await run_in_threadpool(_ingest, app, store, events)
+
+    @api.get(
+        "/v1/carts/{token}/decisions",
+        tags=["carts"],
+        response_model=list[DecisionOut],
+        summary="Why a cart got (or did not get) each message",
+    )
+    def cart_decisions(token: str, store: StoreDep) -> list[DecisionOut]:
+        with app.engine.connect() as conn:
+            cart_id = conn.execute(
+                select(t.carts.c.id).where(t.carts.c.store_id == store.id, t.carts.c.token == token)
+            ).scalar()
+            if cart_id is None:
+                raise Problem(
+                    404, "Unknown cart", f"no cart with token {token!r}", slug="not-found"
+                )
+            d = t.decisions.c
+            rows = conn.execute(
+                select(d.at, d.step_id, d.outcome, d.rule, d.reason)
+                .where(d.cart_id == cart_id)
+                .order_by(d.at, d.id)
+            ).all()
+        return [DecisionOut(**row._asdict()) for row in rows]
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def home() -> str:
+        return _HOME
+
+    return api
+
+
+def _ingest(app: App, store: Store, events: list[ShopEvent]) -> EventsOut:
+    flow = app.registry.current(admin_flow_name(app, store))
+    now = app.clock.now()
+    for attempt in range(3):
+        try:
+            with app.engine.begin() as conn:
+                results = ingest(conn, store, flow, events, now)
+            break
+        except (IntegrityError, OperationalError):
+            # Two requests raced on the same contact or cart; the whole batch is retried.
+            if attempt == 2:
+                raise
+    counts = dict.fromkeys(EventStatus, 0)
+    for result in results:
+        counts[result.status] += 1
+    return EventsOut(
+        accepted=counts[EventStatus.ACCEPTED],
+        duplicates=counts[EventStatus.DUPLICATE],
+        stale=counts[EventStatus.STALE],
+        results=[
+            EventResultOut(id=r.id, status=r.status.value, detail=r.detail)
+            for r in results
+        ],
+    )
+
+
+def admin_flow_name(app: App, store: Store) -> str:
+    with app.engine.connect() as conn:
+        return admin.store_flow_name(conn, store.id)
+
+
+def _install_error_handlers(api: FastAPI) -> None:
+    @api.exception_handler(Problem)
+    async def _problem(request: Request, problem: Problem) -> Response:
+        return problem.response(request.url.path)
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation(request: Request, error: RequestValidationError) -> Response:
+        errors = [
+            {"field": problems.field_path(item["loc"]), "message": item["msg"]}
+            for item in error.errors()
+        ]
+        return problems.invalid(errors).response(request.url.path)
+
+    @api.exception_handler(404)
+    async def _not_found(request: Request, _error: Exception) -> Response:
+        return Problem(404, "Not found", f"no route {request.url.path}", slug="not-found").response(
+            request.url.path
+        )
+
+    @api.exception_handler(405)
+    async def _method(request: Request, _error: Exception) -> Response:
+        return Problem(
+            405, "Method not allowed", f"{request.method} is not allowed here", slug="method"
+        ).response(request.url.path)
+
+    @api.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(
+            {
+                "type": "/problems/internal",
+                "title": "Internal error",
+                "status": 500,
+                "detail": "the request was not applied; it is safe to retry",
+            },
+            status_code=500,
+            media_type=problems.PROBLEM_TYPE,
+        )
+
+
+def _publish_schemas(api: FastAPI) -> None:
+    """Event models are parsed by hand (for field-exact errors), so publish them explicitly."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema:
+            return api.openapi_schema
+        schema = get_openapi(
+            title=api.title, version=api.version, description=api.description, routes=api.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        batch = EventBatchIn.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(batch.pop("$defs", {}))
+        components["EventBatchIn"] = batch
+        api.openapi_schema = schema
+        return schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
+
+_HOME = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>cartback</title><meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem}
+code{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}</style></head><body>
+<h1>cartback is running</h1>
+<p>Post shop events to <code>POST /v1/events</code>. The API reference is at
+<a href="/docs">/docs</a> and the OpenAPI document at <a href="/openapi.json">/openapi.json</a>.</p>
+<p>Health: <a href="/healthz">/healthz</a></p></body></html>"""

@@ -1,0 +1,67 @@
+"""Turn a request body into normalised events, or a problem that names every bad field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from cartback.core.events import ShopEvent
+from cartback.web import problems
+from cartback.web.convert import FieldError, to_event
+from cartback.web.problems import Problem
+from cartback.web.schemas import EVENT_TYPES, MAX_BATCH, EventIn
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+_event_adapter: TypeAdapter[Any] = TypeAdapter(EventIn)
+
+
+def parse_event_document(body: bytes) -> list[ShopEvent]:
+    """One event, or {"events": [...]}; all of it is valid, or nothing is applied."""
+    parsed = _parse_events(body)
+    try:
+        return [to_event(model, prefix, raw) for model, prefix, raw in parsed]
+    except FieldError as error:
+        field = error.field.lstrip(".")
+        raise problems.invalid([{"field": field, "message": error.message}]) from None
+
+
+def _parse_events(body: bytes) -> list[tuple[Any, str, dict[str, Any]]]:
+    if len(body) > MAX_BODY_BYTES:
+        raise Problem(413, "Body too large", f"at most {MAX_BODY_BYTES} bytes", slug="too-large")
+    try:
+        document = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise problems.invalid([{"field": "body", "message": f"not valid JSON: {error}"}]) from None
+    if isinstance(document, dict) and "events" in document:
+        raw_events = document["events"]
+        if not isinstance(raw_events, list):
+            raise problems.invalid([{"field": "events", "message": "must be an array of events"}])
+        if not raw_events or len(raw_events) > MAX_BATCH:
+            raise problems.invalid(
+                [{"field": "events", "message": f"must hold 1 to {MAX_BATCH} events"}]
+            )
+        extra = sorted(set(document) - {"events"})
+        if extra:
+            raise problems.invalid([{"field": extra[0], "message": "unknown field"}])
+        located = [(event, f"events[{index}]") for index, event in enumerate(raw_events)]
+    elif isinstance(document, dict):
+        located = [(document, "")]
+    else:
+        raise problems.invalid(
+            [{"field": "body", "message": 'must be an event or {"events": [...]}'}]
+        )
+    errors: list[dict[str, str]] = []
+    parsed: list[tuple[Any, str, dict[str, Any]]] = []
+    for raw, prefix in located:
+        prefix_parts: tuple[int | str, ...] = ("events", int(prefix[7:-1])) if prefix else ()
+        try:
+            model = _event_adapter.validate_python(raw)
+        except ValidationError as error:
+            errors.extend(problems.from_validation_error(error, prefix_parts, EVENT_TYPES).errors)
+            continue
+        parsed.append((model, prefix, raw))
+    if errors:
+        raise problems.invalid(errors)
+    return parsed
