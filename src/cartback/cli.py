@@ -22,13 +22,15 @@ from cartback.config import ConfigError, Settings, load_settings
 from cartback.core.flows import FlowError, load_flow
 from cartback.core.model import Store
 
-cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+cli = typer.Typer(
+    add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False
+)
 flows_cli = typer.Typer(no_args_is_help=True, help="Check flow files and run carts through them.")
 store_cli = typer.Typer(no_args_is_help=True, help="Stores and their API keys.")
 cli.add_typer(flows_cli, name="flows")
 cli.add_typer(store_cli, name="store")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 DEMO_KEY = "cbk_demo_local_only"
 USAGE_ERROR = 2
@@ -154,6 +156,17 @@ def store_key(slug: str, label: str = "default") -> None:
         out.print(f"API key for {slug} (shown once): {key}")
 
 
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT end the process cleanly: the worker finishes its batch, exit code 0.
+    (uvicorn re-raises the signal it caught once it has shut down; this handler absorbs it.)"""
+
+    def _handler(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+
+
 def _serve_web(app: App, host: str, port: int) -> None:
     import uvicorn
 
@@ -181,6 +194,7 @@ def serve(
     with running_app(host=host, port=port) as app:
         _flows_or_exit(app)
         thread, stop = _worker(app)
+        _stop_on_signals(stop)
         try:
             _serve_web(app, app.settings.host, app.settings.port)
         finally:
@@ -209,12 +223,7 @@ def worker() -> None:
     with running_app() as app:
         _flows_or_exit(app)
         runner = Worker(app)
-
-        def _stop(_signum: int, _frame: Any) -> None:
-            runner.stop.set()
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+        _stop_on_signals(runner.stop)
         out.print("worker running; Ctrl-C to stop")
         runner.run()
 
@@ -320,4 +329,16 @@ def _logging() -> None:
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as error:
+        # An operator gets one line; CARTBACK_DEBUG=1 shows the full trace for a bug report.
+        import os
+
+        if os.environ.get("CARTBACK_DEBUG") == "1":
+            raise
+        err.print(f"[red]error:[/red] {type(error).__name__}: {error}", highlight=False)
+        err.print("set CARTBACK_DEBUG=1 to see the full trace", style="dim")
+        raise SystemExit(1) from None

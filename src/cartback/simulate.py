@@ -19,6 +19,7 @@ from cartback.core.model import (
     Enrollment,
     EnrollmentState,
     Store,
+    format_duration,
 )
 from cartback.services.compose import ComposeError, compose
 from cartback.services.gates import consent_gate
@@ -77,8 +78,8 @@ def timeline(
             plan.abandoned_at,
             None,
             "enrolled",
-            f"abandoned after {flow.abandon_after} idle; variant {plan.variant or '-'}"
-            + ("; holdout group" if plan.holdout else ""),
+            f"abandoned after {format_duration(flow.abandon_after)} idle; "
+            f"variant {plan.variant or '-'}" + ("; holdout group" if plan.holdout else ""),
         )
     )
     for _ in range(MAX_WAKES):

@@ -291,6 +291,11 @@ def test_brand_and_opt_out_are_not_duplicated_when_present() -> None:
     assert sms.text == f"ACME here: your Trail Mug waits {LINK}. Text STOP to end."
 
 
+def test_brand_must_open_the_message_as_a_whole_word() -> None:
+    sms = render_sms("Acmeville called: {{ link }} STOP=end", make_ctx(), max_segments=1)
+    assert sms.text == f"Acme: Acmeville called: {LINK} STOP=end"
+
+
 def test_lowercase_stop_in_prose_does_not_count_as_opt_out() -> None:
     sms = render_sms("Don't stop now: {{ link }}", make_ctx(), max_segments=1)
     assert sms.text.endswith("\nReply STOP to opt out")

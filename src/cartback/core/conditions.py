@@ -125,9 +125,11 @@ def parse_condition(
     known_steps: Collection[str],
     *,
     all_steps: Collection[str] = (),
+    steps_allowed: bool = True,
 ) -> Condition:
     """Parse and check `source`. `known_steps` are the ids it may read (steps earlier in the flow);
-    `all_steps`, when given, lets the error for a later step say so instead of "unknown"."""
+    `all_steps`, when given, lets the error for a later step say so instead of "unknown".
+    `steps_allowed=False` is for conditions checked before any step runs (enroll_when)."""
     if not isinstance(source, str):
         raise ConditionError(f"a condition must be text, got {type(source).__name__}")
     text = source.strip()
@@ -142,7 +144,7 @@ def parse_condition(
         raise ConditionError(f"syntax error{where}: {error.msg}") from None
     except (ValueError, MemoryError, RecursionError) as error:
         raise ConditionError(f"cannot parse the condition: {error}") from None
-    translator = _Translator(text, known_steps, all_steps)
+    translator = _Translator(text, known_steps if steps_allowed else (), all_steps, steps_allowed)
     tree = translator.expression(module.body)
     return Condition(source=text, _tree=tree, _step_refs=frozenset(translator.step_refs))
 
@@ -232,8 +234,15 @@ def _operator_symbol(node: ast.AST) -> str:
 
 
 class _Translator:
-    def __init__(self, text: str, known_steps: Collection[str], all_steps: Collection[str]) -> None:
+    def __init__(
+        self,
+        text: str,
+        known_steps: Collection[str],
+        all_steps: Collection[str],
+        steps_allowed: bool,
+    ) -> None:
         self.text = text
+        self.steps_allowed = steps_allowed
         self.known_steps = frozenset(known_steps)
         self.all_steps = frozenset(all_steps)
         self.step_refs: set[str] = set()
@@ -333,9 +342,9 @@ class _Translator:
         if step_id in self.known_steps:
             self.step_refs.add(step_id)
             return _Fact((step_id, dotted.split(".")[1]), is_step=True)
+        if not self.steps_allowed and (step_id in self.all_steps or not self.all_steps):
+            raise ConditionError(f"{dotted}: this condition cannot refer to steps")
         if step_id in self.all_steps:
-            if not self.known_steps:
-                raise ConditionError(f"{dotted}: this condition cannot refer to steps")
             raise ConditionError(f"{dotted}: step {step_id} does not come before this step")
         raise ConditionError(f"unknown name {dotted}{self.suggestion(dotted)}")
 

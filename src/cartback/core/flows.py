@@ -278,6 +278,7 @@ class _Parser:
         self.variant_names: list[str] = []
 
     def issue(self, path: Sequence[object], message: str, *, line: int | None = None) -> None:
+        # Paths keep raw YAML keys (even non-text ones) so that their line can be found.
         where = self.lines.line_of(path) if line is None else line
         name = format_path(path) or "(top level)"
         self.issues.append(FlowIssue(self.source, where, name, message))
@@ -296,7 +297,7 @@ class _Parser:
         result: dict[str, object] = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                self.issue((*path, str(key)), f"keys must be text, got {_describe(key)}")
+                self.issue((*path, key), f"keys must be text, got {_describe(key)}")
                 continue
             result[key] = item
         return result
@@ -377,7 +378,9 @@ class _Parser:
             self.issue((*path, key), f"expected a condition as text, got {_describe(value)}")
             return None
         try:
-            return parse_condition(value, earlier, all_steps=all_steps)
+            return parse_condition(
+                value, earlier, all_steps=all_steps, steps_allowed=key != "enroll_when"
+            )
         except ConditionError as error:
             self.issue((*path, key), str(error))
             return None
@@ -725,7 +728,7 @@ class _Parser:
         for key, item in value.items():
             if not isinstance(key, str):
                 self.issue(
-                    (*path, str(key)),
+                    (*path, key),
                     f"locale keys must be text, got {_describe(key)}; quote it "
                     '(YAML reads no, yes, on and off as true/false: write "no")',
                 )

@@ -262,7 +262,9 @@ def tidy_sms_text(text: str) -> str:
 
 
 def ensure_brand_prefix(text: str, brand: str) -> str:
-    if text.casefold().startswith(brand.casefold()):
+    """Prefix "{brand}: " unless the text already opens with the brand as a whole word."""
+    opening, rest = text[: len(brand)], text[len(brand) :]
+    if opening.casefold() == brand.casefold() and not rest[:1].isalnum():
         return text
     return f"{brand}: {text}"
 

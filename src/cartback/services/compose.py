@@ -32,7 +32,7 @@ def compose(
     now: datetime,
     base_url: str,
 ) -> dict[str, Any]:
-    locale = contact.locale or store.default_locale
+    locale = content_locale(step, contact.locale, store.default_locale)
     content = step.content_for(enrollment.variant, locale)
     discount = _offer(step, cart)
     link = cart.restore_url or base_url or ""
@@ -72,6 +72,19 @@ def compose(
         "created_at": now,
         "updated_at": now,
     }
+
+
+def content_locale(step: Step, wanted: str | None, fallback: str) -> str:
+    """The shopper's locale when the step has text for it, else the store's: the words, the
+    opt-out line and the money format then all speak one language."""
+    if wanted:
+        language = wanted.replace("_", "-").split("-")[0].lower()
+        keys = {key.lower() for key in step.locales}
+        variants = (o.locales for o in step.variant_overrides.values())
+        keys |= {key.lower() for table in variants for key in table}
+        if wanted.lower() in keys or language in {key.split("-")[0] for key in keys}:
+            return wanted
+    return fallback
 
 
 def _offer(step: Step, cart: Cart) -> Discount | None:

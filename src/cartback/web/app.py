@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
+from starlette.concurrency import run_in_threadpool
 
 from cartback import __version__
 from cartback.app import App
@@ -76,8 +76,6 @@ def create_app(app: App) -> FastAPI:
             )
         return store
 
-    StoreDep = Annotated[Store, Depends(current_store)]
-
     @api.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
         with app.engine.connect() as conn:
@@ -91,7 +89,7 @@ def create_app(app: App) -> FastAPI:
         openapi_extra={"requestBody": _EVENTS_BODY},
         summary="Report shop events: one event, or a batch of up to 1,000",
     )
-    async def post_events(request: Request, store: StoreDep) -> EventsOut:
+    async def post_events(request: Request, store: Store = Depends(current_store)) -> EventsOut:
         events = parse_event_document(await request.body())
         # The database work is blocking; it runs on the thread pool, not the event loop.
         return await run_in_threadpool(_ingest, app, store, events)
@@ -102,7 +100,7 @@ def create_app(app: App) -> FastAPI:
         response_model=list[DecisionOut],
         summary="Why a cart got (or did not get) each message",
     )
-    def cart_decisions(token: str, store: StoreDep) -> list[DecisionOut]:
+    def cart_decisions(token: str, store: Store = Depends(current_store)) -> list[DecisionOut]:
         with app.engine.connect() as conn:
             cart_id = conn.execute(
                 select(t.carts.c.id).where(t.carts.c.store_id == store.id, t.carts.c.token == token)
@@ -145,10 +143,7 @@ def _ingest(app: App, store: Store, events: list[ShopEvent]) -> EventsOut:
         accepted=counts[EventStatus.ACCEPTED],
         duplicates=counts[EventStatus.DUPLICATE],
         stale=counts[EventStatus.STALE],
-        results=[
-            EventResultOut(id=r.id, status=r.status.value, detail=r.detail)
-            for r in results
-        ],
+        results=[EventResultOut(id=r.id, status=r.status.value, detail=r.detail) for r in results],
     )
 
 

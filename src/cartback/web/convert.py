@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
@@ -86,7 +87,7 @@ def to_event(
             consent = ConsentFlags(**model.consent.model_dump())
         return CheckoutUpdated(
             event_id=model.id,
-            occurred_at=model.occurred_at,
+            occurred_at=model.occurred_at.astimezone(UTC),
             cart_token=model.cart_token,
             contact=contact,
             lines=lines,
@@ -102,7 +103,7 @@ def to_event(
     if isinstance(model, OrderPlacedIn):
         return OrderPlaced(
             event_id=model.id,
-            occurred_at=model.occurred_at,
+            occurred_at=model.occurred_at.astimezone(UTC),
             order_id=model.order_id,
             value=model.value,
             currency=model.currency,
@@ -114,7 +115,10 @@ def to_event(
         )
     if isinstance(model, CartEmptiedIn):
         return CartEmptied(
-            event_id=model.id, occurred_at=model.occurred_at, cart_token=model.cart_token, raw=raw
+            event_id=model.id,
+            occurred_at=model.occurred_at.astimezone(UTC),
+            cart_token=model.cart_token,
+            raw=raw,
         )
     contact = _contact(model.contact, model.shipping, f"{prefix}.contact")
     if model.channel == "sms" and not contact.phone:
@@ -123,7 +127,7 @@ def to_event(
         raise FieldError(f"{prefix}.contact.email", "an email consent change needs the email")
     return ConsentChanged(
         event_id=model.id,
-        occurred_at=model.occurred_at,
+        occurred_at=model.occurred_at.astimezone(UTC),
         contact=contact,
         channel=Channel(model.channel),
         purpose=Purpose(model.purpose),

@@ -1,0 +1,118 @@
+"""The command line: flow checks with file:line errors and exit code 2, the flow timeline,
+configuration errors that name the variable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from cartback.cli import cli
+
+runner = CliRunner()
+CHECKOUT = {
+    "id": "e1",
+    "type": "checkout.updated",
+    "occurred_at": "2026-11-23T10:00:00+01:00",
+    "cart_token": "c1",
+    "contact": {
+        "phone": "+4791234567",
+        "email": "kari@example.com",
+        "first_name": "Kari",
+        "locale": "nb",
+    },
+    "shipping": {"country": "NO"},
+    "lines": [{"title": "Ullsokker", "quantity": 2, "price": "60.00"}],
+    "currency": "NOK",
+    "restore_url": "https://shop.example/cart/c1",
+    "consent": {"sms_marketing": True, "email_marketing": True},
+}
+
+
+def _event_file(tmp_path: Path, **changes: object) -> Path:
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(CHECKOUT | changes))
+    return path
+
+
+def test_flows_check_accepts_the_shipped_flows() -> None:
+    shipped = Path(__file__).resolve().parents[2] / "src/cartback/flows"
+    result = runner.invoke(cli, ["flows", "check", *map(str, sorted(shipped.glob("*.yaml")))])
+    assert result.exit_code == 0, result.output
+    assert "default, 6 steps" in result.output
+
+
+def test_flows_check_reports_file_line_field_and_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: broken\n"
+        "abandon_after: 10m\n"
+        "steps:\n"
+        "  - id: sms1\n"
+        "    at: soon\n"
+        "    chanel: sms\n"
+        "    body: hi\n"
+    )
+    result = runner.invoke(cli, ["flows", "check", str(bad)])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert f"{bad}:5: steps[0].at: " in lines[0]
+    assert any(line.startswith(f"{bad}:6: steps[0].chanel: ") for line in lines)
+
+
+def test_flows_check_names_a_missing_file(tmp_path: Path) -> None:
+    result = runner.invoke(cli, ["flows", "check", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert "nope.yaml:1" in result.stderr
+
+
+def test_flows_test_prints_the_six_step_timeline(tmp_path: Path) -> None:
+    result = runner.invoke(
+        cli, ["flows", "test", "default", "--event", str(_event_file(tmp_path)), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    entries = json.loads(result.stdout)
+    sends = [(e["step_id"], e["channel"]) for e in entries if e["outcome"] == "send"]
+    assert sends == [
+        ("sms1", "sms"),
+        ("email1", "email"),
+        ("sms2", "sms"),
+        ("email2", "email"),
+        ("sms3", "sms"),
+        ("email3", "email"),
+    ]
+    sms1 = next(e for e in entries if e["step_id"] == "sms1")
+    assert sms1["at"].startswith("2026-11-23 09:25:00")
+    assert sms1["encoding"] == "GSM-7" and sms1["segments"] == 1
+    assert "Ullsokker" in sms1["text"]
+
+
+def test_flows_test_shows_why_a_step_was_skipped(tmp_path: Path) -> None:
+    event = _event_file(tmp_path, consent={"email_marketing": True})
+    result = runner.invoke(cli, ["flows", "test", "default", "--event", str(event), "--json"])
+    entries = json.loads(result.stdout)
+    skipped = {e["step_id"]: e for e in entries if e["outcome"] == "skip"}
+    assert set(skipped) == {"sms1", "sms2", "sms3"}
+    assert "contact.sms_consent" in skipped["sms1"]["reason"]
+
+
+def test_flows_test_prints_a_readable_table(tmp_path: Path) -> None:
+    result = runner.invoke(cli, ["flows", "test", "default", "--event", str(_event_file(tmp_path))])
+    assert result.exit_code == 0
+    assert "email3" in result.stdout and "GSM-7, 1 segment" in result.stdout
+
+
+def test_flows_test_rejects_a_bad_event_with_the_field(tmp_path: Path) -> None:
+    event = _event_file(tmp_path, currency="kroner")
+    result = runner.invoke(cli, ["flows", "test", "default", "--event", str(event)])
+    assert result.exit_code == 2
+    assert "currency" in result.stderr
+
+
+def test_a_bad_setting_names_the_variable_and_exits_2(tmp_path: Path) -> None:
+    result = runner.invoke(
+        cli, ["migrate"], env={"CARTBACK_WORKER_BATCH": "lots", "CARTBACK_DATABASE_URL": "x"}
+    )
+    assert result.exit_code == 2
+    assert "CARTBACK_WORKER_BATCH" in result.stderr

@@ -1,0 +1,91 @@
+"""Two worker processes on one database: every step of every cart is sent exactly once."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from cartback.services import admin
+from cartback.services.flows import FlowRegistry
+from cartback.services.ingest import ingest
+from cartback.store import tables as t
+from cartback.store.db import make_engine
+from tests.support.events import checkout
+from tests.support.procs import cartback_env, run_cartback, start_cartback, stop, wait_for
+
+CARTS = 150
+STEPS = 6
+
+
+def _seed(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        registry = FlowRegistry(engine)
+        flow = registry.current("default")
+        with engine.begin() as conn:
+            store = admin.store_by_slug(conn, "demo")
+            assert store is not None
+            conn.execute(t.stores.update().values(flow_name="default"))
+            # Carts abandoned four days ago: every step of the default flow is already due.
+            past = datetime.now(UTC) - timedelta(days=4)
+            events = [
+                checkout(f"cart-{i}", past, phone=f"+47400{i:05d}", email=f"s{i}@example.com")
+                for i in range(CARTS)
+            ]
+            ingest(conn, store, flow, events, datetime.now(UTC))
+    finally:
+        engine.dispose()
+
+
+def test_two_workers_never_send_a_step_twice(database_url: str, tmp_path: Path) -> None:
+    env = cartback_env(database_url, CARTBACK_SMS_CHANNEL="jsonl", CARTBACK_EMAIL_CHANNEL="jsonl")
+    for command in (["migrate"], ["demo"]):
+        done = run_cartback(command, env, tmp_path)
+        assert done.returncode == 0, done.stderr
+    _seed(database_url)
+    outputs = [tmp_path / f"worker{i}.jsonl" for i in (1, 2)]
+    workers = [
+        start_cartback(
+            ["worker"],
+            {
+                **env,
+                "CARTBACK_JSONL_PATH": str(path),
+                "CARTBACK_WORKER_BATCH": "20",
+                "CARTBACK_DISPATCH_BATCH": "10",
+                "CARTBACK_WORKER_POLL_SECONDS": "0.05",
+            },
+            tmp_path,
+            tmp_path / f"worker{i}.log",
+        )
+        for i, path in enumerate(outputs, start=1)
+    ]
+    engine = make_engine(database_url)
+    try:
+
+        def all_sent() -> bool:
+            with engine.connect() as conn:
+                sent = conn.execute(
+                    select(func.count()).select_from(t.outbox).where(t.outbox.c.status == "sent")
+                ).scalar_one()
+            return bool(sent == CARTS * STEPS)
+
+        wait_for(all_sent, 90, "every message to be sent")
+    finally:
+        codes = [stop(worker) for worker in workers]
+        engine.dispose()
+    assert codes == [0, 0], [(tmp_path / f"worker{i}.log").read_text() for i in (1, 2)]
+    records = [
+        json.loads(line)
+        for path in outputs
+        if path.exists()
+        for line in path.read_text().splitlines()
+    ]
+    sent_by = Counter(record["key"] for record in records)
+    assert len(sent_by) == CARTS * STEPS
+    assert max(sent_by.values()) == 1
+    # Both workers took part: the test would prove little if one did all the work.
+    assert all(path.exists() and path.stat().st_size > 0 for path in outputs)
