@@ -9,20 +9,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from cartback.core.consent import ConsentEvent, ConsentSource, fold
 from cartback.core.engine import Outcome, advance, may_enroll, plan_enrollment
 from cartback.core.events import CartEmptied, CheckoutUpdated, OrderPlaced, ShopEvent
 from cartback.core.flows import Flow
 from cartback.core.model import (
     Cart,
     CartStatus,
+    Channel,
+    ConsentView,
     Contact,
     Enrollment,
     EnrollmentState,
+    Purpose,
     Store,
     format_duration,
 )
+from cartback.core.policy import SentRecord, StorePolicy
 from cartback.services.compose import ComposeError, compose
-from cartback.services.gates import consent_gate
+from cartback.services.gates import policy_gate
 
 MAX_WAKES = 1000
 
@@ -82,12 +87,23 @@ def timeline(
             f"variant {plan.variant or '-'}" + ("; holdout group" if plan.holdout else ""),
         )
     )
+    consent = _consent(first)
+    recent: list[SentRecord] = []
+    store_policy = StorePolicy(default_zone=store.default_zone)
     for _ in range(MAX_WAKES):
         now = enrollment.wake_at
         if now is None or enrollment.state is not EnrollmentState.ACTIVE:
             break
         cart = _cart_at(cart, events, now)
-        gate = consent_gate(store, cart, contact, enrollment)
+        gate = policy_gate(
+            cart,
+            contact,
+            enrollment,
+            consent=consent,
+            recent=recent,
+            store_policy=store_policy,
+            now=now,
+        )
         result = advance(flow, enrollment, cart, contact, now, gate=gate)
         sends = {step.id: step for step in result.sends}
         for decision in result.decisions:
@@ -133,6 +149,33 @@ def _contact(event: CheckoutUpdated) -> Contact:
         email_marketing=bool(consent and consent.email_marketing),
         tags=info.tags,
     )
+
+
+def _consent(event: CheckoutUpdated) -> dict[Channel, ConsentView]:
+    """The consent ledger the checkout would write, folded as the worker folds it."""
+    flags = event.consent
+    granted: list[ConsentEvent] = []
+    if flags is not None:
+        wanted = (
+            (Channel.SMS, Purpose.MARKETING, flags.sms_marketing),
+            (Channel.EMAIL, Purpose.MARKETING, flags.email_marketing),
+            (Channel.SMS, Purpose.CART_REMINDERS, flags.cart_reminders and flags.sms_marketing),
+        )
+        granted = [
+            ConsentEvent(
+                contact_id=1,
+                channel=channel,
+                purpose=purpose,
+                granted=True,
+                source=ConsentSource.CHECKOUT,
+                at=event.occurred_at,
+                wording=flags.wording,
+                double_opt_in_at=event.occurred_at if flags.double_opt_in else None,
+            )
+            for channel, purpose, yes in wanted
+            if yes
+        ]
+    return {channel: fold(granted, channel) for channel in Channel}
 
 
 def _cart(event: CheckoutUpdated) -> Cart:

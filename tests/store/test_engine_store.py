@@ -42,9 +42,9 @@ def _enrollment(world: World) -> dict[str, object]:
 
 
 def test_migrations_reach_head_and_rerun_is_a_no_op(world: World) -> None:
-    assert current_revision(world.app.engine) == "0001"
+    assert current_revision(world.app.engine) == "0002"
     upgrade(world.app.engine)
-    assert current_revision(world.app.engine) == "0001"
+    assert current_revision(world.app.engine) == "0002"
 
 
 def test_checkout_enrolls_once_with_the_timer_at_the_first_step(world: World) -> None:

@@ -22,6 +22,7 @@ from cartback.core.model import (
     EnrollmentState,
     StepOutcome,
 )
+from cartback.core.policy import Allow, Defer, Skip
 
 
 class Outcome(StrEnum):
@@ -33,25 +34,8 @@ class Outcome(StrEnum):
     COMPLETE = "complete"
 
 
-@dataclass(frozen=True, slots=True)
-class Allow:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Defer:
-    until: datetime
-    rule: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Skip:
-    rule: str
-    reason: str
-
-
 GateResult = Allow | Defer | Skip
+__all__ = ["Allow", "Defer", "GateResult", "SendGate", "Skip"]
 # Decides, at send time, whether one step may go out now. `planned` are the steps this same
 # evaluation already decided to send, so cooldowns and caps can count them.
 SendGate = Callable[[Step, tuple[Step, ...]], GateResult]
@@ -208,8 +192,9 @@ def advance(
         history[step.id] = StepOutcome(sent=True)
         sends.append(step)
         index += 1
-        # A deferral applies to one step only; the next step runs on its own offset.
-        enrollment = replace(enrollment, wake_at=None)
+        if enrollment.wake_at is not None:
+            # A deferral applies to one step only; the next step runs on its own offset.
+            enrollment = replace(enrollment, wake_at=None)
 
     if index >= len(flow.steps):
         done = replace(

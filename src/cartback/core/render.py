@@ -12,7 +12,7 @@ import functools
 import html
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from decimal import Decimal
 from typing import Any
 
@@ -159,6 +159,12 @@ def _currency_code(cart: Cart, store: Store) -> str:
 def format_money(value: Decimal, currency: str, locale: babel.Locale) -> str:
     if not value.is_finite():
         raise ValueError(f"cannot format a non-finite amount {value}")
+    return _format_money(value, currency, str(locale))
+
+
+@functools.lru_cache(maxsize=4096)
+def _format_money(value: Decimal, currency: str, locale: str) -> str:
+    # Babel's formatting dominates rendering time; prices repeat across carts, so cache it.
     return babel.numbers.format_currency(value, currency, locale=locale)
 
 
@@ -282,9 +288,10 @@ def render_sms(body_source: str, ctx: MessageContext, *, max_segments: int) -> R
     then fit it into `max_segments` (normalising look-alikes, then shortening the product)."""
     template = compile_template(body_source)
     texts = texts_for(ctx.locale)
+    variables = ctx.variables()
 
     def compose(product: str) -> str:
-        body = tidy_sms_text(_render(template, replace(ctx, product=product).variables()))
+        body = tidy_sms_text(_render(template, {**variables, "product": product}))
         if not body:
             raise RenderError("the SMS body renders empty")
         return ensure_opt_out(ensure_brand_prefix(body, ctx.brand), texts)

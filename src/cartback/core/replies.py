@@ -16,6 +16,7 @@ When unsure we opt out and flag (confident=False); docs/replies.md has the decis
 
 from __future__ import annotations
 
+import bisect
 import re
 import unicodedata
 from collections.abc import Collection, Mapping, Sequence
@@ -177,6 +178,24 @@ _FILLER = frozenset(
 #   $           the end of the clause
 #   ? suffix    the element is optional
 
+# Messages themselves, in every language: "no more texts", "keine SMS mehr", "inga fler sms".
+# fmt: off
+_MSG_NOUNS = (
+    "text*", "txt*", "message*", "msg*", "sms*", "email*", "e-mail*", "spam*", "promo*", "ad",
+    "ads", "advert*", "notification*", "marketing", "newsletter*", "melding*", "tekstmelding*",
+    "epost*", "reklam*", "varsl*", "besked*", "mail*", "nyhedsbrev*", "meddelande*", "mejl*",
+    "utskick*", "nachricht*", "werbung*", "textnachricht*", "texto*", "courriel*", "pub", "pubs",
+    "publicite*", "mensaje*", "correo*", "promocion*", "publicidad", "messagg*", "promozion*",
+    "pubblicita", "bericht*", "nieuwsbrie*", "viest*", "tekstiviest*", "mainos*", "markkinointi*",
+    "wiadomos*", "esemes*", "powiadomien*",
+)
+# What messages carry: "stop the offers" is an opt-out, "I don't want the deal to end" is not.
+_OFFER_NOUNS = (
+    "offer*", "deal*", "reminder*", "alert*", "tilbud*", "erbjudande*", "angebot*", "offre*",
+    "oferta*", "offert*", "aanbieding*",
+)
+# fmt: on
+
 _CLASSES: dict[str, tuple[str, ...]] = {
     "STOP_EN": ("stop", "stopp", "quit", "cease", "end", "halt", "discontinue"),
     "STOP_STRONG_EN": ("stop", "stopp", "cease", "halt"),
@@ -251,76 +270,8 @@ _CLASSES: dict[str, tuple[str, ...]] = {
         "sms",
         "text",
     ),
-    "COMM_NOUN": (
-        # en
-        "text*",
-        "txt*",
-        "message*",
-        "msg*",
-        "sms*",
-        "email*",
-        "e-mail*",
-        "spam*",
-        "promo*",
-        "ad",
-        "ads",
-        "advert*",
-        "offer*",
-        "deal*",
-        "notification*",
-        "reminder*",
-        "alert*",
-        "marketing",
-        "newsletter*",
-        # nb/da/sv
-        "melding*",
-        "tekstmelding*",
-        "epost*",
-        "reklam*",
-        "tilbud*",
-        "varsl*",
-        "besked*",
-        "mail*",
-        "nyhedsbrev*",
-        "meddelande*",
-        "mejl*",
-        "erbjudande*",
-        "utskick*",
-        # de
-        "nachricht*",
-        "werbung*",
-        "angebot*",
-        "textnachricht*",
-        # fr
-        "texto*",
-        "courriel*",
-        "pub",
-        "pubs",
-        "publicite*",
-        "offre*",
-        # es/it
-        "mensaje*",
-        "correo*",
-        "promocion*",
-        "publicidad",
-        "oferta*",
-        "messagg*",
-        "promozion*",
-        "offert*",
-        "pubblicita",
-        # nl
-        "bericht*",
-        "aanbieding*",
-        "nieuwsbrie*",
-        # fi/pl
-        "viest*",
-        "tekstiviest*",
-        "mainos*",
-        "markkinointi*",
-        "wiadomos*",
-        "esemes*",
-        "powiadomien*",
-    ),
+    "MSG_NOUN": _MSG_NOUNS,
+    "COMM_NOUN": _MSG_NOUNS + _OFFER_NOUNS,
     "REMOVE_EN": ("remove", "delete", "erase"),
     "NEVER_EN": ("never", "didnt", "did not", "dnt"),
     "MY_NUMBER_EN": (
@@ -473,13 +424,14 @@ _PHRASES: tuple[_Phrase, ...] = (
     _Phrase("en", "no more @DET_EN? @COMM_NOUN"),
     _Phrase("en", "no @COMM_NOUN please|pls|plz|thanks|thx|anymore|again|ever"),
     _Phrase("en", "unsub*", negatable=True),
+    _Phrase("en", "cancel|end|stop|quit|terminate my|the|this? subscription*", negatable=True),
     _Phrase("en", "opt|opted|opting me|us? out", negatable=True),
     _Phrase("en", "optout|optedout|optingout", negatable=True),
     _Phrase("en", "take|get|put me|us off", negatable=True),
     _Phrase("en", "off @LIST_EN"),
     _Phrase("en", "@REMOVE_EN @MY_NUMBER_EN", negatable=True),
     _Phrase("en", "leave me|us alone"),
-    _Phrase("en", "not|dont|don't want ~2 @COMM_NOUN"),
+    _Phrase("en", "not|dont|don't want ~2 @MSG_NOUN"),
     _Phrase("en", "not interested", unsure=True),
     _Phrase("en", "wrong number|person|phone", unsure=True),
     _Phrase("en", "not my number|phone", unsure=True),
@@ -492,14 +444,14 @@ _PHRASES: tuple[_Phrase, ...] = (
     _Phrase("nb", "meld meg|oss? av"),
     _Phrase("nb", "avmeld*", negatable=True),
     _Phrase("nb", "fjern|slett meg|oss|nummeret|nummer|mitt"),
-    _Phrase("nb", "vil|ønsker ikke ~2 flere|fler|mer|@COMM_NOUN"),
+    _Phrase("nb", "vil|ønsker ikke ~2 flere|fler|mer|@MSG_NOUN"),
     # da
     _Phrase("da", "@STOP_DA med ~1 at? @COMM_VERB_DA", negatable=True),
     _Phrase("da", "send|skriv ikke|aldrig ~1 flere|mere|til|mig|@COMM_NOUN"),
     _Phrase("da", "ikke|ingen flere|mere @COMM_NOUN"),
     _Phrase("da", "afmeld*|frameld*", negatable=True),
     _Phrase("da", "fjern|slet mig|mit"),
-    _Phrase("da", "vil ikke have ~2 flere|mere|@COMM_NOUN"),
+    _Phrase("da", "vil ikke have ~2 flere|mere|@MSG_NOUN"),
     # sv
     _Phrase("sv", "sluta|slutta ~1 @COMM_VERB_SV", negatable=True),
     _Phrase("sv", "@COMM_VERB_SV mig|oss? inte|ej|aldrig ~1 fler|mer|något|till|mig|@COMM_NOUN"),
@@ -507,12 +459,12 @@ _PHRASES: tuple[_Phrase, ...] = (
     _Phrase("sv", "avregistrera*|avanmäl*", negatable=True),
     _Phrase("sv", "avsluta ~1 prenumeration*", negatable=True),
     _Phrase("sv", "ta bort mig|mitt|mina|oss"),
-    _Phrase("sv", "vill inte ha ~2 fler|mer|@COMM_NOUN"),
+    _Phrase("sv", "vill inte ha ~2 fler|mer|@MSG_NOUN"),
     # de
     _Phrase("de", "@STOP_DE", negatable=True),
     _Phrase("de", "keine|kein ~1 @COMM_NOUN ~1 mehr"),
     _Phrase("de", "bitte keine|kein ~1 @COMM_NOUN"),
-    _Phrase("de", "will|möchte|mochte|wollen keine|kein ~2 @COMM_NOUN"),
+    _Phrase("de", "will|möchte|mochte|wollen keine|kein ~2 @MSG_NOUN"),
     _Phrase("de", "nicht|nie mehr|wieder ~1 @COMM_VERB_DE"),
     _Phrase("de", "@COMM_IMP_DE mir|mich|uns? nicht|nie mehr|wieder"),
     _Phrase("de", "abmeld*|abbestell*|austrag*|austragen", negatable=True),
@@ -529,7 +481,7 @@ _PHRASES: tuple[_Phrase, ...] = (
     _Phrase("es", "no|nunca ~2 @COMM_VERB_ES ~2 más|nada"),
     _Phrase("es", "ya no ~1 @COMM_VERB_ES"),
     _Phrase("es", "no más @COMM_NOUN"),
-    _Phrase("es", "no quiero ~2 más|recibir|@COMM_NOUN"),
+    _Phrase("es", "no quiero ~2 más|recibir|@MSG_NOUN"),
     _Phrase("es", "@STOP_ES de ~1 @COMM_VERB_ES", negatable=True),
     _Phrase("es", "de baja"),
     _Phrase("es", "@REMOVE_ME_ES", negatable=True),
@@ -538,7 +490,7 @@ _PHRASES: tuple[_Phrase, ...] = (
     _Phrase("it", "basta ~1 @COMM_NOUN"),
     _Phrase("it", "smett*", negatable=True),
     _Phrase("it", "non ~2 @COMM_VERB_IT ~2 più"),
-    _Phrase("it", "non voglio ~2 più|ricevere|@COMM_NOUN"),
+    _Phrase("it", "non voglio ~2 più|ricevere|@MSG_NOUN"),
     _Phrase("it", "niente|nessun* più? @COMM_NOUN"),
     _Phrase("it", "@REMOVE_ME_IT", negatable=True),
     _Phrase("it", "disiscriv*|disiscrizione", negatable=True),
@@ -552,13 +504,13 @@ _PHRASES: tuple[_Phrase, ...] = (
     _Phrase("nl", "meld|schrijf me|mij|ons af|uit"),
     _Phrase("nl", "haal me|mij|ons van|uit"),
     _Phrase("nl", "verwijder* me|mij|ons|mijn"),
-    _Phrase("nl", "wil|willen geen ~2 meer|@COMM_NOUN"),
+    _Phrase("nl", "wil|willen geen ~2 meer|@MSG_NOUN"),
     # fi
     _Phrase("fi", "lopet*", negatable=True),
     _Phrase("fi", "älä @COMM_VERB_FI"),
     _Phrase("fi", "älkää @COMM_VERB_FI_PLURAL"),
     _Phrase("fi", "ei enää ~1 @COMM_NOUN"),
-    _Phrase("fi", "en halua ~2 enää|@COMM_NOUN"),
+    _Phrase("fi", "en halua ~2 enää|@MSG_NOUN"),
     _Phrase("fi", "poista* minut|numero*", negatable=True),
     _Phrase("fi", "peru* ~1 tilau*", unsure=True),
     # pl
@@ -566,7 +518,7 @@ _PHRASES: tuple[_Phrase, ...] = (
     _Phrase("pl", "nie ~1 @COMM_VERB_PL"),
     _Phrase("pl", "wypis*", negatable=True),
     _Phrase("pl", "usuń* ~1 mój|moj|mnie|numer*", negatable=True),
-    _Phrase("pl", "nie chcę ~2 więcej|@COMM_NOUN"),
+    _Phrase("pl", "nie chcę ~2 więcej|@MSG_NOUN"),
     _Phrase("pl", "rezygnuj*", unsure=True),
 )
 
@@ -598,8 +550,8 @@ def _compile(pattern: str) -> re.Pattern[str]:
 _COMPILED: tuple[tuple[_Phrase, re.Pattern[str]], ...] = tuple(
     (phrase, _compile(phrase.pattern)) for phrase in _PHRASES
 )
-_COMM_NOUN_WORD = re.compile(
-    "(?:" + "|".join(_alternative_regex(alt) for alt in _CLASSES["COMM_NOUN"]) + ")"
+_MSG_NOUN_WORD = re.compile(
+    "(?:" + "|".join(_alternative_regex(alt) for alt in _CLASSES["MSG_NOUN"]) + ")"
 )
 
 # Negations that turn a stop verb around, per language; words shared by many apply to all.
@@ -640,6 +592,9 @@ _SHORT_MESSAGE_WORDS = 6
 
 _STOP_EMOJI = frozenset("🛑⛔🚫✋")
 _EMOJI_NOISE = frozenset("\ufe0f\ufe0e\u200d ")
+
+# "No thanks" declines the offer; it is not read as a revocation, but a person should look.
+_DECLINES = frozenset({"no", "nope", "nah", "not", "nei", "nej", "nein", "non", "nee", "ei", "nie"})
 
 _HELP_QUESTIONS = tuple(
     _compile(pattern)
@@ -742,9 +697,18 @@ def _negated(tokens: Sequence[str], start: int, end: int, language: str | None) 
     return end < len(tokens) and tokens[end] in _POST_NEGATIONS
 
 
-def _token_span(text: str, match: re.Match[str]) -> tuple[int, int]:
-    """Token indices [start, end) of a match over " ".join(tokens) framed by spaces."""
-    start = len(text[: match.start()].split())
+def _token_starts(tokens: Sequence[str]) -> list[int]:
+    """Where each token starts in " " + " ".join(tokens) + " "."""
+    starts, position = [], 1
+    for token in tokens:
+        starts.append(position)
+        position += len(token) + 1
+    return starts
+
+
+def _token_span(starts: Sequence[int], match: re.Match[str]) -> tuple[int, int]:
+    """Token indices [start, end) of a match over the framed, space-joined tokens."""
+    start = bisect.bisect_left(starts, match.start())
     return start, start + len(match.group().split())
 
 
@@ -757,11 +721,12 @@ class _PhraseFindings:
 
 def _find_phrases(tokens: Sequence[str]) -> _PhraseFindings:
     text = " " + " ".join(tokens) + " "
+    starts = _token_starts(tokens)
     unsure: ReplyClassification | None = None
     negated: str | None = None
     for phrase, regex in _COMPILED:
         for match in regex.finditer(text):
-            start, end = _token_span(text, match)
+            start, end = _token_span(starts, match)
             words = tokens[start:end]
             if phrase.negatable and _negated(tokens, start, end, phrase.language):
                 negated = negated or " ".join(words)
@@ -815,9 +780,9 @@ def _aimed_at_us(tokens: Sequence[str], end: int) -> bool:
         if token == _BREAK:
             break
         following.append(token)
-    if not following or following[0] in _AIMED_AT_US:
-        return True
-    return any(_COMM_NOUN_WORD.fullmatch(word) for word in following)
+    return not following or any(
+        word in _AIMED_AT_US or _MSG_NOUN_WORD.fullmatch(word) for word in following
+    )
 
 
 def _standalone_stop(
@@ -825,7 +790,8 @@ def _standalone_stop(
 ) -> tuple[ReplyClassification | None, str | None]:
     """A STOP-family word inside other text: (classification, negated words if all negated)."""
     word_count = len(_words(tokens))
-    clauses = _clauses(tokens)
+    clause_of = {index: span for span in _clauses(tokens) for index in range(*span)}
+    keyword_only: dict[tuple[int, int], bool] = {}
     negated: str | None = None
     ordinary: ReplyClassification | None = None
     for occurrence in _occurrences(tokens, keywords, ReplyKind.STOP):
@@ -833,8 +799,10 @@ def _standalone_stop(
         if _negated(tokens, occurrence.start, occurrence.end, language):
             negated = negated or " ".join(tokens[max(0, occurrence.start - 2) : occurrence.end])
             continue
-        clause = next(span for span in clauses if span[0] <= occurrence.start < span[1])
-        if _keyword_runs(tokens[clause[0] : clause[1]], keywords):
+        clause = clause_of[occurrence.start]
+        if clause not in keyword_only:
+            keyword_only[clause] = bool(_keyword_runs(tokens[clause[0] : clause[1]], keywords))
+        if keyword_only[clause]:
             reason = "a sentence of its own that is only a STOP keyword"
             return _classification(ReplyKind.STOP, words, True, language, reason), None
         if word_count <= _SHORT_MESSAGE_WORDS:
@@ -908,6 +876,13 @@ def classify_reply(text: str, *, extra_stop_words: Collection[str] = ()) -> Repl
     if negated is not None:
         reason = f"negated stop ({negated!r}) is not an opt-out; flagged for review"
         return _classification(ReplyKind.OTHER, None, False, None, reason)
-    return _help_or_start(tokens, keywords) or ReplyClassification(
+    help_or_start = _help_or_start(tokens, keywords)
+    if help_or_start is not None:
+        return help_or_start
+    meaningful = {word for word in words if word not in _FILLER}
+    if meaningful and meaningful <= _DECLINES:
+        reason = "declines the offer ('no thanks'): not read as an opt-out; flagged for review"
+        return ReplyClassification(ReplyKind.OTHER, None, False, None, reason)
+    return ReplyClassification(
         ReplyKind.OTHER, None, True, None, "no opt-out, opt-in or help wording"
     )

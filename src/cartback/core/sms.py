@@ -7,6 +7,7 @@ surrogate pair are never split across two parts of a concatenated message.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -85,17 +86,26 @@ class FitResult:
     reason: str | None
 
 
+_NON_GSM7 = re.compile(
+    "[^" + re.escape("".join(sorted(set(GSM7_BASIC) | set(GSM7_EXTENSION)))) + "]"
+)
+
+
 def is_gsm7_char(char: str) -> bool:
     return char in GSM7_BASIC or char in GSM7_EXTENSION
 
 
 def first_non_gsm7(text: str) -> str | None:
     """The first character that forces UCS-2, or None when the text is GSM-7."""
-    return next((char for char in text if not is_gsm7_char(char)), None)
+    found = _NON_GSM7.search(text)
+    return found.group() if found else None
 
 
 def detect_encoding(text: str) -> Encoding:
     return "GSM-7" if first_non_gsm7(text) is None else "UCS-2"
+
+
+_HAS_EXTENSION = re.compile("[" + re.escape("".join(sorted(GSM7_EXTENSION))) + "]")
 
 
 def _unit_weights(text: str, encoding: Encoding) -> Iterator[int]:
@@ -114,6 +124,12 @@ def count_segments(text: str) -> SegmentInfo:
     """
     encoding = detect_encoding(text)
     single, part = (GSM7_SINGLE, GSM7_PART) if encoding == "GSM-7" else (UCS2_SINGLE, UCS2_PART)
+    if encoding == "GSM-7" and not _HAS_EXTENSION.search(text):
+        # Every character weighs one septet: no character can straddle parts, so divide.
+        units = len(text)
+        if units <= single:
+            return SegmentInfo(encoding, units, 1, single)
+        return SegmentInfo(encoding, units, -(-units // part), part)
     weights = list(_unit_weights(text, encoding))
     units = sum(weights)
     if units <= single:

@@ -31,6 +31,7 @@ from cartback.core.model import (
     Purpose,
     Store,
 )
+from cartback.services.consent import record_consent
 from cartback.store import tables as t
 from cartback.store.rows import cart_from_row, contact_from_row, lines_to_json
 
@@ -177,50 +178,6 @@ def _owned_by_other(conn: Connection, store_id: int, key: str, value: str, conta
     )
 
 
-def record_consent(
-    conn: Connection,
-    *,
-    store_id: int,
-    contact_id: int,
-    channel: Channel,
-    purpose: Purpose,
-    granted: bool,
-    source: str,
-    at: datetime,
-    wording: str | None = None,
-    ip: str | None = None,
-    user_agent: str | None = None,
-    double_opt_in: bool = False,
-) -> None:
-    """Append to the consent ledger and keep the contact's current flags in step with it."""
-    import hashlib
-
-    wording_hash = hashlib.sha256(wording.encode()).hexdigest() if wording else None
-    conn.execute(
-        t.consent_events.insert().values(
-            store_id=store_id,
-            contact_id=contact_id,
-            channel=str(channel),
-            purpose=str(purpose),
-            granted=granted,
-            source=source,
-            wording=wording,
-            wording_hash=wording_hash,
-            ip=ip,
-            user_agent=user_agent,
-            evidence={"double_opt_in": double_opt_in},
-            at=at,
-        )
-    )
-    if purpose is Purpose.TRANSACTIONAL:
-        return
-    flag = "sms_marketing" if channel is Channel.SMS else "email_marketing"
-    values: dict[str, Any] = {flag: granted, "updated_at": at}
-    if not granted and purpose is Purpose.MARKETING:
-        values["opted_out_at"] = at
-    conn.execute(update(t.contacts).where(t.contacts.c.id == contact_id).values(**values))
-
-
 def _checkout_consent(
     conn: Connection, store_id: int, contact_id: int, event: CheckoutUpdated
 ) -> None:
@@ -228,10 +185,13 @@ def _checkout_consent(
     if flags is None:
         return
     current = conn.execute(
-        select(t.contacts.c.sms_marketing, t.contacts.c.email_marketing).where(
-            t.contacts.c.id == contact_id
-        )
+        select(
+            t.contacts.c.sms_marketing, t.contacts.c.email_marketing, t.contacts.c.opted_out_at
+        ).where(t.contacts.c.id == contact_id)
     ).one()
+    if current.opted_out_at is not None and event.occurred_at <= current.opted_out_at:
+        # A checkout from before the shopper's opt-out cannot speak for them any more.
+        return
     for channel, wanted, have in (
         (Channel.SMS, flags.sms_marketing, current.sms_marketing),
         (Channel.EMAIL, flags.email_marketing, current.email_marketing),
@@ -253,7 +213,7 @@ def _checkout_consent(
                 user_agent=flags.user_agent,
                 double_opt_in=flags.double_opt_in,
             )
-    if flags.cart_reminders and flags.sms_marketing:
+    if flags.cart_reminders and flags.sms_marketing and not _has_cart_reminders(conn, contact_id):
         record_consent(
             conn,
             store_id=store_id,
@@ -270,12 +230,21 @@ def _checkout_consent(
         )
 
 
+def _has_cart_reminders(conn: Connection, contact_id: int) -> bool:
+    c = t.consent_events.c
+    latest = conn.execute(
+        select(c.granted)
+        .where(c.contact_id == contact_id, c.purpose == str(Purpose.CART_REMINDERS))
+        .order_by(c.at.desc(), c.id.desc())
+        .limit(1)
+    ).first()
+    return latest is not None and bool(latest.granted)
+
+
 def _checkout_updated(
     conn: Connection, store: Store, flow: Flow, event: CheckoutUpdated, now: datetime
 ) -> EventResult:
     contact_id = upsert_contact(conn, store.id, event.contact, now)
-    if contact_id is not None:
-        _checkout_consent(conn, store.id, contact_id, event)
     c = t.carts.c
     row = (
         conn.execute(select(t.carts).where(c.store_id == store.id, c.token == event.cart_token))
@@ -318,6 +287,9 @@ def _checkout_updated(
             .where(c.id == cart_id)
             .values(status=str(status), contact_id=contact_id or row["contact_id"], **content)
         )
+    # Consent from a stale event is never applied: a retried webhook must not undo a later STOP.
+    if contact_id is not None:
+        _checkout_consent(conn, store.id, contact_id, event)
     if status is CartStatus.EMPTIED:
         _end_enrollments(conn, cart_id, "cart_emptied", "exit: the cart was emptied", now)
     else:

@@ -7,25 +7,31 @@ does not grow with the number of waiting carts.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from cartback.core.engine import Advance, Outcome, SendGate, advance
+from cartback.core.consent import erased_view
+from cartback.core.engine import Advance, Outcome, advance
 from cartback.core.flows import Flow
-from cartback.core.model import Cart, Contact, Enrollment, StepOutcome, Store
+from cartback.core.model import Cart, Channel, ConsentView, Contact, Enrollment, StepOutcome, Store
+from cartback.core.policy import SentRecord, StorePolicy
 from cartback.services.compose import ComposeError, compose
+from cartback.services.consent import ledger as consent_ledger
+from cartback.services.consent import views as consent_views
 from cartback.services.flows import FlowRegistry, UnknownFlow
-from cartback.services.gates import consent_gate
+from cartback.services.gates import policy_gate
 from cartback.store import tables as t
 from cartback.store.db import is_sqlite
 from cartback.store.rows import cart_from_row, contact_from_row, enrollment_from_row, store_from_row
 
-GateFactory = Callable[[Store, Cart, Contact, Enrollment], SendGate]
+# Sends that count for cooldowns and caps: everything claimed or out, not what was withdrawn.
+COUNTED = ("pending", "sending", "sent", "delivered", "unknown")
+RECENT = timedelta(days=7)
 
 
 @dataclass
@@ -55,7 +61,6 @@ def tick(
     *,
     limit: int = 500,
     base_url: str = "",
-    gate_factory: GateFactory = consent_gate,
 ) -> TickStats:
     stats = TickStats()
     with engine.begin() as conn:
@@ -63,14 +68,14 @@ def tick(
         if not rows:
             return stats
         stats.claimed = len(rows)
-        context = _load_context(conn, rows)
+        context = _load_context(conn, rows, now)
         decision_rows: list[dict[str, Any]] = []
         outbox_rows: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         for row in rows:
             stats.lateness.append((now - row["wake_at"]).total_seconds())
             enrollment = enrollment_from_row(row, context.history.get(row["id"]))
-            result = _advance_one(conn, registry, context, enrollment, now, gate_factory)
+            result = _advance_one(conn, registry, context, enrollment, now)
             if result is None:
                 continue
             advanced, flow = result
@@ -89,21 +94,41 @@ class _Context:
     opted_out_at: dict[int, datetime | None]
     created_at: dict[int, datetime]
     history: dict[int, dict[str, StepOutcome]]
+    consent: dict[int, dict[Channel, ConsentView]]
+    recent: dict[int, list[SentRecord]]
 
 
-def _load_context(conn: Connection, rows: list[Mapping[Any, Any]]) -> _Context:
+def _load_context(conn: Connection, rows: list[Mapping[Any, Any]], now: datetime) -> _Context:
     cart_ids = {row["cart_id"] for row in rows}
     enrollment_ids = [row["id"] for row in rows]
     carts = {
         r["id"]: cart_from_row(r)
         for r in conn.execute(select(t.carts).where(t.carts.c.id.in_(cart_ids))).mappings()
     }
-    contact_ids = {cart.contact_id for cart in carts.values() if cart.contact_id is not None}
+    contact_ids = sorted({c.contact_id for c in carts.values() if c.contact_id is not None})
     contacts: dict[int, Contact] = {}
     opted_out_at: dict[int, datetime | None] = {}
-    for r in conn.execute(select(t.contacts).where(t.contacts.c.id.in_(contact_ids))).mappings():
+    erased: set[int] = set()
+    query = select(t.contacts).where(t.contacts.c.id.in_(contact_ids)).order_by(t.contacts.c.id)
+    if not is_sqlite(conn.engine):
+        # The per-contact lock: two workers cannot both pass a cap or a cooldown for one shopper.
+        # Taken in id order, so two batches can never wait on each other in a cycle.
+        query = query.with_for_update()
+    for r in conn.execute(query).mappings():
         contacts[r["id"]] = contact_from_row(r)
         opted_out_at[r["id"]] = r["opted_out_at"]
+        if r["erased_at"] is not None:
+            erased.add(r["id"])
+    events = consent_ledger(conn, contact_ids)
+    consent = {
+        contact_id: (
+            {channel: erased_view(channel) for channel in Channel}
+            if contact_id in erased
+            else consent_views(events.get(contact_id, ()))
+        )
+        for contact_id in contact_ids
+    }
+    recent = _recent_sends(conn, contact_ids, now)
     store_ids = {row["store_id"] for row in rows}
     stores = {
         r["id"]: store_from_row(r)
@@ -123,7 +148,29 @@ def _load_context(conn: Connection, rows: list[Mapping[Any, Any]]) -> _Context:
             clicked=sent.clicked_at is not None,
         )
     created_at = {row["id"]: row["created_at"] for row in rows}
-    return _Context(carts, contacts, stores, opted_out_at, created_at, history)
+    return _Context(carts, contacts, stores, opted_out_at, created_at, history, consent, recent)
+
+
+def _recent_sends(
+    conn: Connection, contact_ids: list[int], now: datetime
+) -> dict[int, list[SentRecord]]:
+    o, e = t.outbox.c, t.enrollments.c
+    recent: dict[int, list[SentRecord]] = defaultdict(list)
+    for row in conn.execute(
+        select(o.contact_id, o.channel, o.created_at, o.sent_at, e.cart_id)
+        .join(t.enrollments, e.id == o.enrollment_id)
+        .where(
+            o.contact_id.in_(contact_ids),
+            o.created_at >= now - RECENT,
+            o.status.in_(COUNTED),
+        )
+    ):
+        recent[row.contact_id].append(
+            SentRecord(
+                channel=Channel(row.channel), at=row.sent_at or row.created_at, cart_id=row.cart_id
+            )
+        )
+    return recent
 
 
 def _advance_one(
@@ -132,27 +179,36 @@ def _advance_one(
     context: _Context,
     enrollment: Enrollment,
     now: datetime,
-    gate_factory: GateFactory,
 ) -> tuple[Advance, Flow] | None:
     try:
         flow = registry.get(enrollment.flow_name, enrollment.flow_version, conn)
     except UnknownFlow:
         return None
     # Earlier steps with no message were skipped; conditions may ask about that.
-    history = dict(enrollment.history)
-    for step in flow.steps[: enrollment.step_index]:
-        history.setdefault(step.id, StepOutcome(skipped=True))
-    enrollment = replace(enrollment, history=history)
+    earlier = flow.steps[: enrollment.step_index]
+    if any(step.id not in enrollment.history for step in earlier):
+        history = dict(enrollment.history)
+        for step in earlier:
+            history.setdefault(step.id, StepOutcome(skipped=True))
+        enrollment = replace(enrollment, history=history)
     cart = context.carts[enrollment.cart_id]
     contact = context.contacts.get(cart.contact_id) if cart.contact_id is not None else None
     opted_out = False
     if contact is not None:
         stamp = context.opted_out_at.get(contact.id)
         opted_out = stamp is not None and stamp >= context.created_at[enrollment.id]
-    store = context.stores[enrollment.store_id]
-    gate = gate_factory(store, cart, contact, enrollment) if contact is not None else None
-    if gate is None:
+    if contact is None:
         return advance(flow, enrollment, cart, contact, now, opted_out=opted_out), flow
+    store = context.stores[enrollment.store_id]
+    gate = policy_gate(
+        cart,
+        contact,
+        enrollment,
+        consent=context.consent[contact.id],
+        recent=context.recent[contact.id],
+        store_policy=StorePolicy(default_zone=store.default_zone),
+        now=now,
+    )
     return advance(flow, enrollment, cart, contact, now, opted_out=opted_out, gate=gate), flow
 
 

@@ -117,6 +117,8 @@ contacts = Table(
     Column("tags", JSON, nullable=False),
     # The newest marketing opt-out on any channel: running flows exit when it is after their start.
     Column("opted_out_at", UtcDateTime),
+    # Set when the shopper's data was erased on request: nothing is ever sent to it again.
+    Column("erased_at", UtcDateTime),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     UniqueConstraint("store_id", "phone"),
@@ -210,6 +212,7 @@ outbox = Table(
     Column("subject", Text),
     Column("body", Text, nullable=False),
     Column("html", Text),
+    Column("headers", JSON),
     Column("encoding", String(8)),
     Column("segments", Integer),
     # pending → sending → sent → delivered, or failed / unknown / cancelled.
@@ -256,4 +259,35 @@ event_receipts = Table(
     Column("event_id", String(200), nullable=False),
     Column("received_at", UtcDateTime, nullable=False),
     UniqueConstraint("store_id", "source", "event_id"),
+)
+
+links = Table(
+    "links",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    # Random, ≥ 64 bits, base62: the only thing a shopper's URL carries.
+    Column("token", String(32), nullable=False, unique=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    # The message it belongs to, by the outbox's own unique key: links are minted before the
+    # outbox row exists, in the same transaction.
+    Column("enrollment_id", ForeignKey("enrollments.id", ondelete="CASCADE")),
+    Column("step_id", String(64)),
+    Column("cart_id", ForeignKey("carts.id", ondelete="CASCADE")),
+    Column("contact_id", ForeignKey("contacts.id", ondelete="CASCADE")),
+    # click: redirect to `destination`; open: the email pixel; unsubscribe: one-click opt-out.
+    Column("purpose", String(12), nullable=False),
+    Column("channel", String(8), nullable=False),
+    Column("destination", Text),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+clicks = Table(
+    "clicks",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("link_id", ForeignKey("links.id", ondelete="CASCADE"), nullable=False, index=True),
+    # human, bot, prefetch or head: only human clicks count for flows and attribution.
+    Column("kind", String(10), nullable=False),
+    Column("user_agent", String(300)),
+    Column("at", UtcDateTime, nullable=False),
 )

@@ -1,0 +1,117 @@
+"""The consent ledger in the database: append events, fold them, keep the contact's flags in step.
+
+The ledger is the truth; `contacts.sms_marketing`, `email_marketing` and `opted_out_at` are a
+cache of its fold, rewritten after every append so that flow conditions read the same answer.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from cartback.core.consent import ConsentEvent, ConsentSource, fold, wording_hash
+from cartback.core.model import Channel, ConsentView, Purpose
+from cartback.store import tables as t
+
+
+def _event_from_row(row: Mapping[Any, Any]) -> ConsentEvent:
+    evidence = row["evidence"] or {}
+    opt_in_at = evidence.get("double_opt_in_at")
+    return ConsentEvent(
+        id=row["id"],
+        contact_id=row["contact_id"],
+        channel=Channel(row["channel"]),
+        purpose=Purpose(row["purpose"]),
+        granted=bool(row["granted"]),
+        source=ConsentSource(row["source"]),
+        at=row["at"],
+        wording=row["wording"],
+        wording_hash=row["wording_hash"],
+        ip=row["ip"],
+        user_agent=row["user_agent"],
+        double_opt_in_message_id=evidence.get("double_opt_in_message_id"),
+        double_opt_in_at=datetime.fromisoformat(opt_in_at) if opt_in_at else None,
+        basis=evidence.get("basis"),
+    )
+
+
+def ledger(conn: Connection, contact_ids: Iterable[int]) -> dict[int, list[ConsentEvent]]:
+    ids = list(contact_ids)
+    events: dict[int, list[ConsentEvent]] = defaultdict(list)
+    if not ids:
+        return events
+    c = t.consent_events.c
+    for row in conn.execute(
+        select(t.consent_events).where(c.contact_id.in_(ids)).order_by(c.at, c.id)
+    ).mappings():
+        events[row["contact_id"]].append(_event_from_row(row))
+    return events
+
+
+def views(events: Iterable[ConsentEvent]) -> dict[Channel, ConsentView]:
+    listed = list(events)
+    return {channel: fold(listed, channel) for channel in Channel}
+
+
+def record_consent(
+    conn: Connection,
+    *,
+    store_id: int,
+    contact_id: int,
+    channel: Channel,
+    purpose: Purpose,
+    granted: bool,
+    source: ConsentSource | str,
+    at: datetime,
+    wording: str | None = None,
+    ip: str | None = None,
+    user_agent: str | None = None,
+    double_opt_in: bool = False,
+    basis: str | None = None,
+) -> ConsentView:
+    """Append one event to the ledger and refresh the contact's cached consent from the fold."""
+    evidence: dict[str, Any] = {}
+    if double_opt_in and granted:
+        evidence["double_opt_in_at"] = at.isoformat()
+    if basis is not None:
+        evidence["basis"] = basis
+    conn.execute(
+        t.consent_events.insert().values(
+            store_id=store_id,
+            contact_id=contact_id,
+            channel=str(channel),
+            purpose=str(purpose),
+            granted=granted,
+            source=str(ConsentSource(source)),
+            wording=wording,
+            wording_hash=wording_hash(wording) if wording else None,
+            ip=ip,
+            user_agent=user_agent,
+            evidence=evidence or None,
+            at=at,
+        )
+    )
+    current = views(ledger(conn, [contact_id])[contact_id])
+    refresh_flags(conn, contact_id, current, at)
+    return current[channel]
+
+
+def refresh_flags(
+    conn: Connection, contact_id: int, current: Mapping[Channel, ConsentView], at: datetime
+) -> None:
+    sms, email = current[Channel.SMS], current[Channel.EMAIL]
+    stamps = [view.opted_out_at for view in (sms, email) if view.opted_out_at is not None]
+    conn.execute(
+        update(t.contacts)
+        .where(t.contacts.c.id == contact_id)
+        .values(
+            sms_marketing=sms.marketing and not sms.suppressed,
+            email_marketing=email.marketing and not email.suppressed,
+            opted_out_at=max(stamps) if stamps else None,
+            updated_at=at,
+        )
+    )
