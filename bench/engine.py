@@ -52,7 +52,16 @@ def seed(url: str, pending: int, due: int, rate: float, lead: float) -> float:
     flow = FlowRegistry(engine).register_text(FLOW, "bench.yaml", now)
     with engine.begin() as conn:
         store = admin.create_store(
-            conn, admin.NewStore(slug="bench", name="Bench", brand="Bench", flow_name="bench"), now
+            conn,
+            admin.NewStore(
+                slug="bench",
+                name="Bench",
+                brand="Bench",
+                flow_name="bench",
+                domains=("shop.example",),
+                postal_address="1 Bench Street",
+            ),
+            now,
         )
     far = now + timedelta(days=2)
     line = [{"title": "Wool socks", "quantity": 1, "price": "20.00"}]

@@ -1,4 +1,4 @@
-"""The command line: serve · web · worker · migrate · demo · store · flows check · flows test."""
+"""The command line: serve · web · worker · migrate · demo · store · flows · why · consent."""
 
 from __future__ import annotations
 
@@ -27,8 +27,10 @@ cli = typer.Typer(
 )
 flows_cli = typer.Typer(no_args_is_help=True, help="Check flow files and run carts through them.")
 store_cli = typer.Typer(no_args_is_help=True, help="Stores and their API keys.")
+consent_cli = typer.Typer(no_args_is_help=True, help="Shoppers' consent ledger.")
 cli.add_typer(flows_cli, name="flows")
 cli.add_typer(store_cli, name="store")
+cli.add_typer(consent_cli, name="consent")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -156,6 +158,94 @@ def store_key(slug: str, label: str = "default") -> None:
         out.print(f"API key for {slug} (shown once): {key}")
 
 
+@cli.command()
+def why(
+    cart_token: Annotated[str, typer.Argument(help="The cart (checkout) token")],
+    store: Annotated[
+        str | None, typer.Option(help="Store slug, when several share a token")
+    ] = None,
+) -> None:
+    """Why did this cart get (or not get) each message? Every decision with its rule."""
+    from sqlalchemy import select
+
+    from cartback.store import tables as t
+
+    with running_app() as app, app.engine.connect() as conn:
+        query = (
+            select(t.carts.c.id, t.stores.c.slug)
+            .join(t.stores, t.stores.c.id == t.carts.c.store_id)
+            .where(t.carts.c.token == cart_token)
+        )
+        if store:
+            query = query.where(t.stores.c.slug == store)
+        carts = conn.execute(query).all()
+        if not carts:
+            raise fail(f"no cart with token {cart_token!r}")
+        if len(carts) > 1:
+            slugs = ", ".join(row.slug for row in carts)
+            raise fail(f"several stores have cart {cart_token!r} ({slugs}); pass --store")
+        d = t.decisions.c
+        rows = conn.execute(
+            select(d.at, d.step_id, d.outcome, d.rule, d.reason)
+            .where(d.cart_id == carts[0].id)
+            .order_by(d.at, d.id)
+        ).all()
+    table = Table(title=f"cart {cart_token} ({carts[0].slug})")
+    for column in ("time (UTC)", "step", "outcome", "rule", "reason"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            row.at.strftime("%Y-%m-%d %H:%M:%S"),
+            row.step_id or "",
+            row.outcome,
+            row.rule or "",
+            row.reason,
+        )
+    out.print(table if rows else "no decisions yet: the cart's first step is not due")
+
+
+@consent_cli.command("show")
+def consent_show(
+    who: Annotated[str, typer.Argument(metavar="PHONE|EMAIL", help="E.164 phone or email")],
+) -> None:
+    """A shopper's consent: the current state per channel and the whole ledger."""
+    from cartback.services import consent as consent_service
+
+    key = who.strip().lower() if "@" in who else who.strip().replace(" ", "")
+    with running_app() as app, app.engine.connect() as conn:
+        found = consent_service.find_contact(conn, key)
+        if not found:
+            raise fail(f"no contact with phone or email {who!r}")
+        histories = [consent_service.contact_history(conn, s, c) for s, c in found]
+    for history in histories:
+        assert history is not None
+        out.print(
+            f"[bold]contact {history['contact_id']}[/bold] {history['phone'] or ''} "
+            f"{history['email'] or ''}"
+        )
+        for channel, state in history["current"].items():
+            flags = [
+                name
+                for name in ("marketing", "cart_reminders", "double_opt_in", "suppressed")
+                if state[name]
+            ]
+            out.print(f"  {channel}: {', '.join(flags) or 'nothing granted'}")
+        table = Table()
+        for column in ("at", "channel", "purpose", "granted", "source", "effective", "note"):
+            table.add_column(column, overflow="fold")
+        for entry in history["history"]:
+            table.add_row(
+                str(entry["time"])[:19],
+                str(entry["channel"]),
+                str(entry["purpose"]),
+                "yes" if entry["granted"] else "no",
+                str(entry["source"]),
+                "yes" if entry["effective"] else "no",
+                str(entry.get("note") or ""),
+            )
+        out.print(table)
+
+
 def _stop_on_signals(stop: threading.Event) -> None:
     """SIGTERM and SIGINT end the process cleanly: the worker finishes its batch, exit code 0.
     (uvicorn re-raises the signal it caught once it has shut down; this handler absorbs it.)"""
@@ -258,7 +348,13 @@ def flows_test(
         Path, typer.Option("--event", help='JSON file: one event or {"events": [...]}')
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the timeline as JSON")] = False,
-    brand: str = "DemoShop",
+    brand: Annotated[str, typer.Option(help="Brand shown at the start of each SMS")] = "DemoShop",
+    domain: Annotated[
+        list[str] | None, typer.Option(help="Store domain for links (repeatable)")
+    ] = None,
+    address: Annotated[
+        str, typer.Option(help="Postal address for email footers")
+    ] = "1 Demo Street, 0150 Oslo",
 ) -> None:
     """Run one cart through a flow in virtual time and print every decision."""
     from cartback.app import SHIPPED_FLOWS
@@ -282,9 +378,16 @@ def flows_test(
             "; ".join(f"{e['field']}: {e['message']}" for e in problem.errors) or problem.detail
         )
         raise fail(f"{event}: {details}") from None
-    store = Store(id=1, name=brand, brand=brand, domains=("shop.example",))
+    settings = settings_or_exit()
+    store = Store(
+        id=1,
+        name=brand,
+        brand=brand,
+        domains=tuple(domain or ("shop.example",)),
+        postal_address=address,
+    )
     try:
-        entries = timeline(flow, store, events)
+        entries = timeline(flow, store, events, base_url=settings.base_url)
     except ValueError as error:
         raise fail(f"{event}: {error}") from None
     if as_json:

@@ -113,7 +113,7 @@ def timeline(
             )
             if decision.outcome is Outcome.SEND and step is not None:
                 try:
-                    row = compose(store, cart, contact, enrollment, step, now, base_url)
+                    row = compose(store, cart, contact, enrollment, step, now, base_url).outbox
                 except ComposeError as error:
                     entry = replace(entry, outcome="skip", rule=error.rule, reason=str(error))
                 else:

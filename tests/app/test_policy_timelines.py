@@ -12,7 +12,9 @@ from cartback.core.model import Store
 from cartback.simulate import TimelineEntry, timeline
 from cartback.web.intake import parse_event_document
 
-STORE = Store(id=1, name="DemoShop", brand="DemoShop", domains=("shop.example",))
+STORE = Store(
+    id=1, name="DemoShop", brand="DemoShop", domains=("shop.example",), postal_address="1 Demo St"
+)
 CONSENT_ALL = {
     "sms_marketing": True,
     "email_marketing": True,

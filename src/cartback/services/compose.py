@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from cartback.core.flows import Step
+from cartback.core.links import LinkRejected, checked_destination, with_utm
 from cartback.core.model import Cart, Channel, Contact, Enrollment, Store
 from cartback.core.render import (
     Discount,
@@ -15,12 +17,19 @@ from cartback.core.render import (
     render_email,
     render_sms,
 )
+from cartback.services.tracking import mint
 
 
 class ComposeError(Exception):
     def __init__(self, rule: str, message: str) -> None:
         super().__init__(message)
         self.rule = rule
+
+
+@dataclass(frozen=True, slots=True)
+class Composed:
+    outbox: dict[str, Any]
+    links: tuple[dict[str, Any], ...]
 
 
 def compose(
@@ -31,14 +40,37 @@ def compose(
     step: Step,
     now: datetime,
     base_url: str,
-) -> dict[str, Any]:
+) -> Composed:
+    """Render the step for this cart, with its tracked link (and for email the open pixel and
+    one-click unsubscribe), or raise ComposeError naming the rule that stops it."""
+    if step.channel is Channel.EMAIL and not store.postal_address:
+        raise ComposeError(
+            "can_spam.postal_address",
+            "marketing email needs the store's postal address in every message; set it first",
+        )
     locale = content_locale(step, contact.locale, store.default_locale)
     content = step.content_for(enrollment.variant, locale)
-    discount = _offer(step, cart)
-    link = cart.restore_url or base_url or ""
+    minted = mint(
+        base_url=base_url,
+        store_id=store.id,
+        enrollment_id=enrollment.id,
+        step_id=step.id,
+        cart_id=cart.id,
+        contact_id=contact.id,
+        channel=step.channel,
+        destination=_destination(store, cart, enrollment, step),
+        now=now,
+    )
+    headers: dict[str, str] | None = None
     try:
         context = build_context(
-            store, cart, contact, link=link, locale=locale, discount=discount, unsubscribe_url=None
+            store,
+            cart,
+            contact,
+            link=minted.click_url,
+            locale=locale,
+            discount=_offer(step, cart),
+            unsubscribe_url=minted.unsubscribe_url,
         )
         if step.channel is Channel.SMS:
             assert contact.phone is not None
@@ -50,11 +82,17 @@ def compose(
         else:
             assert contact.email is not None
             email = render_email(content.subject or "", content.body, content.html, context)
-            to, subject, body, html = contact.email, email.subject, email.text, email.html
+            to, subject, body = contact.email, email.subject, email.text
+            html = _with_pixel(email.html, minted.open_url)
             encoding, segments = None, None
+            # RFC 8058 one-click unsubscribe; the POST needs no login and no cookie.
+            headers = {
+                "List-Unsubscribe": f"<{minted.unsubscribe_url}>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            }
     except (RenderError, TemplateError) as error:
         raise ComposeError("template", f"template error: {error}") from error
-    return {
+    outbox = {
         "store_id": store.id,
         "enrollment_id": enrollment.id,
         "contact_id": contact.id,
@@ -64,6 +102,7 @@ def compose(
         "subject": subject,
         "body": body,
         "html": html,
+        "headers": headers,
         "encoding": encoding,
         "segments": segments,
         "status": "pending",
@@ -72,6 +111,30 @@ def compose(
         "created_at": now,
         "updated_at": now,
     }
+    return Composed(outbox, minted.rows)
+
+
+def _destination(store: Store, cart: Cart, enrollment: Enrollment, step: Step) -> str:
+    """Where the tracked link leads: the cart's restore URL, on one of the store's own domains,
+    tagged for analytics. Anything else is refused: no open redirects."""
+    if not store.domains:
+        raise ComposeError("link", "the store has no domains, so no tracked link can be made")
+    target = cart.restore_url or f"https://{store.domains[0]}/cart"
+    try:
+        checked = checked_destination(target, store.domains)
+    except LinkRejected as error:
+        raise ComposeError("link", f"restore URL refused: {error}") from error
+    return with_utm(
+        checked, medium=str(step.channel), campaign=enrollment.flow_name, content=step.id
+    )
+
+
+def _with_pixel(document: str | None, open_url: str | None) -> str | None:
+    if document is None or open_url is None:
+        return document
+    pixel = f'<img src="{open_url}" width="1" height="1" alt="" style="display:none">'
+    end = document.lower().rfind("</body>")
+    return f"{document[:end]}{pixel}{document[end:]}" if end != -1 else document + pixel
 
 
 def content_locale(step: Step, wanted: str | None, fallback: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from cartback.core.consent import ConsentEvent, ConsentSource, fold, wording_hash
+from cartback.core.consent import ConsentEvent, ConsentSource, fold, history_rows, wording_hash
 from cartback.core.model import Channel, ConsentView, Purpose
 from cartback.store import tables as t
 
@@ -115,3 +115,49 @@ def refresh_flags(
             updated_at=at,
         )
     )
+
+
+def contact_history(conn: Connection, store_id: int, contact_id: int) -> dict[str, Any] | None:
+    """A contact's current consent per channel and the full ledger, for people to read."""
+    row = conn.execute(
+        select(
+            t.contacts.c.id, t.contacts.c.phone, t.contacts.c.email, t.contacts.c.erased_at
+        ).where(t.contacts.c.id == contact_id, t.contacts.c.store_id == store_id)
+    ).first()
+    if row is None:
+        return None
+    events = ledger(conn, [contact_id]).get(contact_id, [])
+    current = views(events)
+    return {
+        "contact_id": row.id,
+        "phone": row.phone,
+        "email": row.email,
+        "erased": row.erased_at is not None,
+        "current": {
+            str(channel): {
+                "marketing": view.marketing and not view.suppressed,
+                "cart_reminders": view.cart_reminders and not view.suppressed,
+                "transactional": view.transactional,
+                "double_opt_in": view.double_opt_in,
+                "suppressed": view.suppressed,
+                "opted_out_at": view.opted_out_at.isoformat() if view.opted_out_at else None,
+            }
+            for channel, view in current.items()
+        },
+        "history": [
+            {
+                key: (value.isoformat() if isinstance(value, datetime) else value)
+                for key, value in entry.items()
+            }
+            for entry in history_rows(events)
+        ],
+    }
+
+
+def find_contact(conn: Connection, phone_or_email: str) -> list[tuple[int, int]]:
+    """(store id, contact id) of every contact with this phone or email, across stores."""
+    c = t.contacts.c
+    rows = conn.execute(
+        select(c.store_id, c.id).where((c.phone == phone_or_email) | (c.email == phone_or_email))
+    ).all()
+    return [(row.store_id, row.id) for row in rows]

@@ -218,6 +218,7 @@ def _message(row: Mapping[Any, Any]) -> OutboundMessage:
         body=row["body"],
         subject=row["subject"],
         html=row["html"],
+        headers=tuple(sorted((row["headers"] or {}).items())),
     )
 
 

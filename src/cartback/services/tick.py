@@ -71,6 +71,7 @@ def tick(
         context = _load_context(conn, rows, now)
         decision_rows: list[dict[str, Any]] = []
         outbox_rows: list[dict[str, Any]] = []
+        link_rows: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         for row in rows:
             stats.lateness.append((now - row["wake_at"]).total_seconds())
@@ -80,9 +81,18 @@ def tick(
                 continue
             advanced, flow = result
             _collect(
-                advanced, flow, context, now, base_url, decision_rows, outbox_rows, updates, stats
+                advanced,
+                flow,
+                context,
+                now,
+                base_url,
+                decision_rows,
+                outbox_rows,
+                link_rows,
+                updates,
+                stats,
             )
-        _write(conn, decision_rows, outbox_rows, updates)
+        _write(conn, decision_rows, outbox_rows, link_rows, updates)
     return stats
 
 
@@ -220,6 +230,7 @@ def _collect(
     base_url: str,
     decision_rows: list[dict[str, Any]],
     outbox_rows: list[dict[str, Any]],
+    link_rows: list[dict[str, Any]],
     updates: list[dict[str, Any]],
     stats: TickStats,
 ) -> None:
@@ -233,7 +244,9 @@ def _collect(
         step = sends.get(decision.step_id or "")
         if outcome is Outcome.SEND and step is not None and contact is not None:
             try:
-                outbox_rows.append(compose(store, cart, contact, enrollment, step, now, base_url))
+                composed = compose(store, cart, contact, enrollment, step, now, base_url)
+                outbox_rows.append(composed.outbox)
+                link_rows.extend(composed.links)
                 stats.sent += 1
             except ComposeError as error:
                 outcome, rule, reason = Outcome.SKIP, error.rule, str(error)
@@ -274,9 +287,12 @@ def _write(
     conn: Connection,
     decision_rows: Iterable[dict[str, Any]],
     outbox_rows: list[dict[str, Any]],
+    link_rows: list[dict[str, Any]],
     updates: list[dict[str, Any]],
 ) -> None:
     decision_rows = list(decision_rows)
+    if link_rows:
+        conn.execute(t.links.insert(), link_rows)
     if decision_rows:
         conn.execute(t.decisions.insert(), decision_rows)
     if outbox_rows:

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.concurrency import run_in_threadpool
@@ -16,10 +16,11 @@ from cartback import __version__
 from cartback.app import App
 from cartback.core.events import ShopEvent
 from cartback.core.model import Store
-from cartback.services import admin
+from cartback.services import admin, tracking
+from cartback.services import consent as consent_service
 from cartback.services.ingest import EventStatus, ingest
 from cartback.store import tables as t
-from cartback.web import problems
+from cartback.web import pages, problems
 from cartback.web.intake import parse_event_document
 from cartback.web.problems import Problem
 from cartback.web.schemas import DecisionOut, EventBatchIn, EventResultOut, EventsOut
@@ -116,6 +117,63 @@ def create_app(app: App) -> FastAPI:
                 .order_by(d.at, d.id)
             ).all()
         return [DecisionOut(**row._asdict()) for row in rows]
+
+    @api.get(
+        "/v1/contacts/{contact_id}/consent",
+        tags=["contacts"],
+        summary="A contact's consent ledger, oldest first, and what each event changed",
+    )
+    def contact_consent(contact_id: int, store: Store = Depends(current_store)) -> dict[str, Any]:
+        with app.engine.connect() as conn:
+            found = consent_service.contact_history(conn, store.id, contact_id)
+        if found is None:
+            raise Problem(404, "Unknown contact", f"no contact {contact_id}", slug="not-found")
+        return found
+
+    @api.api_route("/l/{token}", methods=["GET", "HEAD"], include_in_schema=False)
+    def follow_link(token: str, request: Request) -> Response:
+        with app.engine.begin() as conn:
+            destination = tracking.follow(
+                conn,
+                token,
+                method=request.method,
+                user_agent=request.headers.get("user-agent"),
+                headers=dict(request.headers),
+                now=app.clock.now(),
+            )
+        if destination is None:
+            return pages.not_found()
+        return RedirectResponse(destination, status_code=302, headers=pages.PRIVATE)
+
+    @api.get("/o/{token}.gif", include_in_schema=False)
+    def open_pixel(token: str, request: Request) -> Response:
+        with app.engine.begin() as conn:
+            tracking.opened(
+                conn,
+                token,
+                user_agent=request.headers.get("user-agent"),
+                headers=dict(request.headers),
+                now=app.clock.now(),
+            )
+        # Always the pixel: a broken image would tell nobody anything useful.
+        return Response(pages.PIXEL, media_type="image/gif", headers=pages.PRIVATE)
+
+    @api.get("/u/{token}", response_class=HTMLResponse, include_in_schema=False)
+    def unsubscribe_page(token: str) -> Response:
+        with app.engine.connect() as conn:
+            target = tracking.unsubscribe_target(conn, token)
+        if target is None:
+            return pages.not_found()
+        return pages.unsubscribe_form(token)
+
+    @api.post("/u/{token}", response_class=HTMLResponse, include_in_schema=False)
+    def unsubscribe(token: str, request: Request) -> Response:
+        # RFC 8058: the POST alone unsubscribes; no login, no cookie, no confirmation step.
+        with app.engine.begin() as conn:
+            done = tracking.unsubscribe(
+                conn, token, now=app.clock.now(), user_agent=request.headers.get("user-agent")
+            )
+        return pages.unsubscribed() if done else pages.not_found()
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home() -> str:
