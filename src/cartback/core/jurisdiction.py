@@ -7,6 +7,7 @@ wins: windows intersect, no-send days add up, every cap counts, requirements OR 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
@@ -616,6 +617,23 @@ def resolve_rules(
     A jurisdiction whose packs set no quiet hours for the channel gets the default pack's; a
     shopper with neither jurisdiction known gets the whole default pack.
     """
+    # The timer asks this for every message; the answer depends only on these few values.
+    overrides_key = json.dumps(list(store_overrides), sort_keys=True, default=str)
+    return _resolve_cached(
+        phone_country, phone_region, ship_country, ship_region, Channel(channel), overrides_key
+    )
+
+
+@lru_cache(maxsize=4096)
+def _resolve_cached(
+    phone_country: str | None,
+    phone_region: str | None,
+    ship_country: str | None,
+    ship_region: str | None,
+    channel: Channel,
+    overrides_key: str,
+) -> RuleSet:
+    store_overrides: list[Mapping[str, Any]] = json.loads(overrides_key)
     places = [(phone_country, phone_region), (ship_country, ship_region)]
     known = [place for place in places if normalize_country(place[0]) is not None] or [(None, None)]
     labels: list[str] = []

@@ -377,6 +377,7 @@ def _primary_first(country: str, names: tuple[str, ...]) -> tuple[str, ...]:
     return (primary, *(name for name in names if name != primary))
 
 
+@lru_cache(maxsize=65536)
 def phone_zones(phone: str | None) -> tuple[ZoneInfo, ...]:
     """The zones phonenumbers assigns to the number's prefix, sorted by name; () if unknown."""
     number = _parse_phone(phone)
@@ -445,6 +446,7 @@ def _store_zone(name: str) -> ZoneInfo:
     return zone
 
 
+@lru_cache(maxsize=65536)
 def us_state_for_phone(e164: str | None) -> str | None:
     """The US state (or DC) of a US number's area code, or None for other or unmapped numbers."""
     number = _parse_phone(e164)
@@ -454,8 +456,12 @@ def us_state_for_phone(e164: str | None) -> str | None:
     return US_AREA_CODES.get(national[:3]) if len(national) == 10 else None
 
 
+@lru_cache(maxsize=65536)
 def region_for_phone(e164: str | None) -> tuple[str | None, str | None]:
     """(country, region) of a phone number: the state for US numbers, otherwise region None."""
+    fast = _single_country(e164)
+    if fast is not None:
+        return fast
     number = _parse_phone(e164)
     if number is None:
         return (None, None)
@@ -463,3 +469,18 @@ def region_for_phone(e164: str | None) -> tuple[str | None, str | None]:
     if not country or country == "ZZ" or country == "001":
         return (None, None)
     return (country, us_state_for_phone(e164) if country == "US" else None)
+
+
+def _single_country(e164: str | None) -> tuple[str | None, str | None] | None:
+    """The country of an E.164 number whose calling code belongs to one country alone, without a
+    full parse (the timer asks for every message). Shared codes (+1, +7, +44...) return None."""
+    if not e164 or not e164.startswith("+") or not e164[1:].isdigit():
+        return None
+    if e164.startswith("+1") and len(e164) == 12 and e164[2:5] in US_AREA_CODES:
+        # An area code belongs to one NANP country; the US ones map straight to a state.
+        return ("US", US_AREA_CODES[e164[2:5]])
+    for length in (1, 2, 3):
+        regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(int(e164[1 : 1 + length]))
+        if regions:
+            return (regions[0], None) if len(regions) == 1 and regions[0] != "001" else None
+    return None
