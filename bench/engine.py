@@ -121,8 +121,21 @@ def seed(url: str, pending: int, due: int, rate: float, lead: float) -> float:
                     "updated_at": now,
                 }
             )
+        consent = [
+            {
+                "store_id": store.id,
+                "contact_id": i,
+                "channel": "sms",
+                "purpose": "marketing",
+                "granted": True,
+                "source": "checkout",
+                "at": now,
+            }
+            for i in ids
+        ]
         with engine.begin() as conn:
             conn.execute(t.contacts.insert(), contacts)
+            conn.execute(t.consent_events.insert(), consent)
             conn.execute(t.carts.insert(), carts)
             conn.execute(t.enrollments.insert(), enrollments)
     # Only now, with every row in place, set the due stream: it starts `lead` seconds from here.

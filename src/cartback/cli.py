@@ -28,13 +28,16 @@ cli = typer.Typer(
 flows_cli = typer.Typer(no_args_is_help=True, help="Check flow files and run carts through them.")
 store_cli = typer.Typer(no_args_is_help=True, help="Stores and their API keys.")
 consent_cli = typer.Typer(no_args_is_help=True, help="Shoppers' consent ledger.")
+discounts_cli = typer.Typer(no_args_is_help=True, help="Pools of single-use discount codes.")
 cli.add_typer(flows_cli, name="flows")
 cli.add_typer(store_cli, name="store")
 cli.add_typer(consent_cli, name="consent")
+cli.add_typer(discounts_cli, name="discounts")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 DEMO_KEY = "cbk_demo_local_only"
+PLATFORMS = ("generic", "shopify", "woocommerce", "bigcommerce")
 USAGE_ERROR = 2
 
 
@@ -114,11 +117,26 @@ def store_create(
     zone: Annotated[str, typer.Option(help="Default IANA time zone")] = "UTC",
     locale: str = "en",
     currency: str = "USD",
-    domain: Annotated[list[str] | None, typer.Option(help="Store domain (repeatable)")] = None,
+    domain: Annotated[
+        list[str] | None, typer.Option(help="Store domain; links may only lead here (repeatable)")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Postal address; marketing email needs one")
+    ] = None,
+    support: Annotated[str | None, typer.Option(help="Support contact for HELP replies")] = None,
+    platform: Annotated[
+        str, typer.Option(help="generic, shopify, woocommerce or bigcommerce")
+    ] = "generic",
 ) -> None:
     """Create a store and print its first API key (shown once)."""
     from cartback.services import admin
 
+    if not domain:
+        raise fail(
+            "--domain: give at least one; tracked links may only lead to the store's domains"
+        )
+    if platform not in PLATFORMS:
+        raise fail(f"--platform: one of {', '.join(PLATFORMS)}, not {platform!r}")
     with running_app() as app:
         _flows_or_exit(app)
         now = app.clock.now()
@@ -135,7 +153,10 @@ def store_create(
                     default_zone=zone,
                     default_locale=locale,
                     currency=currency,
-                    domains=tuple(domain or ()),
+                    domains=tuple(domain),
+                    postal_address=address,
+                    support_contact=support,
+                    platform=platform,
                 ),
                 now,
             )
@@ -244,6 +265,51 @@ def consent_show(
                 str(entry.get("note") or ""),
             )
         out.print(table)
+
+
+@discounts_cli.command("load")
+def discounts_load(
+    pool: Annotated[str, typer.Argument(help="Pool name, as flows name it in `discount.pool`")],
+    file: Annotated[Path, typer.Argument(help="Text file: one code per line, # comments")],
+    store: Annotated[str, typer.Option(help="Store slug")],
+) -> None:
+    """Add codes to a pool; codes already in it are left as they are."""
+    from cartback.services import admin
+    from cartback.services.discounts import load_pool
+
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise fail(f"{file}:1: file: cannot read: {error}") from None
+    for number, line in enumerate(lines, start=1):
+        code = line.split("#", 1)[0].strip()
+        if code and (len(code) > 64 or any(char.isspace() for char in code)):
+            raise fail(f"{file}:{number}: code: {code[:70]!r} must be one word of 64 characters")
+    with running_app() as app, app.engine.begin() as conn:
+        found = admin.store_by_slug(conn, store)
+        if found is None:
+            raise fail(f"--store: no store with slug {store!r}")
+        result = load_pool(conn, found.id, pool, lines, app.clock.now())
+    out.print(f"pool {pool}: {result.added} codes added, {result.already_there} already there")
+
+
+@discounts_cli.command("list")
+def discounts_list(store: Annotated[str, typer.Option(help="Store slug")]) -> None:
+    """Each pool with its unused and used codes."""
+    from cartback.services import admin
+    from cartback.services.discounts import pool_sizes
+
+    with running_app() as app, app.engine.connect() as conn:
+        found = admin.store_by_slug(conn, store)
+        if found is None:
+            raise fail(f"--store: no store with slug {store!r}")
+        sizes = pool_sizes(conn, found.id)
+    table = Table()
+    for column in ("pool", "unused", "used"):
+        table.add_column(column)
+    for pool, (unused, used) in sorted(sizes.items()):
+        table.add_row(pool, str(unused), str(used))
+    out.print(table if sizes else "no discount pools")
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

@@ -113,7 +113,9 @@ def timeline(
             )
             if decision.outcome is Outcome.SEND and step is not None:
                 try:
-                    row = compose(store, cart, contact, enrollment, step, now, base_url).outbox
+                    row = compose(
+                        store, cart, contact, enrollment, step, now, base_url, codes=_sample_code
+                    ).outbox
                 except ComposeError as error:
                     entry = replace(entry, outcome="skip", rule=error.rule, reason=str(error))
                 else:
@@ -149,6 +151,11 @@ def _contact(event: CheckoutUpdated) -> Contact:
         email_marketing=bool(consent and consent.email_marketing),
         tags=info.tags,
     )
+
+
+def _sample_code(pool: str, _cart: Cart) -> str:
+    """The simulator hands out no real codes; it shows where a pooled one would go."""
+    return f"{pool.upper()}-SAMPLE"
 
 
 def _consent(event: CheckoutUpdated) -> dict[Channel, ConsentView]:

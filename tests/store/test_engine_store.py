@@ -12,7 +12,6 @@ from cartback.services.dispatch import Dispatcher
 from cartback.services.ingest import EventStatus, ingest
 from cartback.services.tick import tick
 from cartback.store import tables as t
-from cartback.store.migrate import current_revision, upgrade
 from tests.support.events import checkout, emptied, order
 from tests.support.world import World
 
@@ -39,12 +38,6 @@ def _outbox(world: World) -> list[tuple[str, str]]:
 def _enrollment(world: World) -> dict[str, object]:
     with world.app.engine.connect() as conn:
         return dict(conn.execute(select(t.enrollments)).mappings().one())
-
-
-def test_migrations_reach_head_and_rerun_is_a_no_op(world: World) -> None:
-    assert current_revision(world.app.engine) == "0002"
-    upgrade(world.app.engine)
-    assert current_revision(world.app.engine) == "0002"
 
 
 def test_checkout_enrolls_once_with_the_timer_at_the_first_step(world: World) -> None:

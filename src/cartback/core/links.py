@@ -91,9 +91,12 @@ def _has_control_or_space(text: str) -> bool:
     return any(char.isspace() or unicodedata.category(char) in {"Cc", "Cf"} for char in text)
 
 
+_PRINTABLE_ASCII = "".join(chr(code) for code in range(0x21, 0x7F))
+
+
 def _percent_encode_non_ascii(part: str) -> str:
     # Location headers are ASCII; keep existing escapes and all ASCII as they are.
-    return quote(part, safe="".join(chr(code) for code in range(0x21, 0x7F)))
+    return quote(part, safe=_PRINTABLE_ASCII)
 
 
 def checked_destination(url: str, allowed_domains: Collection[str]) -> str:

@@ -36,6 +36,8 @@ class Store:
     domains: tuple[str, ...] = ()
     postal_address: str | None = None
     support_contact: str | None = None
+    # generic, shopify, woocommerce or bigcommerce: what the shop's restore links can carry.
+    platform: str = "generic"
 
 
 @dataclass(frozen=True, slots=True)

@@ -388,7 +388,9 @@ def phone_zones(phone: str | None) -> tuple[ZoneInfo, ...]:
     return tuple(zone for zone in zones if zone is not None)
 
 
+@lru_cache(maxsize=65536)
 def _parse_phone(phone: str | None) -> phonenumbers.PhoneNumber | None:
+    # Cached: several rules ask about the same number; callers only read the result.
     if not phone or not phone.strip():
         return None
     try:

@@ -32,6 +32,7 @@ class NewStore:
     domains: tuple[str, ...] = ()
     postal_address: str | None = None
     support_contact: str | None = None
+    platform: str = "generic"
 
 
 def create_store(conn: Connection, spec: NewStore, now: datetime) -> Store:
@@ -47,6 +48,7 @@ def create_store(conn: Connection, spec: NewStore, now: datetime) -> Store:
             domains=list(spec.domains),
             postal_address=spec.postal_address,
             support_contact=spec.support_contact,
+            platform=spec.platform,
             created_at=now,
         )
     )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from cartback.core.flows import Step
 from cartback.core.links import LinkRejected, checked_destination, with_utm
@@ -26,6 +28,10 @@ class ComposeError(Exception):
         self.rule = rule
 
 
+# Gives a cart a code from a named pool (the same one on every step), or None when it is empty.
+CodeSource = Callable[[str, Cart], str | None]
+
+
 @dataclass(frozen=True, slots=True)
 class Composed:
     outbox: dict[str, Any]
@@ -40,9 +46,12 @@ def compose(
     step: Step,
     now: datetime,
     base_url: str,
+    codes: CodeSource | None = None,
 ) -> Composed:
     """Render the step for this cart, with its tracked link (and for email the open pixel and
-    one-click unsubscribe), or raise ComposeError naming the rule that stops it."""
+    one-click unsubscribe), or raise ComposeError naming the rule that stops it. `codes` hands
+    out pooled discount codes, one per cart."""
+    codes = codes or _no_pools
     if step.channel is Channel.EMAIL and not store.postal_address:
         raise ComposeError(
             "can_spam.postal_address",
@@ -50,6 +59,7 @@ def compose(
         )
     locale = content_locale(step, contact.locale, store.default_locale)
     content = step.content_for(enrollment.variant, locale)
+    discount = _offer(step, cart, codes)
     minted = mint(
         base_url=base_url,
         store_id=store.id,
@@ -58,7 +68,7 @@ def compose(
         cart_id=cart.id,
         contact_id=contact.id,
         channel=step.channel,
-        destination=_destination(store, cart, enrollment, step),
+        destination=_destination(store, cart, enrollment, step, discount),
         now=now,
     )
     headers: dict[str, str] | None = None
@@ -69,7 +79,7 @@ def compose(
             contact,
             link=minted.click_url,
             locale=locale,
-            discount=_offer(step, cart),
+            discount=discount,
             unsubscribe_url=minted.unsubscribe_url,
         )
         if step.channel is Channel.SMS:
@@ -114,7 +124,9 @@ def compose(
     return Composed(outbox, minted.rows)
 
 
-def _destination(store: Store, cart: Cart, enrollment: Enrollment, step: Step) -> str:
+def _destination(
+    store: Store, cart: Cart, enrollment: Enrollment, step: Step, discount: Discount | None
+) -> str:
     """Where the tracked link leads: the cart's restore URL, on one of the store's own domains,
     tagged for analytics. Anything else is refused: no open redirects."""
     if not store.domains:
@@ -124,9 +136,10 @@ def _destination(store: Store, cart: Cart, enrollment: Enrollment, step: Step) -
         checked = checked_destination(target, store.domains)
     except LinkRejected as error:
         raise ComposeError("link", f"restore URL refused: {error}") from error
-    return with_utm(
+    tagged = with_utm(
         checked, medium=str(step.channel), campaign=enrollment.flow_name, content=step.id
     )
+    return discount_link(tagged, discount.code, store.platform) if discount else tagged
 
 
 def _with_pixel(document: str | None, open_url: str | None) -> str | None:
@@ -150,13 +163,41 @@ def content_locale(step: Step, wanted: str | None, fallback: str) -> str:
     return fallback
 
 
-def _offer(step: Step, cart: Cart) -> Discount | None:
+def _offer(step: Step, cart: Cart, codes: CodeSource) -> Discount | None:
     """The step's discount as the message shows it, when this cart qualifies for it."""
     spec = step.discount
     if spec is None or not spec.applies_to(cart.value):
         return None
-    if spec.code is None:
+    if spec.code is not None:
+        code = spec.code
+    elif spec.pool is not None:
+        found = codes(spec.pool, cart)
+        if found is None:
+            raise ComposeError(
+                "discount.pool_empty",
+                f"discount pool {spec.pool!r} has no unused codes left; load more with "
+                "`cartback discounts load`",
+            )
+        code = found
+    else:
         raise ComposeError(
-            "discount", f"step {step.id} asks for pooled or unique codes, which no source provides"
+            "discount.unique",
+            f"step {step.id} asks for a unique code per cart, which needs a shop integration "
+            "that issues codes; none is configured for this store",
         )
-    return Discount(code=spec.code, percent=spec.percent, amount=spec.amount)
+    return Discount(code=code, percent=spec.percent, amount=spec.amount)
+
+
+def _no_pools(pool: str, _cart: Cart) -> str | None:
+    return None
+
+
+def discount_link(url: str, code: str, platform: str) -> str:
+    """A restore link that also applies the code, where the shop platform has a way to."""
+    if platform != "shopify":
+        return url
+    # Shopify applies /discount/CODE to the session, then follows `redirect` on the same shop.
+    parts = urlsplit(url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    target = f"/discount/{quote(code, safe='')}?redirect={quote(path or '/', safe='')}"
+    return urlunsplit((parts.scheme, parts.netloc, "", "", "")) + target

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, select, update
+from sqlalchemy import Connection, Engine, String, and_, bindparam, func, select, update
 
 from cartback.core.model import CartStatus, Channel
 from cartback.ports import (
@@ -27,6 +27,7 @@ from cartback.ports import (
 )
 from cartback.store import tables as t
 from cartback.store.db import is_sqlite
+from cartback.store.tables import Money, UtcDateTime
 
 MAX_ATTEMPTS = 5
 
@@ -147,36 +148,38 @@ class Dispatcher:
         now: datetime,
         stats: DispatchStats,
     ) -> None:
-        o = t.outbox.c
-        with self.engine.begin() as conn:
-            for item, result in zip(claimed, results, strict=True):
-                values: dict[str, Any] = {"updated_at": now, "error": result.error}
-                channel = self.channels[item.message.channel]
-                values["provider"] = channel.name
-                if result.status is SendStatus.ACCEPTED:
-                    values.update(
-                        status="sent", provider_id=result.provider_id, sent_at=now, cost=result.cost
-                    )
-                    stats.sent += 1
-                    stats.send_delays.append((now - item.available_at).total_seconds())
-                elif result.status is SendStatus.UNKNOWN:
-                    values.update(status="unknown")
-                    stats.unknown += 1
-                elif result.retryable and item.attempts < MAX_ATTEMPTS:
-                    backoff = timedelta(seconds=min(3600, 30 * 2 ** (item.attempts - 1)))
-                    values.update(status="pending", available_at=now + backoff)
-                    stats.retried += 1
-                else:
-                    values.update(status="failed")
-                    stats.failed += 1
-                # Fenced by the lease: a dispatcher whose lease was taken over writes nothing.
-                conn.execute(
-                    update(t.outbox)
-                    .where(
-                        and_(o.id == item.id, o.lease_owner == self.owner, o.status == "sending")
-                    )
-                    .values(lease_owner=None, lease_until=None, **values)
+        outcomes = []
+        for item, result in zip(claimed, results, strict=True):
+            outcome: dict[str, Any] = {
+                "b_id": item.id,
+                "b_owner": self.owner,
+                "error": result.error,
+                "provider": self.channels[item.message.channel].name,
+                "provider_id": None,
+                "sent_at": None,
+                "cost": None,
+                "available_at": None,
+                "updated_at": now,
+            }
+            if result.status is SendStatus.ACCEPTED:
+                outcome.update(
+                    status="sent", provider_id=result.provider_id, sent_at=now, cost=result.cost
                 )
+                stats.sent += 1
+                stats.send_delays.append((now - item.available_at).total_seconds())
+            elif result.status is SendStatus.UNKNOWN:
+                outcome["status"] = "unknown"
+                stats.unknown += 1
+            elif result.retryable and item.attempts < MAX_ATTEMPTS:
+                backoff = timedelta(seconds=min(3600, 30 * 2 ** (item.attempts - 1)))
+                outcome.update(status="pending", available_at=now + backoff)
+                stats.retried += 1
+            else:
+                outcome["status"] = "failed"
+                stats.failed += 1
+            outcomes.append(outcome)
+        with self.engine.begin() as conn:
+            conn.execute(_RECORD_OUTCOME, outcomes)
 
     def recover_expired(self, now: datetime, stats: DispatchStats) -> None:
         """Rows left `sending` by a dispatcher that died: never resend without proof."""
@@ -204,6 +207,33 @@ class Dispatcher:
                     .values(lease_owner=None, lease_until=None, updated_at=now, **values)
                 )
                 stats.recovered += 1
+
+
+_o = t.outbox.c
+# One statement for a whole batch of outcomes. Fenced by the lease: a dispatcher whose lease was
+# taken over writes nothing. Columns an outcome does not set keep their value (COALESCE).
+_RECORD_OUTCOME = (
+    update(t.outbox)
+    .where(
+        and_(
+            _o.id == bindparam("b_id"),
+            _o.lease_owner == bindparam("b_owner"),
+            _o.status == "sending",
+        )
+    )
+    .values(
+        status=bindparam("status"),
+        error=bindparam("error"),
+        provider=bindparam("provider"),
+        provider_id=func.coalesce(bindparam("provider_id", type_=String), _o.provider_id),
+        sent_at=func.coalesce(bindparam("sent_at", type_=UtcDateTime), _o.sent_at),
+        cost=func.coalesce(bindparam("cost", type_=Money), _o.cost),
+        available_at=func.coalesce(bindparam("available_at", type_=UtcDateTime), _o.available_at),
+        lease_owner=None,
+        lease_until=None,
+        updated_at=bindparam("updated_at"),
+    )
+)
 
 
 def message_key(outbox_id: int) -> str:

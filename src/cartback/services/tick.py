@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, select, update
@@ -23,6 +24,7 @@ from cartback.core.policy import SentRecord, StorePolicy
 from cartback.services.compose import ComposeError, compose
 from cartback.services.consent import ledger as consent_ledger
 from cartback.services.consent import views as consent_views
+from cartback.services.discounts import code_for
 from cartback.services.flows import FlowRegistry, UnknownFlow
 from cartback.services.gates import policy_gate
 from cartback.store import tables as t
@@ -81,6 +83,7 @@ def tick(
                 continue
             advanced, flow = result
             _collect(
+                conn,
                 advanced,
                 flow,
                 context,
@@ -222,7 +225,14 @@ def _advance_one(
     return advance(flow, enrollment, cart, contact, now, opted_out=opted_out, gate=gate), flow
 
 
+def _pooled_code(
+    conn: Connection, store_id: int, pool: str, cart: Cart, *, now: datetime
+) -> str | None:
+    return code_for(conn, store_id, pool, cart, now)
+
+
 def _collect(
+    conn: Connection,
     result: Advance,
     flow: Flow,
     context: _Context,
@@ -244,7 +254,16 @@ def _collect(
         step = sends.get(decision.step_id or "")
         if outcome is Outcome.SEND and step is not None and contact is not None:
             try:
-                composed = compose(store, cart, contact, enrollment, step, now, base_url)
+                composed = compose(
+                    store,
+                    cart,
+                    contact,
+                    enrollment,
+                    step,
+                    now,
+                    base_url,
+                    codes=partial(code_for, conn, store.id, now=now),
+                )
                 outbox_rows.append(composed.outbox)
                 link_rows.extend(composed.links)
                 stats.sent += 1

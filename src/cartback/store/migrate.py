@@ -12,8 +12,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 def alembic_config(engine: Engine) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    config = alembic_config_for_scripts()
     config.attributes["engine"] = engine
     return config
 
@@ -38,3 +37,24 @@ def autogenerate(engine: Engine, message: str) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.revision(config, message=message, autogenerate=True)
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config_for_scripts()).get_current_head()
+    assert head is not None
+    return head
+
+
+def alembic_config_for_scripts() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def downgrade(engine: Engine, revision: str = "base") -> None:
+    config = alembic_config(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)

@@ -29,6 +29,7 @@ def store_from_row(row: Mapping[Any, Any]) -> Store:
         domains=tuple(row["domains"] or ()),
         postal_address=row["postal_address"],
         support_contact=row["support_contact"],
+        platform=row["platform"],
     )
 
 

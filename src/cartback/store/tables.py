@@ -71,6 +71,8 @@ stores = Table(
     Column("postal_address", Text),
     Column("support_contact", String(200)),
     Column("flow_name", String(64), nullable=False),
+    # The shop platform, for what its restore links can carry (a Shopify discount path, say).
+    Column("platform", String(20), nullable=False, server_default="generic"),
     Column("created_at", UtcDateTime, nullable=False),
 )
 
@@ -290,4 +292,19 @@ clicks = Table(
     Column("kind", String(10), nullable=False),
     Column("user_agent", String(300)),
     Column("at", UtcDateTime, nullable=False),
+)
+
+discount_codes = Table(
+    "discount_codes",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("pool", String(64), nullable=False),
+    Column("code", String(64), nullable=False),
+    # Set once a cart is given the code: each pooled code is used by one cart only.
+    Column("cart_id", ForeignKey("carts.id", ondelete="SET NULL")),
+    Column("assigned_at", UtcDateTime),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("store_id", "pool", "code"),
+    Index("ix_discount_codes_free", "store_id", "pool", "assigned_at"),
 )

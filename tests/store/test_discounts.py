@@ -1,0 +1,145 @@
+"""Discounts: static codes, single-use pools, and restore links that apply the code."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+from typer.testing import CliRunner
+
+from cartback.cli import cli
+from cartback.services.compose import discount_link
+from cartback.services.discounts import clean_codes, load_pool, pool_sizes
+from cartback.services.ingest import ingest
+from cartback.services.tick import tick
+from cartback.store import tables as t
+from tests.support.events import checkout
+from tests.support.world import World
+
+POOLED_FLOW = """
+name: pooled
+abandon_after: 0s
+steps:
+  - id: sms1
+    at: 0s
+    channel: sms
+    body: "{{ brand }}: {{ discount_text }} with {{ discount_code }}: {{ link }}"
+    discount: {pool: spring, percent: 15}
+"""
+
+
+def _pooled(world: World) -> None:
+    world.app.registry.register_text(POOLED_FLOW, "pooled.yaml", world.now)
+    with world.app.engine.begin() as conn:
+        conn.execute(update(t.stores).values(flow_name="pooled"))
+
+
+def _checkouts(world: World, count: int) -> None:
+    flow = world.app.registry.current("pooled")
+    events = [
+        checkout(f"c{i}", world.now, phone=f"+47400{i:05d}", email=f"s{i}@example.com")
+        for i in range(count)
+    ]
+    with world.app.engine.begin() as conn:
+        ingest(conn, world.store, flow, events, world.now)
+    world.clock.advance(timedelta(seconds=1))
+    tick(world.app.engine, world.app.registry, world.now)
+
+
+def test_each_pooled_code_goes_to_one_cart_only(world: World) -> None:
+    _pooled(world)
+    with world.app.engine.begin() as conn:
+        load = load_pool(
+            conn, world.store.id, "spring", ["A1", "B2", "C3", "A1", "# x", ""], world.now
+        )
+    assert (load.added, load.already_there) == (3, 0)
+    _checkouts(world, 4)
+    with world.app.engine.connect() as conn:
+        bodies = conn.execute(select(t.outbox.c.body)).scalars().all()
+        reasons = (
+            conn.execute(select(t.decisions.c.rule).where(t.decisions.c.outcome == "skip"))
+            .scalars()
+            .all()
+        )
+        sizes = pool_sizes(conn, world.store.id)
+    codes = sorted(code for body in bodies for code in ("A1", "B2", "C3") if code in body)
+    assert codes == ["A1", "B2", "C3"]
+    assert all("15% off" in body for body in bodies)
+    # The fourth cart found the pool empty: no message with a code it does not have.
+    assert reasons == ["discount.pool_empty"]
+    assert sizes == {"spring": (0, 3)}
+
+
+def test_loading_the_same_codes_again_adds_nothing(world: World) -> None:
+    with world.app.engine.begin() as conn:
+        load_pool(conn, world.store.id, "spring", ["A1", "B2"], world.now)
+        again = load_pool(conn, world.store.id, "spring", ["A1", "B2", "D4"], world.now)
+    assert (again.added, again.already_there) == (1, 2)
+
+
+def test_clean_codes_drops_comments_blanks_and_repeats() -> None:
+    assert clean_codes(["A1  # first", "", "  B2", "A1", "#only a comment"]) == ["A1", "B2"]
+
+
+def test_the_static_code_of_the_default_flow_reaches_big_carts_only(world: World) -> None:
+    flow = world.app.registry.current("default")
+    with world.app.engine.begin() as conn:
+        ingest(
+            conn,
+            world.store,
+            flow,
+            [
+                checkout("big", world.now, price="60", phone="+4740000001", email="a@x.no"),
+                checkout("small", world.now, price="20", phone="+4740000002", email="b@x.no"),
+            ],
+            world.now,
+        )
+    for _ in range(6):
+        world.clock.advance(timedelta(hours=12))
+        tick(world.app.engine, world.app.registry, world.now)
+    with world.app.engine.connect() as conn:
+        sms3 = (
+            conn.execute(select(t.outbox.c.body).where(t.outbox.c.step_id == "sms3"))
+            .scalars()
+            .all()
+        )
+    assert len(sms3) == 1 and "COMEBACK10" in sms3[0]
+
+
+@pytest.mark.parametrize(
+    ("platform", "expected"),
+    [
+        ("generic", "https://shop.example/cart/c1?utm_source=x"),
+        (
+            "shopify",
+            "https://shop.example/discount/SAVE%2010?redirect=%2Fcart%2Fc1%3Futm_source%3Dx",
+        ),
+    ],
+)
+def test_restore_links_apply_the_code_where_the_platform_can(platform: str, expected: str) -> None:
+    assert (
+        discount_link("https://shop.example/cart/c1?utm_source=x", "SAVE 10", platform) == expected
+    )
+
+
+def test_the_cli_loads_a_pool_file_and_reports_bad_lines(world: World, tmp_path: Path) -> None:
+    runner = CliRunner()
+    env = {"CARTBACK_DATABASE_URL": world.app.settings.database_url}
+    good = tmp_path / "codes.txt"
+    good.write_text("SPRING-1\nSPRING-2  # second\n\n")
+    result = runner.invoke(
+        cli, ["discounts", "load", "spring", str(good), "--store", "test"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 codes added" in result.stdout
+    bad = tmp_path / "bad.txt"
+    bad.write_text("OK-1\nnot one word\n")
+    result = runner.invoke(
+        cli, ["discounts", "load", "spring", str(bad), "--store", "test"], env=env
+    )
+    assert result.exit_code == 2
+    assert f"{bad}:2: code:" in result.stderr
+    listed = runner.invoke(cli, ["discounts", "list", "--store", "test"], env=env)
+    assert "spring" in listed.stdout
