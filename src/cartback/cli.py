@@ -164,6 +164,43 @@ def store_create(
         out.print(f"store {slug} created; API key (shown once): {key}")
 
 
+@store_cli.command("policy")
+def store_policy_command(
+    slug: str,
+    file: Annotated[
+        Path | None, typer.Argument(help="Policy YAML; omit to show the current")
+    ] = None,
+) -> None:
+    """Set a store's send policy: cooldowns, caps, and stricter jurisdiction rules."""
+    from cartback.services import admin
+
+    settings = _policy_file_or_exit(file) if file is not None else None
+    with running_app() as app, app.engine.begin() as conn:
+        store = admin.store_by_slug(conn, slug)
+        if store is None:
+            raise fail(f"no store with slug {slug!r}")
+        if settings is None:
+            out.print_json(data=store.policy or {})
+            return
+        admin.set_store_policy(conn, store.id, settings)
+    out.print(f"policy of {slug} updated from {file}")
+
+
+def _policy_file_or_exit(file: Path) -> dict[str, Any]:
+    from cartback.core.storepolicy import StorePolicyError, parse_store_policy_text
+
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise fail(f"{file}:1: file: cannot read: {error}") from None
+    try:
+        return parse_store_policy_text(text, str(file))
+    except StorePolicyError as error:
+        for issue in error.issues:
+            err.print(str(issue), highlight=False, markup=False)
+        raise typer.Exit(USAGE_ERROR) from None
+
+
 @store_cli.command("key")
 def store_key(slug: str, label: str = "default") -> None:
     """Issue another API key for a store."""
@@ -421,6 +458,9 @@ def flows_test(
     address: Annotated[
         str, typer.Option(help="Postal address for email footers")
     ] = "1 Demo Street, 0150 Oslo",
+    policy: Annotated[
+        Path | None, typer.Option(help="Store policy YAML (cooldowns, caps, stricter rules)")
+    ] = None,
 ) -> None:
     """Run one cart through a flow in virtual time and print every decision."""
     from cartback.app import SHIPPED_FLOWS
@@ -451,6 +491,7 @@ def flows_test(
         brand=brand,
         domains=tuple(domain or ("shop.example",)),
         postal_address=address,
+        policy=_policy_file_or_exit(policy) if policy is not None else {},
     )
     try:
         entries = timeline(flow, store, events, base_url=settings.base_url)

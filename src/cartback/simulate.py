@@ -25,7 +25,8 @@ from cartback.core.model import (
     Store,
     format_duration,
 )
-from cartback.core.policy import SentRecord, StorePolicy
+from cartback.core.policy import SentRecord
+from cartback.core.storepolicy import store_policy
 from cartback.services.compose import ComposeError, compose
 from cartback.services.gates import policy_gate
 
@@ -89,7 +90,7 @@ def timeline(
     )
     consent = _consent(first)
     recent: list[SentRecord] = []
-    store_policy = StorePolicy(default_zone=store.default_zone)
+    policy = store_policy(store.policy, store.default_zone)
     for _ in range(MAX_WAKES):
         now = enrollment.wake_at
         if now is None or enrollment.state is not EnrollmentState.ACTIVE:
@@ -101,7 +102,7 @@ def timeline(
             enrollment,
             consent=consent,
             recent=recent,
-            store_policy=store_policy,
+            store_policy=policy,
             now=now,
         )
         result = advance(flow, enrollment, cart, contact, now, gate=gate)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 
 class Channel(StrEnum):
@@ -38,6 +40,8 @@ class Store:
     support_contact: str | None = None
     # generic, shopify, woocommerce or bigcommerce: what the shop's restore links can carry.
     platform: str = "generic"
+    # The store's checked policy settings (see core.storepolicy); empty for the defaults.
+    policy: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

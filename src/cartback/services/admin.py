@@ -6,8 +6,9 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, update
 
 from cartback.core.model import Store
 from cartback.store import tables as t
@@ -64,6 +65,11 @@ def get_store(conn: Connection, store_id: int) -> Store:
 def store_by_slug(conn: Connection, slug: str) -> Store | None:
     row = conn.execute(select(t.stores).where(t.stores.c.slug == slug)).mappings().first()
     return store_from_row(row) if row is not None else None
+
+
+def set_store_policy(conn: Connection, store_id: int, settings: dict[str, Any]) -> None:
+    """Save checked policy settings (core.storepolicy.check has validated them)."""
+    conn.execute(update(t.stores).where(t.stores.c.id == store_id).values(policy=settings or None))
 
 
 def store_flow_name(conn: Connection, store_id: int) -> str:

@@ -20,7 +20,8 @@ from cartback.core.consent import erased_view
 from cartback.core.engine import Advance, Outcome, advance
 from cartback.core.flows import Flow
 from cartback.core.model import Cart, Channel, ConsentView, Contact, Enrollment, StepOutcome, Store
-from cartback.core.policy import SentRecord, StorePolicy
+from cartback.core.policy import SentRecord
+from cartback.core.storepolicy import store_policy
 from cartback.services.compose import ComposeError, compose
 from cartback.services.consent import ledger as consent_ledger
 from cartback.services.consent import views as consent_views
@@ -219,7 +220,7 @@ def _advance_one(
         enrollment,
         consent=context.consent[contact.id],
         recent=context.recent[contact.id],
-        store_policy=StorePolicy(default_zone=store.default_zone),
+        store_policy=store_policy(store.policy, store.default_zone),
         now=now,
     )
     return advance(flow, enrollment, cart, contact, now, opted_out=opted_out, gate=gate), flow

@@ -73,6 +73,8 @@ stores = Table(
     Column("flow_name", String(64), nullable=False),
     # The shop platform, for what its restore links can carry (a Shopify discount path, say).
     Column("platform", String(20), nullable=False, server_default="generic"),
+    # The store's checked send policy (cooldowns, caps, stricter rules); NULL for the defaults.
+    Column("policy", JSON),
     Column("created_at", UtcDateTime, nullable=False),
 )
 

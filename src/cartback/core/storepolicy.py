@@ -1,0 +1,136 @@
+"""A store's own send policy: cooldowns, caps, and jurisdiction rules made stricter.
+
+Written as YAML, checked with every problem reported as `file:line: field: message`:
+
+    sms_cooldown: 4h                  # no SMS within 4 h of another (default 2h)
+    sms_cap: {count: 2, window: 24h}  # at most 2 SMS a day (default 3/24h); `null` for none
+    email_cooldown: 16h               # default 0
+    email_cap: {count: 3, window: 7d} # default none
+    rules:                            # shipped rules made stricter, or store.* rules added
+      - name: us.quiet_hours
+        window: {mon-sun: "09:00-20:00"}
+
+Jurisdiction rules can only be tightened: an override that would loosen one is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from cartback.core.jurisdiction import PolicyConfigError, validate_overrides
+from cartback.core.model import parse_duration
+from cartback.core.policy import Cap, StorePolicy
+from cartback.core.yamlsrc import Lines, YamlSourceError, format_path, load_with_lines
+
+KEYS = ("sms_cooldown", "email_cooldown", "sms_cap", "email_cap", "rules")
+_DEFAULTS = StorePolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyIssue:
+    source: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.field}: {self.message}"
+
+
+class StorePolicyError(ValueError):
+    def __init__(self, issues: list[PolicyIssue]) -> None:
+        super().__init__("\n".join(map(str, issues)))
+        self.issues = issues
+
+
+def parse_store_policy_text(text: str, source: str) -> dict[str, Any]:
+    """Check a policy file; return its settings as stored (plain JSON-able values)."""
+    try:
+        data, lines = load_with_lines(text, source)
+    except YamlSourceError as error:
+        raise StorePolicyError([PolicyIssue(source, error.line, "yaml", error.message)]) from None
+    return check(data if data is not None else {}, source, lines)
+
+
+def check(data: object, source: str = "<policy>", lines: Lines | None = None) -> dict[str, Any]:
+    issues: list[PolicyIssue] = []
+
+    def issue(path: tuple[object, ...], message: str) -> None:
+        line = lines.line_of(path) if lines is not None else 1
+        issues.append(PolicyIssue(source, line, format_path(path) or "(top)", message))
+
+    if not isinstance(data, Mapping):
+        issue((), "expected a mapping of policy settings")
+        raise StorePolicyError(issues)
+    for key in data:
+        if key not in KEYS:
+            issue((key,), f"unknown setting; known: {', '.join(KEYS)}")
+    for key in ("sms_cooldown", "email_cooldown"):
+        if key in data:
+            _duration(data[key], (key,), issue)
+    for key in ("sms_cap", "email_cap"):
+        if data.get(key) is not None:
+            _cap(data[key], (key,), issue)
+    rules = data.get("rules", [])
+    if not isinstance(rules, list):
+        issue(("rules",), "expected a list of rules")
+    else:
+        for index, rule in enumerate(rules):
+            try:
+                validate_overrides([rule])
+            except (PolicyConfigError, ValueError) as error:
+                issue(("rules", index), str(error))
+    if issues:
+        raise StorePolicyError(sorted(issues, key=lambda found: found.line))
+    return {key: data[key] for key in KEYS if key in data}
+
+
+def _duration(value: object, path: tuple[object, ...], issue: Any) -> None:
+    try:
+        parse_duration(str(value))
+    except ValueError as error:
+        issue(path, str(error))
+
+
+def _cap(value: object, path: tuple[object, ...], issue: Any) -> None:
+    if not isinstance(value, Mapping):
+        issue(path, "expected {count: N, window: DURATION} or null")
+        return
+    extra = set(value) - {"count", "window"}
+    if extra:
+        issue((*path, sorted(extra)[0]), "unknown key; a cap has count and window")
+    count = value.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        issue((*path, "count"), "must be a whole number of at least 1")
+    if "window" not in value:
+        issue((*path, "window"), "is required, like 24h")
+    else:
+        _duration(value["window"], (*path, "window"), issue)
+
+
+def store_policy(settings: Mapping[str, Any] | None, default_zone: str) -> StorePolicy:
+    """The StorePolicy from checked settings (as `check` returned them)."""
+    settings = settings or {}
+
+    def duration(key: str, default: timedelta) -> timedelta:
+        return parse_duration(str(settings[key])) if key in settings else default
+
+    def cap(key: str, default: Cap | None) -> Cap | None:
+        if key not in settings:
+            return default
+        raw = settings[key]
+        if raw is None:
+            return None
+        return Cap(int(raw["count"]), parse_duration(str(raw["window"])))
+
+    return StorePolicy(
+        default_zone=default_zone,
+        sms_cooldown=duration("sms_cooldown", _DEFAULTS.sms_cooldown),
+        email_cooldown=duration("email_cooldown", _DEFAULTS.email_cooldown),
+        sms_cap=cap("sms_cap", _DEFAULTS.sms_cap),
+        email_cap=cap("email_cap", _DEFAULTS.email_cap),
+        rule_overrides=tuple(settings.get("rules", ())),
+    )
