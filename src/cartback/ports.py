@@ -70,3 +70,20 @@ class MessageChannel(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class DiscountIssuer(Protocol):
+    """A shop integration that creates a single-use code for one cart (`discount.unique`).
+
+    Shop adapters implement it where the platform's API allows; until a store has one, steps
+    that ask for unique codes are skipped with the rule `discount.unique`."""
+
+    def issue(
+        self,
+        *,
+        cart_token: str,
+        percent: Decimal | None,
+        amount: Decimal | None,
+        currency: str,
+        expires_at: datetime | None,
+    ) -> str: ...
