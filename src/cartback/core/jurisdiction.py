@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from enum import StrEnum
 from functools import lru_cache
@@ -160,13 +160,21 @@ class RuleSet:
     # The jurisdictions merged, e.g. ("US-FL", "US-NY") or ("default",).
     jurisdictions: tuple[str, ...]
     rules: tuple[Rule, ...]
+    # Rules by kind, filled on first use: rule sets are cached and asked for every message.
+    _by_kind: dict[type[Any], tuple[Any, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     @property
     def names(self) -> frozenset[str]:
         return frozenset(rule.name for rule in self.rules)
 
     def _of(self, kind: type[Any]) -> tuple[Any, ...]:
-        return tuple(rule for rule in self.rules if isinstance(rule, kind))
+        found = self._by_kind.get(kind)
+        if found is None:
+            found = tuple(rule for rule in self.rules if isinstance(rule, kind))
+            self._by_kind[kind] = found
+        return found
 
     @property
     def windows(self) -> tuple[WindowRule, ...]:

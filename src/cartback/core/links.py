@@ -87,7 +87,12 @@ def _normalised_host(host: str, *, what: str) -> str:
     return ascii_host
 
 
+_ASCII_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
+
+
 def _has_control_or_space(text: str) -> bool:
+    if text.isascii():  # the common case, checked without a per-character category lookup
+        return _ASCII_CONTROL_OR_SPACE.search(text) is not None
     return any(char.isspace() or unicodedata.category(char) in {"Cc", "Cf"} for char in text)
 
 

@@ -238,6 +238,8 @@ outbox = Table(
     # At most one message per cart and step, whatever the number of workers.
     UniqueConstraint("enrollment_id", "step_id"),
     Index("ix_outbox_status_available_at", "status", "available_at"),
+    # Cooldowns and caps read a contact's recent sends for every message the timer composes.
+    Index("ix_outbox_contact_id_created_at", "contact_id", "created_at"),
 )
 
 decisions = Table(
