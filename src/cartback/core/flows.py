@@ -18,7 +18,13 @@ from pathlib import Path
 
 from cartback.core.conditions import Condition, ConditionError, is_reserved_name, parse_condition
 from cartback.core.model import Channel, format_duration, parse_duration
-from cartback.core.yamlsrc import Lines, YamlSourceError, format_path, load_with_lines
+from cartback.core.yamlsrc import (
+    Lines,
+    SourceIssue,
+    YamlSourceError,
+    format_path,
+    load_with_lines,
+)
 
 EXIT_EVENTS: frozenset[str] = frozenset({"order_placed", "cart_emptied", "opted_out"})
 MAX_HOLDOUT_PERCENT = Decimal(50)
@@ -158,15 +164,7 @@ class Flow:
         raise KeyError(f"flow {self.name!r} has no step {step_id!r}")
 
 
-@dataclass(frozen=True, slots=True)
-class FlowIssue:
-    source: str
-    line: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.line}: {self.field}: {self.message}"
+FlowIssue = SourceIssue
 
 
 class FlowError(ValueError):

@@ -16,28 +16,25 @@ Jurisdiction rules can only be tightened: an override that would loosen one is a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from cartback.core.jurisdiction import PolicyConfigError, validate_overrides
 from cartback.core.model import parse_duration
 from cartback.core.policy import Cap, StorePolicy
-from cartback.core.yamlsrc import Lines, YamlSourceError, format_path, load_with_lines
+from cartback.core.yamlsrc import (
+    Lines,
+    SourceIssue,
+    YamlSourceError,
+    format_path,
+    load_with_lines,
+)
 
 KEYS = ("sms_cooldown", "email_cooldown", "sms_cap", "email_cap", "rules")
 _DEFAULTS = StorePolicy()
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyIssue:
-    source: str
-    line: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.line}: {self.field}: {self.message}"
+PolicyIssue = SourceIssue
 
 
 class StorePolicyError(ValueError):

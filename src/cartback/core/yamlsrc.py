@@ -26,6 +26,19 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 DEFAULT_MAX_NODES = 100_000
 
 
+@dataclass(frozen=True, slots=True)
+class SourceIssue:
+    """One problem in a file a person wrote, as `file:line: field: message`."""
+
+    source: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.field}: {self.message}"
+
+
 class YamlSourceError(ValueError):
     """The text is not YAML this loader accepts; `line` is 1-based."""
 

@@ -192,34 +192,25 @@ def _checkout_consent(
     if current.opted_out_at is not None and event.occurred_at <= current.opted_out_at:
         # A checkout from before the shopper's opt-out cannot speak for them any more.
         return
-    for channel, wanted, have in (
-        (Channel.SMS, flags.sms_marketing, current.sms_marketing),
-        (Channel.EMAIL, flags.email_marketing, current.email_marketing),
-    ):
-        # Record changes only: a checkout that repeats the same answer adds nothing to the ledger,
+    wanted = [
+        (channel, Purpose.MARKETING)
+        for channel, asked, have in (
+            (Channel.SMS, flags.sms_marketing, current.sms_marketing),
+            (Channel.EMAIL, flags.email_marketing, current.email_marketing),
+        )
+        # Record changes only: a checkout repeating the same answer adds nothing to the ledger,
         # and a checkout box left unticked never revokes consent given elsewhere.
-        if wanted and not have:
-            record_consent(
-                conn,
-                store_id=store_id,
-                contact_id=contact_id,
-                channel=channel,
-                purpose=Purpose.MARKETING,
-                granted=True,
-                source="checkout",
-                at=event.occurred_at,
-                wording=flags.wording,
-                ip=flags.ip,
-                user_agent=flags.user_agent,
-                double_opt_in=flags.double_opt_in,
-            )
+        if asked and not have
+    ]
     if flags.cart_reminders and flags.sms_marketing and not _has_cart_reminders(conn, contact_id):
+        wanted.append((Channel.SMS, Purpose.CART_REMINDERS))
+    for channel, purpose in wanted:
         record_consent(
             conn,
             store_id=store_id,
             contact_id=contact_id,
-            channel=Channel.SMS,
-            purpose=Purpose.CART_REMINDERS,
+            channel=channel,
+            purpose=purpose,
             granted=True,
             source="checkout",
             at=event.occurred_at,
