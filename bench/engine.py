@@ -1,15 +1,17 @@
 """Benchmark the durable timer: N pending enrollments, a stream of them due at R per second,
-one worker with a null channel. Prints steps/s, lateness (fire time − due time) and the
-worker's peak RSS, on SQLite and on PostgreSQL.
+one or more workers (`--workers`) with a null channel. Prints steps/s, lateness (fire time − due
+time) and the workers' peak RSS, on SQLite and on PostgreSQL.
 
     python bench/engine.py                      # 100k and 1M pending, both backends
     python bench/engine.py --pending 100000 --backend sqlite --rate 5000 --window 20
+    python bench/engine.py --pending 100000 --backend postgres --rate 1000 --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -35,6 +37,24 @@ steps:
     body: "{{ brand }}: {{ first_name }}, your {{ product }} is waiting: {{ link }}"
 """
 CHUNK = 20_000
+# Shoppers live where it is daytime when the bench runs, so quiet hours defer nothing: the bench
+# measures the timer, not the night. (E.164 prefix, digits after it, the zone of that prefix.)
+DAYTIME_NUMBERS = (
+    ("+4740", 6, "Europe/Oslo"),
+    ("+819012", 6, "Asia/Tokyo"),
+    ("+55119", 8, "America/Sao_Paulo"),
+    ("+6421", 7, "Pacific/Auckland"),
+)
+
+
+def daytime_numbers(at: datetime) -> tuple[str, int]:
+    """A phone prefix whose zone is between 09:00 and 18:00 at `at`, and its digit count."""
+    from zoneinfo import ZoneInfo
+
+    for prefix, digits, zone in DAYTIME_NUMBERS:
+        if 9 <= at.astimezone(ZoneInfo(zone)).hour < 18:
+            return prefix, digits
+    raise SystemExit("no daytime zone found; extend DAYTIME_NUMBERS")
 
 
 def seed(url: str, pending: int, due: int, rate: float, lead: float) -> float:
@@ -64,6 +84,7 @@ def seed(url: str, pending: int, due: int, rate: float, lead: float) -> float:
             now,
         )
     far = now + timedelta(days=2)
+    prefix, digits = daytime_numbers(now)
     line = [{"title": "Wool socks", "quantity": 1, "price": "20.00"}]
     for base in range(0, pending, CHUNK):
         ids = range(base + 1, min(pending, base + CHUNK) + 1)
@@ -71,7 +92,7 @@ def seed(url: str, pending: int, due: int, rate: float, lead: float) -> float:
             {
                 "id": i,
                 "store_id": store.id,
-                "phone": f"+4740{i:06d}",
+                "phone": f"{prefix}{i:0{digits}d}",
                 "email": None,
                 "first_name": "Kari",
                 "sms_marketing": True,
@@ -159,8 +180,9 @@ def seed(url: str, pending: int, due: int, rate: float, lead: float) -> float:
     return start
 
 
-def child(url: str, expected: int, out: str, stop_after: float) -> None:
-    """The worker under test: the same tick and dispatch loops as `cartback worker`."""
+def child(url: str, out: str, stream_end: float, stop_after: float) -> None:
+    """One worker under test: the tick and dispatch loops of `cartback worker`, with its default
+    batch sizes. It stops once the due stream has ended and a tick finds nothing left."""
     from cartback.app import build_app
     from cartback.channels.dev import NullChannel
     from cartback.config import load_settings
@@ -168,45 +190,51 @@ def child(url: str, expected: int, out: str, stop_after: float) -> None:
     from cartback.services.dispatch import Dispatcher
     from cartback.services.tick import tick
 
-    settings = load_settings({}, database_url=url, sms_channel="null", email_channel="null")
+    # CARTBACK_WORKER_BATCH and CARTBACK_DISPATCH_BATCH reach the worker as in production.
+    settings = load_settings(
+        dict(os.environ), database_url=url, sms_channel="null", email_channel="null"
+    )
     app = build_app(settings)
     dispatcher = Dispatcher(app.engine, {Channel.SMS: NullChannel(Channel.SMS)}, concurrency=4)
     lateness: list[float] = []
     busy = 0.0
     fired = 0
     sent = 0
+    last_commit = 0.0
     done = threading.Event()
 
     def dispatch_loop() -> None:
         nonlocal sent
-        while not done.is_set() or sent < fired:
-            stats = dispatcher.run_once(datetime.now(UTC), 1000)
+        while True:
+            stats = dispatcher.run_once(datetime.now(UTC), settings.dispatch_batch)
             sent += stats.sent
             if stats.claimed == 0:
-                time.sleep(0.05)
                 if done.is_set():
                     break
+                time.sleep(0.05)
 
     sender = threading.Thread(target=dispatch_loop)
     sender.start()
     deadline = time.time() + stop_after
-    while fired < expected and time.time() < deadline:
+    while time.time() < deadline:
         began = time.time()
-        stats = tick(app.engine, app.registry, datetime.now(UTC), limit=1000)
+        stats = tick(app.engine, app.registry, datetime.now(UTC), limit=settings.worker_batch)
         ended = time.time()
         if stats.claimed:
             busy += ended - began
             fired += stats.claimed
+            last_commit = ended
             # Lateness counts until the batch's commit: the step is durable only then.
             lateness.extend(value + (ended - began) for value in stats.lateness)
+        elif began > stream_end:
+            break
         else:
             time.sleep(0.02)
     done.set()
     sender.join()
     dispatcher.close()
-    Path(out).write_text(
-        json.dumps({"fired": fired, "sent": sent, "busy": busy, "lateness": lateness})
-    )
+    result = {"fired": fired, "sent": sent, "busy": busy, "last_commit": last_commit}
+    Path(out).write_text(json.dumps({**result, "lateness": lateness}))
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -219,7 +247,27 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run(backend: str, pending: int, rate: float, window: float, lead: float) -> dict[str, Any]:
+def run_workers(url: str, tmp: str, workers: int, stream_end: float, stop_after: float) -> Any:
+    """Start the workers, watch their memory, and return their results and the highest peak RSS."""
+    outs = [f"{tmp}/worker-{n}.json" for n in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--child", url, out, str(stream_end), str(stop_after)]
+        )
+        for out in outs
+    ]
+    peak = 0.0
+    while any(proc.poll() is None for proc in procs):
+        peak = max([peak, *(peak_rss_mb(proc.pid) for proc in procs)])
+        time.sleep(0.2)
+    if any(proc.returncode != 0 for proc in procs):
+        raise SystemExit(f"a worker failed: exit codes {[proc.returncode for proc in procs]}")
+    return [json.loads(Path(out).read_text()) for out in outs], peak
+
+
+def run(
+    backend: str, pending: int, rate: float, window: float, lead: float, workers: int
+) -> dict[str, Any]:
     due = min(pending, int(rate * window))
     with tempfile.TemporaryDirectory() as tmp:
         if backend == "sqlite":
@@ -235,21 +283,17 @@ def run(backend: str, pending: int, rate: float, window: float, lead: float) -> 
             seeded = time.time()
             start = seed(url, pending, due, rate, lead)
             seed_s = time.time() - seeded
-            out = f"{tmp}/result.json"
-            proc = subprocess.Popen(
-                [sys.executable, __file__, "--child", url, str(due), out, str(window + 120)],
-            )
-            peak = 0.0
-            while proc.poll() is None:
-                peak = max(peak, peak_rss_mb(proc.pid))
-                time.sleep(0.2)
-            if proc.returncode != 0:
-                raise SystemExit(f"worker failed with {proc.returncode}")
-            result = json.loads(Path(out).read_text())
+            stream_end = start + due / rate
+            # Generous: a saturated worker needs far longer than the window to work off the stream.
+            results, peak = run_workers(url, tmp, workers, stream_end, window + 900)
         finally:
             if cleanup is not None:
                 drop_database(*cleanup)
-    late = sorted(result["lateness"])
+    late = sorted(value for result in results for value in result["lateness"])
+    fired = sum(result["fired"] for result in results)
+    # A worker's capacity is what it fires per second of work; the fleet's is their sum.
+    capacity = sum(result["fired"] / result["busy"] for result in results if result["busy"])
+    last_commit = max(result["last_commit"] for result in results)
 
     def q(p: float) -> float:
         return late[min(len(late) - 1, int(p * len(late)))] if late else float("nan")
@@ -257,12 +301,14 @@ def run(backend: str, pending: int, rate: float, window: float, lead: float) -> 
     return {
         "backend": backend,
         "pending": pending,
+        "workers": workers,
         "due": due,
         "due_rate": rate,
         "seed_rows_per_s": round(3 * pending / seed_s),
-        "fired": result["fired"],
-        "sent": result["sent"],
-        "capacity_steps_per_s": round(result["fired"] / result["busy"]) if result["busy"] else 0,
+        "fired": fired,
+        "sent": sum(result["sent"] for result in results),
+        "capacity_steps_per_s": round(capacity),
+        "throughput_steps_per_s": round(fired / (last_commit - start)) if fired else 0,
         "late_p50_s": round(q(0.5), 3),
         "late_p99_s": round(q(0.99), 3),
         "late_max_s": round(late[-1], 3) if late else None,
@@ -278,36 +324,41 @@ def main() -> None:
     parser.add_argument("--backend", choices=["sqlite", "postgres"], action="append")
     parser.add_argument("--rate", type=float, default=5000)
     parser.add_argument("--window", type=float, default=20)
-    parser.add_argument("--lead", type=float, default=8)
+    # Seconds between seeding and the first due step; by default enough to stamp the due times.
+    parser.add_argument("--lead", type=float)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     if args.child:
-        url, expected, out, stop_after = args.child
-        child(url, int(expected), out, float(stop_after))
+        url, out, stream_end, stop_after = args.child
+        child(url, out, float(stream_end), float(stop_after))
         return
     rows = []
     for backend in args.backend or ["sqlite", "postgres"]:
         for pending in args.pending or [100_000, 1_000_000]:
-            row = run(backend, pending, args.rate, args.window, args.lead)
+            lead = args.lead or max(8.0, pending / 20_000)
+            row = run(backend, pending, args.rate, args.window, lead, args.workers)
             rows.append(row)
             print(json.dumps(row), flush=True)
     print()
     print(
-        "| backend | pending | due at | fired | capacity steps/s | late p50 | late p99 | peak RSS |"
+        "| backend | pending | workers | due at | fired | sent | capacity steps/s "
+        "| throughput steps/s | late p50 | late p99 | peak RSS |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
-            f"| {row['backend']} | {row['pending']:,} | {row['due_rate']:,.0f}/s "
-            f"| {row['fired']:,} "
-            f"| {row['capacity_steps_per_s']:,} | {row['late_p50_s']} s | {row['late_p99_s']} s "
-            f"| {row['worker_peak_rss_mb']} MB |"
+            f"| {row['backend']} | {row['pending']:,} | {row['workers']} "
+            f"| {row['due_rate']:,.0f}/s | {row['fired']:,} | {row['sent']:,} "
+            f"| {row['capacity_steps_per_s']:,} | {row['throughput_steps_per_s']:,} "
+            f"| {row['late_p50_s']} s | {row['late_p99_s']} s | {row['worker_peak_rss_mb']} MB |"
         )
     target = 5000
     for row in rows:
         ratio = row["capacity_steps_per_s"] / target
         print(
-            f"{row['backend']} {row['pending']:,}: capacity {ratio:.2f}× the 5,000 steps/s target; "
-            f"p99 lateness {row['late_p99_s']} s vs 31.8 s for Celery ETA at 5,000/s"
+            f"{row['backend']} {row['pending']:,} × {row['workers']} worker(s): capacity "
+            f"{ratio:.2f}× the 5,000 steps/s target; p99 lateness {row['late_p99_s']} s "
+            f"(Celery ETA: 31.8 s at 5,000/s; a PostgreSQL job queue: 42.6 s at 1,000/s)"
         )
 
 

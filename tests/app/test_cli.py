@@ -4,30 +4,21 @@ configuration errors that name the variable."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from cartback.cli import cli
+from tests.support.events import checkout_payload
 
 runner = CliRunner()
-CHECKOUT = {
-    "id": "e1",
-    "type": "checkout.updated",
-    "occurred_at": "2026-11-23T10:00:00+01:00",
-    "cart_token": "c1",
-    "contact": {
-        "phone": "+4791234567",
-        "email": "kari@example.com",
-        "first_name": "Kari",
-        "locale": "nb",
-    },
-    "shipping": {"country": "NO"},
-    "lines": [{"title": "Ullsokker", "quantity": 2, "price": "60.00"}],
-    "currency": "NOK",
-    "restore_url": "https://shop.example/cart/c1",
-    "consent": {"sms_marketing": True, "email_marketing": True},
-}
+CHECKOUT = checkout_payload(
+    "c1",
+    datetime.fromisoformat("2026-11-23T10:00:00+01:00"),
+    id="e1",
+    lines=[{"title": "Ullsokker", "quantity": 2, "price": "60.00"}],
+)
 
 
 def _event_file(tmp_path: Path, **changes: object) -> Path:

@@ -69,7 +69,6 @@ def test_two_workers_never_send_a_step_twice(database_url: str, tmp_path: Path) 
     for command in (["migrate"], ["demo"]):
         done = run_cartback(command, env, tmp_path)
         assert done.returncode == 0, done.stderr
-    _seed(database_url)
     outputs = [tmp_path / f"worker{i}.jsonl" for i in (1, 2)]
     workers = [
         start_cartback(
@@ -86,8 +85,17 @@ def test_two_workers_never_send_a_step_twice(database_url: str, tmp_path: Path) 
         )
         for i, path in enumerate(outputs, start=1)
     ]
+    logs = [tmp_path / f"worker{i}.log" for i in (1, 2)]
+
+    def both_running() -> bool:
+        return all("worker running" in log.read_text(errors="replace") for log in logs)
+
+    # The carts come once both workers poll, so neither can drain the burst before the other
+    # starts: the test proves little if one worker did all the work.
     engine = make_engine(database_url)
     try:
+        wait_for(both_running, 60, "both workers to start")
+        _seed(database_url)
 
         def all_sent() -> bool:
             with engine.connect() as conn:
@@ -110,5 +118,5 @@ def test_two_workers_never_send_a_step_twice(database_url: str, tmp_path: Path) 
     sent_by = Counter(record["key"] for record in records)
     assert len(sent_by) == CARTS * STEPS
     assert max(sent_by.values()) == 1
-    # Both workers took part: the test would prove little if one did all the work.
+    # Both workers took part.
     assert all(path.exists() and path.stat().st_size > 0 for path in outputs)

@@ -16,6 +16,8 @@ CARTBACK = [sys.executable, "-m", "cartback"]
 def cartback_env(database_url: str, **extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("CARTBACK_")}
     env["CARTBACK_DATABASE_URL"] = database_url
+    # Logs reach their files as they are written, so tests can wait on a line.
+    env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
 

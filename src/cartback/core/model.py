@@ -40,6 +40,8 @@ class Store:
     support_contact: str | None = None
     # generic, shopify, woocommerce or bigcommerce: what the shop's restore links can carry.
     platform: str = "generic"
+    # The flow new carts of this store enter.
+    flow_name: str = "default"
     # The store's checked policy settings (see core.storepolicy); empty for the defaults.
     policy: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 

@@ -72,12 +72,6 @@ def set_store_policy(conn: Connection, store_id: int, settings: dict[str, Any]) 
     conn.execute(update(t.stores).where(t.stores.c.id == store_id).values(policy=settings or None))
 
 
-def store_flow_name(conn: Connection, store_id: int) -> str:
-    return str(
-        conn.execute(select(t.stores.c.flow_name).where(t.stores.c.id == store_id)).scalar_one()
-    )
-
-
 def issue_api_key(
     conn: Connection, store_id: int, now: datetime, label: str = "default", key: str | None = None
 ) -> str:

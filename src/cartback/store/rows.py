@@ -30,6 +30,7 @@ def store_from_row(row: Mapping[Any, Any]) -> Store:
         postal_address=row["postal_address"],
         support_contact=row["support_contact"],
         platform=row["platform"],
+        flow_name=row["flow_name"],
         policy=row["policy"] or {},
     )
 

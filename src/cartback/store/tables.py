@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -41,8 +43,6 @@ class UtcDateTime(TypeDecorator[object]):
     cache_ok = True
 
     def process_bind_param(self, value: object, dialect: object) -> object:
-        from datetime import UTC, datetime
-
         if isinstance(value, datetime):
             if value.tzinfo is None:
                 raise ValueError("naive datetime given to the store; pass an aware UTC time")
@@ -50,8 +50,6 @@ class UtcDateTime(TypeDecorator[object]):
         return value
 
     def process_result_value(self, value: object, dialect: object) -> object:
-        from datetime import UTC, datetime
-
         if isinstance(value, datetime):
             return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         return value

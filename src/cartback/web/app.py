@@ -183,7 +183,7 @@ def create_app(app: App) -> FastAPI:
 
 
 def _ingest(app: App, store: Store, events: list[ShopEvent]) -> EventsOut:
-    flow = app.registry.current(admin_flow_name(app, store))
+    flow = app.registry.current(store.flow_name)
     now = app.clock.now()
     for attempt in range(3):
         try:
@@ -203,11 +203,6 @@ def _ingest(app: App, store: Store, events: list[ShopEvent]) -> EventsOut:
         stale=counts[EventStatus.STALE],
         results=[EventResultOut(id=r.id, status=r.status.value, detail=r.detail) for r in results],
     )
-
-
-def admin_flow_name(app: App, store: Store) -> str:
-    with app.engine.connect() as conn:
-        return admin.store_flow_name(conn, store.id)
 
 
 def _install_error_handlers(api: FastAPI) -> None:
