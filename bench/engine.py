@@ -65,6 +65,7 @@ def seed(url: str, pending: int, due: int, rate: float, lead: float) -> float:
     from cartback.store import tables as t
     from cartback.store.db import make_engine
     from cartback.store.migrate import upgrade
+    from cartback.store.rows import phone_fact_columns
 
     engine = make_engine(url)
     upgrade(engine)
@@ -93,6 +94,8 @@ def seed(url: str, pending: int, due: int, rate: float, lead: float) -> float:
                 "id": i,
                 "store_id": store.id,
                 "phone": f"{prefix}{i:0{digits}d}",
+                # As ingest stores them: the timer reads these, never parses the number.
+                **phone_fact_columns(f"{prefix}{i:0{digits}d}"),
                 "email": None,
                 "first_name": "Kari",
                 "sms_marketing": True,

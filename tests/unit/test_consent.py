@@ -18,6 +18,7 @@ from cartback.core.consent import (
     wording_hash,
 )
 from cartback.core.model import Channel, ConsentView, Purpose
+from cartback.services.consent import LazyViews, views
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 SMS = Channel.SMS
@@ -385,3 +386,12 @@ def test_fold_is_order_independent_and_consistent(events: list[ConsentEvent]) ->
     assert view == fold(list(reversed(numbered)), SMS)
     assert not (view.suppressed and (view.marketing or view.cart_reminders))
     assert len(history_rows(numbered)) == len(numbered)
+
+
+@given(events=events_strategy)
+def test_lazy_views_fold_each_channel_on_demand_and_agree_with_views(
+    events: list[ConsentEvent],
+) -> None:
+    lazy = LazyViews(iter(events))  # a one-shot iterable: LazyViews must keep its own copy
+    assert dict(lazy) == views(events)
+    assert len(lazy) == len(Channel) and lazy[SMS] is lazy[SMS]

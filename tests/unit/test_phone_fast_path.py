@@ -1,4 +1,5 @@
-"""The timer's shortcut for a phone number's country must agree with a full parse."""
+"""What a phone number says: the timer's shortcut agrees with a full parse, and facts stored at
+ingest stand in for parsing."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import phonenumbers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cartback.core.timezones import _single_country, region_for_phone
+from cartback.core.model import Channel, Contact, PhoneFacts
+from cartback.core.policy import contact_zones, rules_for_contact
+from cartback.core.storepolicy import store_policy
+from cartback.core.timezones import _single_country, phone_facts, region_for_phone
 
 CODES = sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
 
@@ -38,3 +42,20 @@ def test_us_numbers_keep_their_state_and_shared_codes_take_the_slow_way() -> Non
     assert _single_country("+4791234567") is None  # +47 is Norway and Svalbard
     assert region_for_phone("+4791234567") == ("NO", None)
     assert _full_parse("+33612345678") == ("FR", None)
+
+
+def test_phone_facts_hold_country_state_and_zones() -> None:
+    assert phone_facts("+13055550143") == PhoneFacts("US", "FL", ("America/New_York",))
+    oslo = phone_facts("+4791234567")
+    assert (oslo.country, oslo.region) == ("NO", None) and "Europe/Oslo" in oslo.zones
+    assert phone_facts("+999") == PhoneFacts(None, None, ())
+
+
+def test_policy_reads_stored_facts_instead_of_parsing() -> None:
+    policy = store_policy({}, "Europe/Oslo")
+    stored = PhoneFacts("US", "FL", ("America/New_York",))
+    contact = Contact(id=1, store_id=1, phone="+4791234567", phone_facts=stored)
+    assert "US-FL" in rules_for_contact(contact, Channel.SMS, policy).jurisdictions
+    assert [zone.key for zone in contact_zones(contact, policy)] == ["America/New_York"]
+    parsed = Contact(id=1, store_id=1, phone="+4791234567")
+    assert "US-FL" not in rules_for_contact(parsed, Channel.SMS, policy).jurisdictions

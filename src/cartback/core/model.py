@@ -61,6 +61,16 @@ class CartLine:
 
 
 @dataclass(frozen=True, slots=True)
+class PhoneFacts:
+    """What a phone number says about where the shopper is: derived once, when the number is
+    stored, because parsing it for every message is the costliest part of a send decision."""
+
+    country: str | None
+    region: str | None
+    zones: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Contact:
     id: int
     store_id: int
@@ -76,6 +86,8 @@ class Contact:
     email_marketing: bool = False
     orders_count: int = 0
     tags: tuple[str, ...] = ()
+    # Derived from `phone` at ingest; None means work it out from the number now.
+    phone_facts: PhoneFacts | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,7 +122,11 @@ Decision = Allow | Defer | Skip
 
 def rules_for_contact(contact: Contact, channel: Channel, store_policy: StorePolicy) -> RuleSet:
     """The RuleSet for a contact: the phone number's and the shipping address's jurisdictions."""
-    phone_country, phone_region = region_for_phone(contact.phone)
+    facts = contact.phone_facts
+    if facts is None:
+        phone_country, phone_region = region_for_phone(contact.phone)
+    else:
+        phone_country, phone_region = facts.country, facts.region
     return resolve_rules(
         phone_country=phone_country,
         phone_region=phone_region,
@@ -140,6 +144,7 @@ def contact_zones(contact: Contact, store_policy: StorePolicy) -> tuple[ZoneInfo
         region=contact.region,
         phone=contact.phone,
         store_default=store_policy.default_zone,
+        facts=contact.phone_facts,
     )
 
 

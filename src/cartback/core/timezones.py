@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 from phonenumbers import timezone as phone_timezone
 
+from cartback.core.model import PhoneFacts
+
 ZoneSource = Literal["explicit", "address", "phone", "store"]
 
 # NANP area codes in service or assigned, per state (50 states + DC), from the NANPA assignments
@@ -428,17 +430,29 @@ def candidate_zones(
     region: str | None,
     phone: str | None,
     store_default: str,
+    facts: PhoneFacts | None = None,
 ) -> tuple[ZoneInfo, ...]:
     """Every zone the shopper may be in, the resolved zone first.
 
     An explicit zone is trusted alone. Otherwise both the address and the phone number count:
     the shopper may be at either, and a send must be inside quiet hours wherever they are.
+    `facts`, when the phone was already examined at ingest, stands in for parsing `phone`.
     """
     zone = valid_zone(explicit)
     if zone is not None:
         return (zone,)
-    zones = tuple(dict.fromkeys((*address_zones(country, region), *phone_zones(phone))))
+    if facts is None:
+        by_phone = phone_zones(phone)
+    else:
+        by_phone = tuple(zone for name in facts.zones if (zone := valid_zone(name)) is not None)
+    zones = tuple(dict.fromkeys((*address_zones(country, region), *by_phone)))
     return zones or (_store_zone(store_default),)
+
+
+def phone_facts(phone: str | None) -> PhoneFacts:
+    """The country, US state and zones of a phone number, for storing beside it."""
+    country, region = region_for_phone(phone)
+    return PhoneFacts(country, region, tuple(zone.key for zone in phone_zones(phone)))
 
 
 def _store_zone(name: str) -> ZoneInfo:

@@ -33,7 +33,12 @@ from cartback.core.model import (
 )
 from cartback.services.consent import record_consent
 from cartback.store import tables as t
-from cartback.store.rows import cart_from_row, contact_from_row, lines_to_json
+from cartback.store.rows import (
+    cart_from_row,
+    contact_from_row,
+    lines_to_json,
+    phone_fact_columns,
+)
 
 
 class EventStatus(StrEnum):
@@ -139,6 +144,7 @@ def upsert_contact(conn: Connection, store_id: int, info: ContactInfo, now: date
             t.contacts.insert().values(
                 store_id=store_id,
                 phone=info.phone,
+                **phone_fact_columns(info.phone),
                 email=info.email,
                 sms_marketing=False,
                 email_marketing=False,
@@ -159,6 +165,9 @@ def upsert_contact(conn: Connection, store_id: int, info: ContactInfo, now: date
             and not _owned_by_other(conn, store_id, key, value, contact_id)
         ):
             fields[key] = value
+    if "phone" in fields or (row["phone"] and row["phone_zones"] is None):
+        # A new number, or one stored before its facts were kept.
+        fields.update(phone_fact_columns(fields.get("phone", row["phone"])))
     if info.tags:
         fields["tags"] = sorted(set(row["tags"] or ()) | set(info.tags))
     if fields:

@@ -23,8 +23,8 @@ from cartback.core.model import Cart, Channel, ConsentView, Contact, Enrollment,
 from cartback.core.policy import SentRecord
 from cartback.core.storepolicy import store_policy
 from cartback.services.compose import ComposeError, compose
+from cartback.services.consent import LazyViews
 from cartback.services.consent import ledger as consent_ledger
-from cartback.services.consent import views as consent_views
 from cartback.services.discounts import code_for
 from cartback.services.flows import FlowRegistry, UnknownFlow
 from cartback.services.gates import policy_gate
@@ -108,7 +108,7 @@ class _Context:
     opted_out_at: dict[int, datetime | None]
     created_at: dict[int, datetime]
     history: dict[int, dict[str, StepOutcome]]
-    consent: dict[int, dict[Channel, ConsentView]]
+    consent: dict[int, Mapping[Channel, ConsentView]]
     recent: dict[int, list[SentRecord]]
 
 
@@ -134,11 +134,11 @@ def _load_context(conn: Connection, rows: list[Mapping[Any, Any]], now: datetime
         if r["erased_at"] is not None:
             erased.add(r["id"])
     events = consent_ledger(conn, contact_ids)
-    consent = {
+    consent: dict[int, Mapping[Channel, ConsentView]] = {
         contact_id: (
             {channel: erased_view(channel) for channel in Channel}
             if contact_id in erased
-            else consent_views(events.get(contact_id, ()))
+            else LazyViews(events.get(contact_id, ()))
         )
         for contact_id in contact_ids
     }

@@ -13,9 +13,11 @@ from cartback.core.model import (
     Contact,
     Enrollment,
     EnrollmentState,
+    PhoneFacts,
     StepOutcome,
     Store,
 )
+from cartback.core.timezones import phone_facts
 
 
 def store_from_row(row: Mapping[Any, Any]) -> Store:
@@ -95,7 +97,27 @@ def contact_from_row(row: Mapping[Any, Any]) -> Contact:
         email_marketing=bool(row["email_marketing"]),
         orders_count=row["orders_count"],
         tags=tuple(row["tags"] or ()),
+        phone_facts=_phone_facts(row),
     )
+
+
+def _phone_facts(row: Mapping[Any, Any]) -> PhoneFacts | None:
+    zones = row.get("phone_zones")
+    if zones is None or not row["phone"]:
+        return None
+    return PhoneFacts(row.get("phone_country"), row.get("phone_region"), tuple(zones.split()))
+
+
+def phone_fact_columns(phone: str | None) -> dict[str, Any]:
+    """The contact columns derived from `phone`, to store with it."""
+    if not phone:
+        return {"phone_country": None, "phone_region": None, "phone_zones": None}
+    facts = phone_facts(phone)
+    return {
+        "phone_country": facts.country,
+        "phone_region": facts.region,
+        "phone_zones": " ".join(facts.zones),
+    }
 
 
 def enrollment_from_row(

@@ -113,6 +113,11 @@ contacts = Table(
     Column("zone", String(64)),
     Column("country", String(2)),
     Column("region", String(8)),
+    # What the phone number says (country, US state, zones), derived when the number is stored so
+    # the timer never parses it per message. phone_zones NULL: not derived yet; "": no zone known.
+    Column("phone_country", String(2)),
+    Column("phone_region", String(8)),
+    Column("phone_zones", String(200)),
     Column("sms_marketing", Boolean, nullable=False, default=False),
     Column("email_marketing", Boolean, nullable=False, default=False),
     Column("orders_count", Integer, nullable=False, default=0),
