@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select, update
@@ -185,6 +185,11 @@ def test_consent_withdrawn_after_the_timer_cancels_the_send(world: World) -> Non
     _run(world, provider)
     assert provider.sent == []
     assert _rows(world)[0]["status"] == "cancelled"
+    with world.app.engine.connect() as conn:
+        reasons = conn.execute(
+            select(t.decisions.c.reason).where(t.decisions.c.rule == "dispatch.cancelled")
+        ).scalars()
+        assert list(reasons) == ["cancelled: SMS consent was withdrawn"]
 
 
 def test_two_dispatchers_at_once_send_each_message_once(world: World) -> None:
@@ -228,3 +233,42 @@ def test_the_console_channel_prints_the_message() -> None:
     assert result.status is SendStatus.ACCEPTED
     assert "EMAIL to a@b.c" in printed[0]
     assert "Subject: Hi" in printed[0] and "  there" in printed[0]
+
+
+def test_the_timer_stores_when_the_message_must_be_out_by(world: World) -> None:
+    _due_messages(world)
+    # A Norwegian shopper at 13:25 Oslo time: quiet hours begin at 20:00 Oslo, 19:00 UTC.
+    assert _rows(world)[0]["send_before"] == datetime(2026, 11, 23, 19, 0, tzinfo=UTC)
+
+
+def test_a_message_held_up_into_quiet_hours_expires_unsent(world: World) -> None:
+    _due_messages(world)
+    world.clock.advance(timedelta(hours=7, minutes=10))  # the dispatcher was down until 19:35 UTC
+    provider = Recorder(Channel.SMS)
+    stats = _run(world, provider)
+    assert provider.sent == []
+    row = _rows(world)[0]
+    assert row["status"] == "expired"
+    assert "not sent by 2026-11-23 19:00 UTC" in str(row["error"])
+    with world.app.engine.connect() as conn:
+        told = conn.execute(
+            select(t.decisions.c.step_id, t.decisions.c.rule).where(
+                t.decisions.c.rule.like("dispatch.%")
+            )
+        ).all()
+    assert [(d.step_id, d.rule) for d in told] == [("sms1", "dispatch.expired")]
+    assert stats.expired == 1 and stats.sent == 0
+
+
+def test_a_retry_that_would_land_in_quiet_hours_expires(world: World) -> None:
+    _due_messages(world)
+    refusing = Recorder(
+        Channel.SMS, SendResult(SendStatus.REJECTED, error="rate limited", retryable=True)
+    )
+    world.clock.advance(timedelta(hours=6, minutes=34))  # 18:59:xx UTC, a minute before 20:00 Oslo
+    _run(world, refusing)
+    assert _rows(world)[0]["status"] == "pending"  # retry in 30 s
+    world.clock.advance(timedelta(minutes=1))
+    _run(world, refusing)
+    assert len(refusing.sent) == 1
+    assert _rows(world)[0]["status"] == "expired"

@@ -33,6 +33,7 @@ from cartback.core.policy import (
     is_allowed,
     next_window_open,
     rules_for_contact,
+    window_closes,
 )
 
 NEW_YORK = ZoneInfo("America/New_York")
@@ -115,6 +116,11 @@ def request(
         rules=rules,
         subject=subject,
     )
+
+
+def allows(decision: Decision) -> bool:
+    """Allowed, whatever the limit it sets on how late the message may go."""
+    return isinstance(decision, Allow)
 
 
 def expect_defer(decision: Decision, rule: str, until: datetime) -> Defer:
@@ -290,7 +296,7 @@ def case_ca_implied_expiry() -> None:
     fresh = consent(basis="implied_purchase", basis_since=now - timedelta(days=700))
     stale = consent(basis="implied_purchase", basis_since=now - timedelta(days=731))
     inquiry = consent(basis="implied_inquiry", basis_since=now - timedelta(days=181))
-    assert evaluate(request(at=now, country="CA", region="ON", grants=fresh), now) == Allow()
+    assert allows(evaluate(request(at=now, country="CA", region="ON", grants=fresh), now))
     expect_skip(
         evaluate(request(at=now, country="CA", region="ON", grants=stale), now),
         "ca.implied_consent_expires",
@@ -330,7 +336,7 @@ def case_soft_opt_in(country: str, name: str) -> Callable[[], None]:
         decision = evaluate(
             request(at=now, country=country, channel=Channel.EMAIL, grants=soft), now
         )
-        assert decision == Allow()
+        assert allows(decision)
         # Where no rule allows it, the soft opt-in is no consent.
         us = evaluate(
             request(at=now, country="US", region="NY", channel=Channel.EMAIL, grants=soft), now
@@ -545,14 +551,14 @@ def test_florida_evening_abandon_waits_for_8am() -> None:
         store_policy=PLAIN_STORE,
         rules=rules,
     )
-    assert evaluate(send, abandoned) == Allow()
+    assert allows(evaluate(send, abandoned))
     decision = expect_defer(
         evaluate(send, first_step), "us.fl.quiet_hours", local(NEW_YORK, 2025, 6, 11, 8, 0)
     )
     assert decision.reason.startswith(
         "Florida allows texts 08:00–20:00 local time; it is 20:05 on Tuesday in America/New_York"
     )
-    assert evaluate(send, decision.until) == Allow()
+    assert allows(evaluate(send, decision.until))
 
 
 def test_texas_sunday_window() -> None:
@@ -560,9 +566,8 @@ def test_texas_sunday_window() -> None:
     assert rules.day_window(6) == DayWindow(12 * 60, 21 * 60)
     assert rules.day_window(5) == DayWindow(9 * 60, 21 * 60)
     sunday_noon = local(CHICAGO, 2025, 6, 15, 12, 0)
-    assert (
+    assert allows(
         evaluate(request(at=sunday_noon, country="US", region="TX", zone=CHICAGO), sunday_noon)
-        == Allow()
     )
 
 
@@ -635,7 +640,7 @@ def test_quiet_hours_past_the_48h_deadline_skip() -> None:
 def test_email_has_no_quiet_hours_in_the_us() -> None:
     night = local(NEW_YORK, 2025, 6, 10, 23, 30)
     send = request(at=night, country="US", region="FL", channel=Channel.EMAIL)
-    assert evaluate(send, night) == Allow()
+    assert allows(evaluate(send, night))
 
 
 # --- gates: consent, suppression, exits --------------------------------------------------------
@@ -663,7 +668,7 @@ def test_opt_out_is_per_channel() -> None:
     )
     # The SMS opt-out lives in the SMS consent view; email consent is untouched.
     email = request(at=NOON_OSLO, country="NO", channel=Channel.EMAIL)
-    assert evaluate(email, NOON_OSLO) == Allow()
+    assert allows(evaluate(email, NOON_OSLO))
 
 
 def test_erased_contact_is_skipped() -> None:
@@ -727,18 +732,16 @@ def test_sms_cooldown_defers_until_two_hours_after_the_last_text() -> None:
     recent = (SentRecord(Channel.SMS, last, cart_id=9),)
     decision = evaluate(request(at=NOON_OSLO, country="NO", recent=recent, store=store), NOON_OSLO)
     expect_defer(decision, "store.sms_cooldown", last + timedelta(hours=2))
-    assert (
+    assert allows(
         evaluate(
             request(at=NOON_OSLO, country="NO", recent=recent, store=store),
             last + timedelta(hours=2),
         )
-        == Allow()
     )
     # Email has no cooldown by default, and an email does not start the SMS cooldown.
     emails = (SentRecord(Channel.EMAIL, last, cart_id=9),)
-    assert (
+    assert allows(
         evaluate(request(at=NOON_OSLO, country="NO", recent=emails, store=store), NOON_OSLO)
-        == Allow()
     )
 
 
@@ -754,9 +757,8 @@ def test_store_cap_counts_a_rolling_window() -> None:
     decision = evaluate(request(at=NOON_OSLO, country="NO", recent=recent, store=store), NOON_OSLO)
     # The send 25 h ago no longer counts; the one 20 h ago leaves the window in 4 h.
     expect_defer(decision, "store.sms_cap", NOON_OSLO + timedelta(hours=4))
-    assert (
+    assert allows(
         evaluate(request(at=NOON_OSLO, country="NO", recent=recent[:3], store=store), NOON_OSLO)
-        == Allow()
     )
 
 
@@ -776,7 +778,7 @@ def test_florida_subject_cap_ignores_other_subjects() -> None:
         for h in (1, 2, 3)
     )
     send = request(at=now, country="US", region="FL", zone=NEW_YORK, recent=recent, subject="sale")
-    assert evaluate(send, now) == Allow()
+    assert allows(evaluate(send, now))
 
 
 def test_cap_past_the_deadline_skips() -> None:
@@ -912,3 +914,53 @@ def test_next_window_open_is_the_first_allowed_instant(
     for probe in probes:
         if now <= probe < end:
             assert not is_allowed(probe, zones, rules), (probe, opens)
+
+
+# --- how late an allowed message may still go out ----------------------------------------------
+
+
+def test_an_allowed_text_must_be_out_before_the_window_closes() -> None:
+    evening = local(OSLO, 2025, 6, 10, 19, 0)
+    decision = evaluate(request(at=evening, country="NO", zone=OSLO), evening)
+    assert isinstance(decision, Allow)
+    assert decision.until == local(OSLO, 2025, 6, 10, 20, 0)
+
+
+def test_the_window_close_follows_a_dst_switch() -> None:
+    # 26 October 2025: Oslo falls back from +02:00 to +01:00 at 03:00; 20:00 that evening is +01.
+    rules = rules_for("NO")
+    at = local(OSLO, 2025, 10, 26, 19, 30)
+    assert window_closes(at, (OSLO,), rules) == datetime(2025, 10, 26, 19, 0, tzinfo=UTC)
+
+
+def test_the_window_closes_at_the_earliest_candidate_zone() -> None:
+    # A Florida address (Eastern) and a Central phone zone: 20:00 Eastern comes first.
+    rules = rules_for("US", "FL")
+    at = local(NEW_YORK, 2025, 6, 10, 18, 0)
+    assert window_closes(at, (CHICAGO, NEW_YORK), rules) == local(NEW_YORK, 2025, 6, 10, 20, 0)
+
+
+def test_outside_the_window_it_is_already_closed_and_email_has_no_close() -> None:
+    night = local(OSLO, 2025, 6, 10, 22, 0)
+    assert window_closes(night, (OSLO,), rules_for("NO")) == night.astimezone(UTC)
+    email_rules = resolve_rules(
+        phone_country=None,
+        phone_region=None,
+        ship_country="NO",
+        ship_region=None,
+        channel=Channel.EMAIL,
+    )
+    assert window_closes(night, (OSLO,), email_rules) is None
+    decision = evaluate(request(at=night, country="NO", channel=Channel.EMAIL), night)
+    assert isinstance(decision, Allow) and decision.until is None
+
+
+def test_the_us_cart_deadline_ends_the_send_before_the_window_does() -> None:
+    abandoned = local(NEW_YORK, 2025, 6, 10, 12, 0)
+    late_morning = abandoned + timedelta(hours=47, minutes=30)
+    decision = evaluate(
+        request(at=late_morning, country="US", region="NY", zone=NEW_YORK, abandoned_at=abandoned),
+        late_morning,
+    )
+    assert isinstance(decision, Allow)
+    assert decision.until == abandoned + timedelta(hours=48)

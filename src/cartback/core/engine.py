@@ -6,7 +6,7 @@ Pure: the caller passes the flow, the cart, the contact, the step history, a sen
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
@@ -60,6 +60,8 @@ class Advance:
     enrollment: Enrollment
     decisions: tuple[StepDecision, ...]
     sends: tuple[Step, ...] = field(default=())
+    # Per step id in `sends`: the instant the message must be out by (see Allow.until).
+    send_before: Mapping[str, datetime] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -149,6 +151,7 @@ def advance(
     history = dict(enrollment.history)
     decisions: list[StepDecision] = []
     sends: list[Step] = []
+    send_before: dict[str, datetime] = {}
     index = enrollment.step_index
     wake_at: datetime | None = None
     while index < len(flow.steps):
@@ -189,6 +192,8 @@ def advance(
             index += 1
             continue
         decisions.append(StepDecision(step.id, Outcome.SEND, f"{step.channel} step is due"))
+        if verdict.until is not None:
+            send_before[step.id] = verdict.until
         history[step.id] = StepOutcome(sent=True)
         sends.append(step)
         index += 1
@@ -205,9 +210,9 @@ def advance(
             history=history,
         )
         decisions.append(StepDecision(None, Outcome.COMPLETE, "all steps have run"))
-        return Advance(done, tuple(decisions), tuple(sends))
+        return Advance(done, tuple(decisions), tuple(sends), send_before)
     waiting = replace(enrollment, step_index=index, wake_at=wake_at, history=history)
-    return Advance(waiting, tuple(decisions), tuple(sends))
+    return Advance(waiting, tuple(decisions), tuple(sends), send_before)
 
 
 _EXIT_TEXT = {

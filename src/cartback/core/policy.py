@@ -101,7 +101,9 @@ class SendRequest:
 
 @dataclass(frozen=True, slots=True)
 class Allow:
-    pass
+    # The message must be out before this instant (quiet hours begin, or the rule's deadline
+    # passes); None when nothing closes within a day. A send held up longer is not sent late.
+    until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,12 +331,22 @@ def _cooldown_and_caps(
 ) -> Decision:
     blockers = _cooldown(request, now) + _caps(request, now)
     if not blockers:
-        return Allow()
+        return Allow(until=_send_before(request, now, zones))
     until, rule, reason = max(blockers, key=lambda blocker: blocker[0])
     opens = next_window_open(until, zones, request.rules)
     if opens is None:
         return Skip(rule, f"{reason}; no allowed time in the 14 days after")
     return _later(request, opens, rule, f"{reason}; next allowed {_local(opens, zones)}")
+
+
+def _send_before(
+    request: SendRequest, now: datetime, zones: tuple[ZoneInfo, ...]
+) -> datetime | None:
+    closes = window_closes(now, zones, request.rules)
+    deadline = _deadline(request)
+    if deadline is None:
+        return closes
+    return deadline[0] if closes is None else min(closes, deadline[0])
 
 
 def _cooldown(request: SendRequest, now: datetime) -> list[tuple[datetime, str, str]]:
@@ -475,6 +487,24 @@ def next_window_open(now: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet)
         if not allowed:
             return None
     return allowed[0][0]
+
+
+# How far ahead window_closes looks: no allowed window is longer than a day.
+CLOSE_HORIZON = timedelta(hours=26)
+
+
+def window_closes(now: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet) -> datetime | None:
+    """When the allowed span holding `now` ends in some candidate zone: `now` itself if `now` is
+    not allowed, None if the span lasts past CLOSE_HORIZON."""
+    _require_aware(now)
+    start = now.astimezone(UTC)
+    end = start + CLOSE_HORIZON
+    allowed = [(start, end)]
+    for zone in zones:
+        allowed = _intersect(allowed, _zone_allowed(zone, rules, start, end))
+    if not allowed or allowed[0][0] > start:
+        return start
+    return None if allowed[0][1] >= end else allowed[0][1]
 
 
 Span = tuple[datetime, datetime]

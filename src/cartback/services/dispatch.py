@@ -40,6 +40,7 @@ class DispatchStats:
     retried: int = 0
     unknown: int = 0
     cancelled: int = 0
+    expired: int = 0
     recovered: int = 0
     send_delays: list[float] = field(default_factory=list)
 
@@ -108,15 +109,19 @@ class Dispatcher:
             rows = list(conn.execute(query).mappings())
             if not rows:
                 return []
-            stop = _stopped(conn, rows)
-            cancelled = [row["id"] for row in rows if row["id"] in stop]
-            for row_id in cancelled:
+            facts = _enrollment_facts(conn, rows)
+            stop = {**_stopped(rows, facts), **_too_late(rows, now)}
+            withdrawn = [row for row in rows if row["id"] in stop]
+            for row in withdrawn:
+                status, error = stop[row["id"]]
                 conn.execute(
                     update(t.outbox)
-                    .where(o.id == row_id)
-                    .values(status="cancelled", error=stop[row_id], updated_at=now)
+                    .where(o.id == row["id"])
+                    .values(status=status, error=error, updated_at=now)
                 )
-            stats.cancelled += len(cancelled)
+                stats.expired += status == "expired"
+                stats.cancelled += status == "cancelled"
+            _record_withdrawals(conn, withdrawn, stop, facts, now)
             live = [row for row in rows if row["id"] not in stop]
             if live:
                 conn.execute(
@@ -252,12 +257,34 @@ def _message(row: Mapping[Any, Any]) -> OutboundMessage:
     )
 
 
-def _stopped(conn: Connection, rows: Sequence[Mapping[Any, Any]]) -> dict[int, str]:
-    """Rows that must not go out any more: checked again in the claim, just before the send."""
+def _too_late(rows: Sequence[Mapping[Any, Any]], now: datetime) -> dict[int, tuple[str, str]]:
+    """Rows held up (a backlog, retries, a stopped worker) until quiet hours or the rule's
+    deadline began: sending now would break the rule the timer checked, so they never go."""
+    return {
+        row["id"]: (
+            "expired",
+            f"not sent by {row['send_before']:%Y-%m-%d %H:%M} UTC, when quiet hours or the "
+            "rule's deadline began; it is not sent late",
+        )
+        for row in rows
+        if row["send_before"] is not None and row["send_before"] <= now
+    }
+
+
+def _enrollment_facts(conn: Connection, rows: Sequence[Mapping[Any, Any]]) -> dict[int, Any]:
+    """What may stop each row's send, read again in the claim, just before the send."""
     enrollment_ids = {row["enrollment_id"] for row in rows}
     e, c, k = t.enrollments.c, t.carts.c, t.contacts.c
     found = conn.execute(
-        select(e.id, e.created_at, c.status, k.sms_marketing, k.email_marketing, k.opted_out_at)
+        select(
+            e.id,
+            e.cart_id,
+            e.created_at,
+            c.status,
+            k.sms_marketing,
+            k.email_marketing,
+            k.opted_out_at,
+        )
         .select_from(
             t.enrollments.join(t.carts, c.id == e.cart_id).outerjoin(
                 t.contacts, k.id == c.contact_id
@@ -265,20 +292,60 @@ def _stopped(conn: Connection, rows: Sequence[Mapping[Any, Any]]) -> dict[int, s
         )
         .where(e.id.in_(enrollment_ids))
     ).all()
-    by_enrollment = {r.id: r for r in found}
-    stop: dict[int, str] = {}
+    return {r.id: r for r in found}
+
+
+def _stopped(
+    rows: Sequence[Mapping[Any, Any]], facts: Mapping[int, Any]
+) -> dict[int, tuple[str, str]]:
+    """Rows that must not go out any more: the order, the emptied cart or the opt-out came
+    after the timer decided."""
+    stop: dict[int, tuple[str, str]] = {}
     for row in rows:
-        info = by_enrollment.get(row["enrollment_id"])
-        if info is None:
-            stop[row["id"]] = "the enrollment is gone"
-        elif info.status == CartStatus.ORDERED:
-            stop[row["id"]] = "cancelled: the shopper placed an order"
-        elif info.status == CartStatus.EMPTIED:
-            stop[row["id"]] = "cancelled: the cart was emptied"
-        elif info.opted_out_at is not None and info.opted_out_at >= info.created_at:
-            stop[row["id"]] = "cancelled: the shopper opted out"
-        elif row["channel"] == Channel.SMS and not info.sms_marketing:
-            stop[row["id"]] = "cancelled: SMS consent was withdrawn"
-        elif row["channel"] == Channel.EMAIL and not info.email_marketing:
-            stop[row["id"]] = "cancelled: email consent was withdrawn"
+        reason = _stop_reason(row, facts.get(row["enrollment_id"]))
+        if reason is not None:
+            stop[row["id"]] = ("cancelled", reason)
     return stop
+
+
+def _record_withdrawals(
+    conn: Connection,
+    rows: Sequence[Mapping[Any, Any]],
+    stop: Mapping[int, tuple[str, str]],
+    facts: Mapping[int, Any],
+    now: datetime,
+) -> None:
+    """A message the timer decided to send and that did not go joins the cart's decision
+    history, so `cartback why` tells the whole story."""
+    decisions = [
+        {
+            "store_id": row["store_id"],
+            "enrollment_id": row["enrollment_id"],
+            "cart_id": facts[row["enrollment_id"]].cart_id,
+            "step_id": row["step_id"],
+            "outcome": "skip",
+            "rule": f"dispatch.{stop[row['id']][0]}",
+            "reason": stop[row["id"]][1],
+            "at": now,
+        }
+        for row in rows
+        if row["enrollment_id"] in facts
+    ]
+    if decisions:
+        conn.execute(t.decisions.insert(), decisions)
+
+
+def _stop_reason(row: Mapping[Any, Any], info: Any) -> str | None:
+    if info is None:
+        return "the enrollment is gone"
+    if info.status == CartStatus.ORDERED:
+        return "cancelled: the shopper placed an order"
+    if info.status == CartStatus.EMPTIED:
+        return "cancelled: the cart was emptied"
+    if info.opted_out_at is not None and info.opted_out_at >= info.created_at:
+        return "cancelled: the shopper opted out"
+    if row["channel"] == Channel.SMS and not info.sms_marketing:
+        return "cancelled: SMS consent was withdrawn"
+    if row["channel"] == Channel.EMAIL and not info.email_marketing:
+        return "cancelled: email consent was withdrawn"
+    return None

@@ -265,7 +265,10 @@ def _collect(
                     base_url,
                     codes=partial(code_for, conn, store.id, now=now),
                 )
-                outbox_rows.append(composed.outbox)
+                # The dispatcher drops the message rather than send it after this instant.
+                outbox_rows.append(
+                    {**composed.outbox, "send_before": result.send_before.get(step.id)}
+                )
                 link_rows.extend(composed.links)
                 stats.sent += 1
             except ComposeError as error:

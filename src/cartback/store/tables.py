@@ -222,10 +222,12 @@ outbox = Table(
     Column("headers", JSON),
     Column("encoding", String(8)),
     Column("segments", Integer),
-    # pending → sending → sent → delivered, or failed / unknown / cancelled.
+    # pending → sending → sent → delivered, or failed / unknown / cancelled / expired.
     Column("status", String(10), nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("available_at", UtcDateTime, nullable=False),
+    # Quiet hours or the rule's deadline begin here: a message not out by then is never sent.
+    Column("send_before", UtcDateTime),
     Column("lease_owner", String(64)),
     Column("lease_until", UtcDateTime),
     Column("provider", String(32)),
