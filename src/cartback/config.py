@@ -30,6 +30,10 @@ class Settings:
     dispatch_batch: int = 200
     dispatch_concurrency: int = 8
     lease_seconds: int = 60
+    # Messages a second each worker sends per channel, to stay inside the provider account's
+    # throughput; 0 for no limit.
+    sms_rate: float = 0
+    email_rate: float = 0
 
 
 _BOUNDS: dict[str, tuple[float, float]] = {
@@ -39,6 +43,8 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "dispatch_batch": (1, 10_000),
     "dispatch_concurrency": (1, 256),
     "lease_seconds": (5, 3600),
+    "sms_rate": (0, 100_000),
+    "email_rate": (0, 100_000),
 }
 CHANNELS = ("console", "jsonl", "null")
 

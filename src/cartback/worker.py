@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from cartback.app import App
 from cartback.channels.registry import build_channels
+from cartback.core.model import Channel
 from cartback.services.dispatch import Dispatcher
 from cartback.services.tick import tick
 
@@ -28,6 +29,7 @@ class Worker:
             build_channels(settings),
             lease=timedelta(seconds=settings.lease_seconds),
             concurrency=settings.dispatch_concurrency,
+            rates={Channel.SMS: settings.sms_rate, Channel.EMAIL: settings.email_rate},
         )
         threads = [
             threading.Thread(target=self._timer_loop, name="timer", daemon=True),

@@ -272,3 +272,29 @@ def test_a_retry_that_would_land_in_quiet_hours_expires(world: World) -> None:
     _run(world, refusing)
     assert len(refusing.sent) == 1
     assert _rows(world)[0]["status"] == "expired"
+
+
+def test_a_channel_rate_paces_the_sends_and_leaves_other_channels_alone(world: World) -> None:
+    _due_messages(world, carts=5)
+    world.clock.advance(timedelta(minutes=50))  # the first email is due too
+    tick(world.app.engine, world.app.registry, world.now)
+    texts, mails = Recorder(Channel.SMS), Recorder(Channel.EMAIL)
+    dispatcher = Dispatcher(
+        world.app.engine,
+        {Channel.SMS: texts, Channel.EMAIL: mails},  # type: ignore[dict-item]
+        rates={Channel.SMS: 2},
+    )
+    try:
+        dispatcher.run_once(world.now)
+        assert (len(texts.sent), len(mails.sent)) == (2, 5)
+        dispatcher.run_once(world.now)
+        assert len(texts.sent) == 2  # the bucket is empty until time passes
+        world.clock.advance(timedelta(milliseconds=500))
+        dispatcher.run_once(world.now)
+        assert len(texts.sent) == 3
+        world.clock.advance(timedelta(seconds=10))
+        dispatcher.run_once(world.now)
+        assert len(texts.sent) == 5
+    finally:
+        dispatcher.close()
+    assert sorted(row["status"] for row in _rows(world)) == ["sent"] * 10

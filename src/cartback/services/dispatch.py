@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, String, and_, bindparam, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    RowMapping,
+    String,
+    and_,
+    bindparam,
+    func,
+    select,
+    update,
+)
 
 from cartback.core.model import CartStatus, Channel
 from cartback.ports import (
@@ -25,6 +35,7 @@ from cartback.ports import (
     SendResult,
     SendStatus,
 )
+from cartback.services.ratelimit import TokenBucket
 from cartback.store import tables as t
 from cartback.store.db import is_sqlite
 from cartback.store.tables import Money, UtcDateTime
@@ -62,9 +73,14 @@ class Dispatcher:
         lease: timedelta = timedelta(seconds=60),
         concurrency: int = 8,
         owner: str | None = None,
+        rates: Mapping[Channel, float] | None = None,
     ) -> None:
         self.engine = engine
         self.channels = dict(channels)
+        # Messages a second per channel, for this dispatcher; a channel not named is unlimited.
+        self.buckets = {
+            channel: TokenBucket(rate) for channel, rate in (rates or {}).items() if rate > 0
+        }
         self.lease = lease
         self.owner = owner or uuid.uuid4().hex[:16]
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send")
@@ -92,21 +108,26 @@ class Dispatcher:
             return SendResult(SendStatus.UNKNOWN, error=f"{type(error).__name__}: {error}")
 
     def _claim(self, now: datetime, limit: int, stats: DispatchStats) -> list[_Claimed]:
+        allowance = self._allowance(now, limit)
+        if not allowance:
+            return []
         o = t.outbox.c
         with self.engine.begin() as conn:
-            query = (
-                select(t.outbox)
-                .where(
-                    o.status == "pending",
-                    o.available_at <= now,
-                    o.channel.in_([str(kind) for kind in self.channels]),
+            rows: list[RowMapping] = []
+            for channels, most in allowance:
+                query = (
+                    select(t.outbox)
+                    .where(
+                        o.status == "pending",
+                        o.available_at <= now,
+                        o.channel.in_([str(kind) for kind in channels]),
+                    )
+                    .order_by(o.available_at, o.id)
+                    .limit(most)
                 )
-                .order_by(o.available_at, o.id)
-                .limit(limit)
-            )
-            if not is_sqlite(conn.engine):
-                query = query.with_for_update(skip_locked=True)
-            rows = list(conn.execute(query).mappings())
+                if not is_sqlite(conn.engine):
+                    query = query.with_for_update(skip_locked=True)
+                rows.extend(conn.execute(query).mappings())
             if not rows:
                 return []
             facts = _enrollment_facts(conn, rows)
@@ -136,6 +157,8 @@ class Dispatcher:
                     )
                 )
         stats.claimed = len(live)
+        for channel, bucket in self.buckets.items():
+            bucket.take(sum(1 for row in live if row["channel"] == channel))
         return [
             _Claimed(
                 id=row["id"],
@@ -145,6 +168,17 @@ class Dispatcher:
             )
             for row in live
         ]
+
+    def _allowance(self, now: datetime, limit: int) -> list[tuple[list[Channel], int]]:
+        """How many rows to claim, per group of channels: the unlimited ones together."""
+        unlimited = [channel for channel in self.channels if channel not in self.buckets]
+        groups = [(unlimited, limit)] if unlimited else []
+        for channel, bucket in self.buckets.items():
+            if channel in self.channels:
+                most = min(limit, bucket.available(now))
+                if most > 0:
+                    groups.append(([channel], most))
+        return groups
 
     def _record(
         self,

@@ -1,0 +1,33 @@
+"""A token bucket per channel: the dispatcher sends no faster than the provider account allows.
+
+Time is an argument, like everywhere in the services, so tests drive it with a manual clock.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+class TokenBucket:
+    """`rate` messages a second on average, in bursts of at most one second's worth (and never
+    less than one message, so a rate below 1/s still sends)."""
+
+    def __init__(self, rate: float) -> None:
+        if rate <= 0:
+            raise ValueError(f"a rate must be positive, got {rate}")
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self._tokens = self.capacity
+        self._at: datetime | None = None
+
+    def available(self, now: datetime) -> int:
+        """Whole messages that may go at `now`."""
+        if self._at is not None and now > self._at:
+            elapsed = (now - self._at).total_seconds()
+            self._tokens = min(self.capacity, self._tokens + elapsed * self.rate)
+        if self._at is None or now > self._at:
+            self._at = now
+        return int(self._tokens)
+
+    def take(self, count: int) -> None:
+        self._tokens -= count
