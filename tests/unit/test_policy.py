@@ -964,3 +964,65 @@ def test_the_us_cart_deadline_ends_the_send_before_the_window_does() -> None:
     )
     assert isinstance(decision, Allow)
     assert decision.until == abandoned + timedelta(hours=48)
+
+
+def _close_by_spans_reference(at: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet) -> object:
+    from cartback.core.policy import _close_by_spans
+
+    return _close_by_spans(at.astimezone(UTC), zones, rules)
+
+
+_CLOSE_CASES = [
+    (("NO", None, Channel.SMS), (OSLO,)),
+    (("US", "FL", Channel.SMS), (NEW_YORK, CHICAGO)),
+    (("US", "TX", Channel.SMS), (CHICAGO, DENVER)),
+    (("US", "AL", Channel.SMS), (CHICAGO,)),
+    (("FR", None, Channel.SMS), (PARIS,)),
+    (("NO", None, Channel.EMAIL), (OSLO, TOKYO)),
+    ((None, None, Channel.SMS), (ZoneInfo("America/Santiago"), ZoneInfo("Australia/Lord_Howe"))),
+    # Open all day: the span walks through midnights, one of which Santiago skips.
+    ((None, None, Channel.EMAIL), (ZoneInfo("America/Santiago"),)),
+]
+
+
+@settings(max_examples=300)
+@given(
+    case=st.sampled_from(_CLOSE_CASES),
+    at=st.datetimes(
+        min_value=datetime(2025, 1, 1), max_value=datetime(2026, 12, 31), timezones=st.just(UTC)
+    ),
+)
+def test_window_closes_agrees_with_the_span_computation(
+    case: tuple[tuple[str | None, str | None, Channel], tuple[ZoneInfo, ...]], at: datetime
+) -> None:
+    (country, region, channel), zones = case
+    rules = rules_for(country, region, channel)
+    assert window_closes(at, zones, rules) == _close_by_spans_reference(at, zones, rules)
+
+
+_SWITCHES = [
+    datetime(2025, 3, 9, tzinfo=UTC),  # US spring forward
+    datetime(2025, 3, 30, tzinfo=UTC),  # EU spring forward
+    datetime(2025, 4, 6, tzinfo=UTC),  # Santiago and Lord Howe fall back
+    datetime(2025, 9, 7, tzinfo=UTC),  # Santiago springs forward at midnight
+    datetime(2025, 10, 5, tzinfo=UTC),  # Lord Howe: half an hour forward
+    datetime(2025, 10, 26, tzinfo=UTC),  # EU fall back
+    datetime(2025, 11, 2, tzinfo=UTC),  # US fall back
+]
+
+
+@settings(max_examples=400)
+@given(
+    case=st.sampled_from(_CLOSE_CASES),
+    switch=st.sampled_from(_SWITCHES),
+    minutes=st.integers(-48 * 60, 48 * 60),
+)
+def test_window_closes_agrees_with_the_spans_around_dst_switches(
+    case: tuple[tuple[str | None, str | None, Channel], tuple[ZoneInfo, ...]],
+    switch: datetime,
+    minutes: int,
+) -> None:
+    (country, region, channel), zones = case
+    rules = rules_for(country, region, channel)
+    at = switch + timedelta(minutes=minutes)
+    assert window_closes(at, zones, rules) == _close_by_spans_reference(at, zones, rules)

@@ -495,9 +495,59 @@ CLOSE_HORIZON = timedelta(hours=26)
 
 def window_closes(now: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet) -> datetime | None:
     """When the allowed span holding `now` ends in some candidate zone: `now` itself if `now` is
-    not allowed, None if the span lasts past CLOSE_HORIZON."""
+    not allowed, None if the span lasts past CLOSE_HORIZON. Asked for every message allowed."""
     _require_aware(now)
     start = now.astimezone(UTC)
+    if not is_allowed(start, zones, rules):
+        return start
+    closes = []
+    for zone in zones:
+        close = _zone_close(start, zone, rules)
+        if close is _IN_A_GAP:
+            return _close_by_spans(start, zones, rules)
+        if close is not None:
+            closes.append(close)
+    return min(closes) if closes else None
+
+
+# A window edge at a wall time that a DST jump skips; the span computation handles those.
+_IN_A_GAP = datetime.min.replace(tzinfo=UTC)
+
+
+def _zone_close(start: datetime, zone: ZoneInfo, rules: RuleSet) -> datetime | None:
+    """The end of the allowed span holding `start` in `zone`, walking on through windows that
+    end at midnight into a next day's window that opens at midnight."""
+    limit = start + CLOSE_HORIZON
+    day = start.astimezone(zone).date()
+    window = day_allowed(rules, zone, day)
+    end = window.end if window is not None else 0
+    while end >= 24 * 60:
+        day += timedelta(days=1)
+        midnight = _wall(day, 0, zone)
+        if midnight is _IN_A_GAP:
+            return midnight
+        if midnight >= limit:
+            return None
+        following = day_allowed(rules, zone, day)
+        if following is None or following.start > 0:
+            end = 0
+            break
+        end = following.end
+    close = _wall(day, end, zone)
+    return None if close >= limit else close
+
+
+def _wall(day: date, minute: int, zone: ZoneInfo) -> datetime:
+    local = datetime.combine(day, time(minute // 60, minute % 60), tzinfo=zone)
+    instant = local.astimezone(UTC)
+    if instant.astimezone(zone).replace(tzinfo=None) != local.replace(tzinfo=None):
+        return _IN_A_GAP
+    return instant
+
+
+def _close_by_spans(
+    start: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet
+) -> datetime | None:
     end = start + CLOSE_HORIZON
     allowed = [(start, end)]
     for zone in zones:
