@@ -118,5 +118,8 @@ def test_two_workers_never_send_a_step_twice(database_url: str, tmp_path: Path) 
     sent_by = Counter(record["key"] for record in records)
     assert len(sent_by) == CARTS * STEPS
     assert max(sent_by.values()) == 1
-    # Both workers took part.
-    assert all(path.exists() and path.stat().st_size > 0 for path in outputs)
+    if database_url.startswith("postgresql"):
+        # Both workers took part: SKIP LOCKED shares the rows out. SQLite has one writer at a
+        # time and its lock is not fair, so one worker may win every claim there; what the test
+        # shows on SQLite is that the lock and the unique key still allow no second send.
+        assert all(path.exists() and path.stat().st_size > 0 for path in outputs)
