@@ -11,6 +11,7 @@ import string
 import unicodedata
 from collections.abc import Collection, Mapping
 from enum import StrEnum
+from functools import lru_cache
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
@@ -74,8 +75,10 @@ _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+@lru_cache(maxsize=4096)
 def _normalised_host(host: str, *, what: str) -> str:
-    """Lower-case ASCII (IDNA) host without a trailing dot; LinkRejected when not a DNS name."""
+    """Lower-case ASCII (IDNA) host without a trailing dot; LinkRejected when not a DNS name.
+    Cached: a store's few hosts come back with every message."""
     try:
         ascii_host = host.lower().encode("idna").decode("ascii")
     except UnicodeError:
@@ -133,7 +136,7 @@ def checked_destination(url: str, allowed_domains: Collection[str]) -> str:
     except ValueError:
         raise LinkRejected("destination has an invalid port") from None
     host = _normalised_host(raw_host, what="destination host")
-    allowed = {_allowed_domain(domain) for domain in allowed_domains}
+    allowed = _allowed_domains(tuple(allowed_domains))
     if not any(host == domain or host.endswith("." + domain) for domain in allowed):
         raise LinkRejected(f"destination host {host!r} is not one of the store's domains")
     scheme = parts.scheme.lower()
@@ -142,6 +145,11 @@ def checked_destination(url: str, allowed_domains: Collection[str]) -> str:
         _percent_encode_non_ascii(part) for part in (parts.path or "/", parts.query, parts.fragment)
     )
     return urlunsplit((scheme, netloc, path, query, fragment))
+
+
+@lru_cache(maxsize=1024)
+def _allowed_domains(domains: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(_allowed_domain(domain) for domain in domains)
 
 
 def _allowed_domain(domain: str) -> str:
