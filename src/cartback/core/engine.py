@@ -164,8 +164,9 @@ def advance(
             # A deferred step waits for the time its gate named, not for its flow offset.
             wake_at = enrollment.wake_at
             break
-        facts = build_facts(cart, contact, enrollment.variant, history)
-        if step.when is not None and not step.when.evaluate(facts):
+        if step.when is not None and not step.when.evaluate(
+            build_facts(cart, contact, enrollment.variant, history)
+        ):
             decisions.append(
                 StepDecision(
                     step.id, Outcome.SKIP, f"condition is false: {step.when.source}", "when"

@@ -164,6 +164,9 @@ class RuleSet:
     _by_kind: dict[type[Any], tuple[Any, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
+    _day_windows: dict[int, DayWindow | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     @property
     def names(self) -> frozenset[str]:
@@ -231,6 +234,11 @@ class RuleSet:
 
     def day_window(self, weekday: int) -> DayWindow | None:
         """The intersection of every window rule on a weekday (Monday = 0); None if closed."""
+        if weekday not in self._day_windows:
+            self._day_windows[weekday] = self._intersect_windows(weekday)
+        return self._day_windows[weekday]
+
+    def _intersect_windows(self, weekday: int) -> DayWindow | None:
         start, end = 0, 24 * 60
         for rule in self.windows:
             day = rule.week[weekday]
