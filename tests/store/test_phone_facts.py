@@ -34,6 +34,13 @@ def test_ingest_stores_what_the_phone_number_says(world: World) -> None:
     assert "Europe/Oslo" in str(row["phone_zones"]).split()
 
 
+def test_a_number_with_many_zones_keeps_them_all(world: World) -> None:
+    # Grenada shares +1 with the US: phonenumbers gives it every zone of the numbering plan.
+    _ingest(world, checkout("c1", world.now, phone="+14734031234"))
+    zones = str(_contact_row(world)["phone_zones"]).split()
+    assert len(zones) > 20 and "America/Grenada" in zones
+
+
 def test_a_new_number_brings_its_own_facts(world: World) -> None:
     _ingest(world, checkout("c1", world.now, phone="+4791234567"))
     later = world.now + timedelta(minutes=1)

@@ -117,7 +117,8 @@ contacts = Table(
     # the timer never parses it per message. phone_zones NULL: not derived yet; "": no zone known.
     Column("phone_country", String(2)),
     Column("phone_region", String(8)),
-    Column("phone_zones", String(200)),
+    # Text: a NANP number outside the US (+1 473...) maps to every zone of the plan.
+    Column("phone_zones", Text),
     Column("sms_marketing", Boolean, nullable=False, default=False),
     Column("email_marketing", Boolean, nullable=False, default=False),
     Column("orders_count", Integer, nullable=False, default=0),

@@ -22,7 +22,7 @@ def upgrade() -> None:
     with op.batch_alter_table("contacts") as batch:
         batch.add_column(sa.Column("phone_country", sa.String(2)))
         batch.add_column(sa.Column("phone_region", sa.String(8)))
-        batch.add_column(sa.Column("phone_zones", sa.String(200)))
+        batch.add_column(sa.Column("phone_zones", sa.Text()))
 
 
 def downgrade() -> None:
