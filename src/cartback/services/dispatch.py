@@ -133,16 +133,10 @@ class Dispatcher:
             facts = _enrollment_facts(conn, rows)
             stop = {**_stopped(rows, facts), **_too_late(rows, now)}
             withdrawn = [row for row in rows if row["id"] in stop]
-            for row in withdrawn:
-                status, error = stop[row["id"]]
-                conn.execute(
-                    update(t.outbox)
-                    .where(o.id == row["id"])
-                    .values(status=status, error=error, updated_at=now)
-                )
-                stats.expired += status == "expired"
-                stats.cancelled += status == "cancelled"
             _record_withdrawals(conn, withdrawn, stop, facts, now)
+            for row in withdrawn:
+                stats.expired += stop[row["id"]][0] == "expired"
+                stats.cancelled += stop[row["id"]][0] == "cancelled"
             live = [row for row in rows if row["id"] not in stop]
             if live:
                 conn.execute(
@@ -275,6 +269,15 @@ _RECORD_OUTCOME = (
 )
 
 
+_WITHDRAW = (
+    update(t.outbox)
+    .where(_o.id == bindparam("b_id"))
+    .values(
+        status=bindparam("status"), error=bindparam("error"), updated_at=bindparam("updated_at")
+    )
+)
+
+
 def message_key(outbox_id: int) -> str:
     return f"cb-{outbox_id}"
 
@@ -349,8 +352,22 @@ def _record_withdrawals(
     facts: Mapping[int, Any],
     now: datetime,
 ) -> None:
-    """A message the timer decided to send and that did not go joins the cart's decision
-    history, so `cartback why` tells the whole story."""
+    """Mark the withdrawn rows (one statement, however long the morning's backlog), and add
+    each to the cart's decision history, so `cartback why` tells the whole story."""
+    if not rows:
+        return
+    conn.execute(
+        _WITHDRAW,
+        [
+            {
+                "b_id": row["id"],
+                "status": stop[row["id"]][0],
+                "error": stop[row["id"]][1],
+                "updated_at": now,
+            }
+            for row in rows
+        ],
+    )
     decisions = [
         {
             "store_id": row["store_id"],

@@ -22,10 +22,10 @@ class TokenBucket:
 
     def available(self, now: datetime) -> int:
         """Whole messages that may go at `now`."""
-        if self._at is not None and now > self._at:
-            elapsed = (now - self._at).total_seconds()
-            self._tokens = min(self.capacity, self._tokens + elapsed * self.rate)
         if self._at is None or now > self._at:
+            if self._at is not None:
+                elapsed = (now - self._at).total_seconds()
+                self._tokens = min(self.capacity, self._tokens + elapsed * self.rate)
             self._at = now
         return int(self._tokens)
 
