@@ -30,6 +30,9 @@ class Settings:
     dispatch_batch: int = 200
     dispatch_concurrency: int = 8
     lease_seconds: int = 60
+    # How long one provider call may take before it is abandoned as `unknown`. A lease must
+    # outlast it comfortably, so that recovery never takes over a row still being sent.
+    send_timeout_seconds: float = 10.0
     # Messages a second each worker sends per channel, to stay inside the provider account's
     # throughput; 0 for no limit.
     sms_rate: float = 0
@@ -43,10 +46,13 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "dispatch_batch": (1, 10_000),
     "dispatch_concurrency": (1, 256),
     "lease_seconds": (5, 3600),
+    "send_timeout_seconds": (0.5, 300),
     "sms_rate": (0, 100_000),
     "email_rate": (0, 100_000),
 }
 CHANNELS = ("console", "jsonl", "null")
+# A lease is this many provider timeouts long, so a slow call ends long before the lease does.
+LEASE_PER_TIMEOUT = 3
 
 
 def env_name(field: str) -> str:
@@ -86,6 +92,12 @@ def _validate(settings: Settings) -> None:
         value = getattr(settings, name)
         if not low <= value <= high:
             raise ConfigError(env_name(name), f"must be between {low:g} and {high:g}, got {value}")
+    if settings.lease_seconds < LEASE_PER_TIMEOUT * settings.send_timeout_seconds:
+        raise ConfigError(
+            env_name("lease_seconds"),
+            f"must be at least {LEASE_PER_TIMEOUT}x {env_name('send_timeout_seconds')} "
+            f"({settings.send_timeout_seconds:g} s), got {settings.lease_seconds}",
+        )
     for name in ("sms_channel", "email_channel"):
         value = getattr(settings, name)
         if value not in CHANNELS:
