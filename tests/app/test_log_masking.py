@@ -12,7 +12,10 @@ import pytest
 from sqlalchemy import Engine
 
 from cartback import worker as worker_module
+from cartback.channels.dev import ConsoleChannel
+from cartback.core.model import Channel
 from cartback.logs import mask, setup_logging
+from cartback.ports import OutboundMessage
 from cartback.services.tick import TickStats
 from cartback.store import tables as t
 from cartback.worker import Worker
@@ -141,3 +144,15 @@ def test_database_errors_lose_the_row_values_they_quote() -> None:
     assert "Hi there" not in masked and PHONE not in masked
     assert "DETAIL:  Failing row contains [values hidden]" in masked
     assert "[SQL: INSERT INTO outbox (...) VALUES (...)]" in masked
+
+
+def test_the_console_channel_prints_messages_but_logs_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    printed: list[str] = []
+    channel = ConsoleChannel(Channel.SMS, write=printed.append)
+    message = OutboundMessage(key="cb-1", channel=Channel.SMS, to=PHONE, body=BODY)
+    with caplog.at_level(logging.DEBUG):
+        channel.send(message)
+    assert PHONE in printed[0] and BODY in printed[0]  # its output is the message, by design
+    assert caplog.records == []
