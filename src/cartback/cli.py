@@ -350,8 +350,9 @@ def discounts_list(store: Annotated[str, typer.Option(help="Store slug")]) -> No
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT end the process cleanly: the worker finishes its batch, exit code 0.
-    (uvicorn re-raises the signal it caught once it has shut down; this handler absorbs it.)"""
+    """SIGTERM and SIGINT end the process cleanly, exit code 0, within the documented bound
+    (`worker.shutdown_seconds`). uvicorn, while it runs, handles them itself and re-raises the
+    one it caught once it has shut down; this handler absorbs that."""
 
     def _handler(_signum: int, _frame: Any) -> None:
         stop.set()
@@ -360,21 +361,42 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, _handler)
 
 
-def _serve_web(app: App, host: str, port: int) -> None:
+# How long the web server waits for requests in progress after a stop signal.
+WEB_SHUTDOWN_SECONDS = 5
+
+
+def _serve_web(app: App, host: str, port: int, on_exit: threading.Event | None = None) -> None:
     import uvicorn
 
     from cartback.web.app import create_app
 
-    uvicorn.run(create_app(app), host=host, port=port, log_level="info")
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # The worker beside the web server starts stopping at the same moment.
+            if on_exit is not None:
+                on_exit.set()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        create_app(app),
+        host=host,
+        port=port,
+        log_level="info",
+        # uvicorn's loggers propagate to cartback's masked handler instead of their own.
+        log_config=None,
+        timeout_graceful_shutdown=WEB_SHUTDOWN_SECONDS,
+    )
+    _Server(config).run()
 
 
-def _worker(app: App) -> tuple[threading.Thread, threading.Event]:
-    from cartback.worker import Worker
+def _exit_now() -> None:
+    """End the process at once, exit code 0: the stop asked for has run out of time."""
+    import os
 
-    worker = Worker(app)
-    thread = threading.Thread(target=worker.run, name="worker", daemon=True)
-    thread.start()
-    return thread, worker.stop
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @cli.command()
@@ -382,17 +404,27 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address")] = None,
     port: Annotated[int | None, typer.Option(help="Port")] = None,
 ) -> None:
-    """Web and worker in one process."""
+    """Web and worker in one process. Stops cleanly on SIGTERM/SIGINT."""
+    from cartback.worker import Worker
+
     _logging()
     with running_app(host=host, port=port) as app:
         _flows_or_exit(app)
-        thread, stop = _worker(app)
-        _stop_on_signals(stop)
+        runner = Worker(app)
+        result: list[bool] = []
+        thread = threading.Thread(
+            target=lambda: result.append(runner.run()), name="worker", daemon=True
+        )
+        thread.start()
+        _stop_on_signals(runner.stop)
         try:
-            _serve_web(app, app.settings.host, app.settings.port)
+            _serve_web(app, app.settings.host, app.settings.port, on_exit=runner.stop)
         finally:
-            stop.set()
-            thread.join(timeout=30)
+            runner.stop.set()
+            # The worker bounds its own stop; the extra second covers its last log line.
+            thread.join(timeout=runner.shutdown_seconds + 1)
+        if not result or not result[0]:
+            _exit_now()
 
 
 @cli.command()
@@ -409,7 +441,8 @@ def web(
 
 @cli.command()
 def worker() -> None:
-    """The worker alone: fire due timers and send messages. Stops cleanly on SIGTERM/SIGINT."""
+    """The worker alone: fire due timers and send messages. Stops cleanly on SIGTERM/SIGINT,
+    within the send timeout plus five seconds."""
     from cartback.worker import Worker
 
     _logging()
@@ -418,7 +451,8 @@ def worker() -> None:
         runner = Worker(app)
         _stop_on_signals(runner.stop)
         out.print("worker running; Ctrl-C to stop")
-        runner.run()
+        if not runner.run():
+            _exit_now()
 
 
 @flows_cli.command("check")
@@ -533,9 +567,9 @@ def _safe_url(url: str) -> str:
 
 
 def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from cartback.logs import setup_logging
+
+    setup_logging()
 
 
 def main() -> None:
@@ -549,6 +583,11 @@ def main() -> None:
 
         if os.environ.get("CARTBACK_DEBUG") == "1":
             raise
-        err.print(f"[red]error:[/red] {type(error).__name__}: {error}", highlight=False)
+        from rich.markup import escape
+
+        from cartback.logs import mask
+
+        detail = escape(mask(str(error)))
+        err.print(f"[red]error:[/red] {type(error).__name__}: {detail}", highlight=False)
         err.print("set CARTBACK_DEBUG=1 to see the full trace", style="dim")
         raise SystemExit(1) from None

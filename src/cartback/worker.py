@@ -1,19 +1,35 @@
-"""The worker: fire due timers and drain the outbox, in batches, until told to stop."""
+"""The worker: fire due timers and drain the outbox, in batches, until told to stop.
+
+Stopping is bounded: once `stop` is set no new batch starts, a render in progress is interrupted
+(its transaction rolls back; the step is rendered again after the restart), and provider calls in
+flight may run to their timeout. `run` returns within `shutdown_seconds` of the stop.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from cartback.app import App
 from cartback.channels.registry import build_channels
 from cartback.core.model import Channel
+from cartback.core.sandbox import RenderInterrupted, interrupt_renders_on
 from cartback.services.dispatch import Dispatcher
 from cartback.services.tick import tick
 
 log = logging.getLogger("cartback.worker")
+
+# Time for the last writes of a batch once its provider calls are done.
+SHUTDOWN_MARGIN_SECONDS = 5.0
+
+
+def shutdown_seconds(send_timeout_seconds: float) -> float:
+    """How long a worker may take to stop: a provider call may run to its timeout, then the
+    batch records its outcomes."""
+    return send_timeout_seconds + SHUTDOWN_MARGIN_SECONDS
 
 
 @dataclass
@@ -21,8 +37,14 @@ class Worker:
     app: App
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def run(self) -> None:
-        """Run the timer and the dispatcher on two threads until `stop` is set."""
+    @property
+    def shutdown_seconds(self) -> float:
+        return shutdown_seconds(self.app.settings.send_timeout_seconds)
+
+    def run(self) -> bool:
+        """Run the timer and the dispatcher on two threads until `stop` is set. True when both
+        ended within `shutdown_seconds` of the stop; False when a batch was still running then
+        (the caller ends the process; its rows are recovered by lease, as after a crash)."""
         settings = self.app.settings
         dispatcher = Dispatcher(
             self.app.engine,
@@ -40,15 +62,29 @@ class Worker:
         for thread in threads:
             thread.start()
         try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(timeout=0.5)
+            while not self.stop.is_set() and all(thread.is_alive() for thread in threads):
+                self.stop.wait(0.5)
         finally:
             self.stop.set()
-            dispatcher.close()
+        deadline = time.monotonic() + self.shutdown_seconds
+        for thread in threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        busy = [thread.name for thread in threads if thread.is_alive()]
+        if busy:
+            log.warning(
+                "stopping with a %s batch still running after %.0f s; its rows are recovered "
+                "by lease",
+                " and ".join(busy),
+                self.shutdown_seconds,
+            )
+            return False
+        dispatcher.close()
+        log.info("worker stopped")
+        return True
 
     def _timer_loop(self) -> None:
         settings = self.app.settings
+        interrupt_renders_on(self.stop)
         while not self.stop.is_set():
             try:
                 stats = tick(
@@ -58,6 +94,9 @@ class Worker:
                     limit=settings.worker_batch,
                     base_url=settings.base_url,
                 )
+            except RenderInterrupted:
+                log.info("timer batch interrupted by the shutdown; it runs again on restart")
+                return
             except Exception:
                 # A database hiccup must not end the worker; the rows are still due next time.
                 log.exception("timer batch failed; retrying")

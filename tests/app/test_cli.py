@@ -107,3 +107,31 @@ def test_a_bad_setting_names_the_variable_and_exits_2(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "CARTBACK_WORKER_BATCH" in result.stderr
+
+
+def test_flows_check_refuses_nested_huge_ranges_with_file_and_line(tmp_path: Path) -> None:
+    heavy = tmp_path / "heavy.yaml"
+    heavy.write_text(
+        "name: heavy\n"
+        "abandon_after: 10m\n"
+        "steps:\n"
+        "  - id: sms1\n"
+        "    at: 0m\n"
+        "    channel: sms\n"
+        "    body: |\n"
+        "      Hi {{ first_name }}\n"
+        "      {% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}\n"
+        "  - id: email1\n"
+        "    at: 1h\n"
+        "    channel: email\n"
+        "    subject: Your cart\n"
+        '    body: "{% for a in items %}{% for b in items %}{% for c in items %}'
+        '{% endfor %}{% endfor %}{% endfor %}"\n'
+    )
+    result = runner.invoke(cli, ["flows", "check", str(heavy)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"{heavy}:9: steps[0].body: range() of 100000 items; at most 1000",
+        f"{heavy}:9: steps[0].body: range() of 100000 items; at most 1000",
+        f"{heavy}:14: steps[1].body: loops nested 3 deep; at most 2",
+    ]

@@ -31,7 +31,10 @@ class NullChannel:
 
 
 class ConsoleChannel:
-    """Prints each message; the quickstart watches recovery happen here."""
+    """Prints each message; the quickstart watches recovery happen here.
+
+    This is a provider stand-in, not a log: it prints whole messages (recipient, subject, body)
+    to stdout by design, never through `logging`, and is for local development only."""
 
     name = "console"
 

@@ -2,7 +2,9 @@
 
 `parse_flow` validates a whole file and reports every problem it finds at once, each with the
 file, line, dotted field path and a plain message, so `cartback flows check` can be fixed in one
-pass. Templates are kept as source text: rendering and template checks belong to `render`.
+pass. Templates are kept as source text; `render.check_template` checks each one here (syntax,
+and the loop and range limits of the sandbox), so a flow whose template could hang a worker is
+refused by `flows check` and by every process that loads it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from cartback.core.conditions import Condition, ConditionError, is_reserved_name, parse_condition
 from cartback.core.model import Channel, format_duration, parse_duration
+from cartback.core.render import check_template
 from cartback.core.yamlsrc import (
     Lines,
     SourceIssue,
@@ -63,6 +66,7 @@ _VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
 _CODE = re.compile(r"\S{1,64}")
 _POOL = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_BLOCK_SCALAR = re.compile(r":\s*[|>][-+0-9]*\s*(?:#.*)?$")
 
 
 # ---- the result -------------------------------------------------------------------------------
@@ -176,13 +180,15 @@ class FlowError(ValueError):
         return "\n".join(str(issue) for issue in self.issues)
 
 
-def parse_flow(text: str, source: str = "<flow>") -> Flow:
-    """Validate and build a flow from YAML text; FlowError lists every problem found."""
+def parse_flow(text: str, source: str = "<flow>", *, check_templates: bool = True) -> Flow:
+    """Validate and build a flow from YAML text; FlowError lists every problem found.
+    `check_templates=False` skips the template checks, for versions stored before they existed
+    (their renders still run under the sandbox's runtime limits)."""
     try:
         data, lines = load_with_lines(text, source)
     except YamlSourceError as error:
         raise FlowError([FlowIssue(source, error.line, "yaml", error.message)]) from None
-    parser = _Parser(source, lines)
+    parser = _Parser(source, lines, text.splitlines() if check_templates else None)
     for duplicate in lines.duplicates:
         message = f"duplicate key (first set on line {duplicate.first_line})"
         parser.issue(duplicate.path, message, line=duplicate.line)
@@ -267,9 +273,11 @@ def _suggest(word: str, choices: Collection[str]) -> str:
 
 
 class _Parser:
-    def __init__(self, source: str, lines: Lines) -> None:
+    def __init__(self, source: str, lines: Lines, text_lines: list[str] | None = None) -> None:
         self.source = source
         self.lines = lines
+        # The file's lines, to place a template's own line numbers; None: templates unchecked.
+        self.text_lines = text_lines
         self.issues: list[FlowIssue] = []
         self.misspelled: set[FieldPath] = set()
         # Every variant name the file declares, valid or not, so overrides are not misreported.
@@ -673,7 +681,18 @@ class _Parser:
                 values[key] = None
             else:
                 values[key] = self.text(data, path, key)
+                self.template(values[key], (*path, key), html=key == "html")
         return ContentOverride(values["body"], values["subject"], values["html"])
+
+    def template(self, source: str | None, path: FieldPath, *, html: bool) -> None:
+        if source is None or self.text_lines is None:
+            return
+        key_line = self.lines.line_of(path)
+        # A block scalar (`body: |`) starts on the line after its key; other styles on it.
+        opening = self.text_lines[key_line - 1] if key_line <= len(self.text_lines) else ""
+        first_line = key_line + 1 if _BLOCK_SCALAR.search(opening) else key_line
+        for issue in check_template(source, html=html):
+            self.issue(path, issue.message, line=first_line + issue.line - 1)
 
     def override(
         self,

@@ -20,16 +20,21 @@ import babel
 import babel.numbers
 import jinja2
 from jinja2.exceptions import SecurityError
-from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from cartback.core.locales import DEFAULT_LANGUAGE, LocaleTexts, language_of, texts_for
 from cartback.core.model import Cart, Contact, Store
+from cartback.core.sandbox import (
+    MAX_OUTPUT_CHARS,
+    LimitIssue,
+    Sandbox,
+    budget,
+    parse_template,
+    template_limit_issues,
+)
 from cartback.core.sms import SegmentInfo, fit_to_segments, normalize_lookalikes
 
-MAX_RENDERED_CHARS = 100_000
+MAX_RENDERED_CHARS = MAX_OUTPUT_CHARS
 MAX_SUBJECT_CHARS = 200
-_MAX_EXPONENT = 100
 
 
 class TemplateError(ValueError):
@@ -40,33 +45,8 @@ class RenderError(ValueError):
     """The template compiled but rendering failed: unsafe access, bad operation, empty result."""
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """Immutable sandbox that fails loudly: an unsafe attribute raises instead of rendering
-    as an empty undefined, and operators cannot build huge values."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
-        raise SecurityError(
-            f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe"
-        )
-
-    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int) and abs(right) > _MAX_EXPONENT:
-            raise SecurityError(f"exponent {right} is larger than {_MAX_EXPONENT}")
-        if operator == "*":
-            for sequence, count in ((left, right), (right, left)):
-                if (
-                    isinstance(sequence, str | list | tuple)
-                    and isinstance(count, int)
-                    and len(sequence) * count > MAX_RENDERED_CHARS
-                ):
-                    raise SecurityError("repetition would exceed the rendered size limit")
-        return super().call_binop(context, operator, left, right)
-
-
-TEXT_ENV = _Sandbox(autoescape=False, undefined=jinja2.ChainableUndefined)
-HTML_ENV = _Sandbox(autoescape=True, undefined=jinja2.ChainableUndefined)
+TEXT_ENV = Sandbox(autoescape=False, undefined=jinja2.ChainableUndefined)
+HTML_ENV = Sandbox(autoescape=True, undefined=jinja2.ChainableUndefined)
 
 
 @functools.lru_cache(maxsize=256)
@@ -226,9 +206,35 @@ def build_context(
     )
 
 
-def _render(template: jinja2.Template, variables: Mapping[str, Any]) -> str:
+def check_template(source: str, *, html: bool = False) -> list[LimitIssue]:
+    """Everything wrong with template source that can be known without rendering it: syntax,
+    unknown filters, and loops or ranges past the sandbox's limits. Lines are the template's."""
     try:
-        text = template.render(variables)
+        compile_template(source, html=html)
+        tree = parse_template(source)
+    except TemplateError as error:
+        cause = error.__cause__
+        line = cause.lineno if isinstance(cause, jinja2.TemplateSyntaxError) else 1
+        message = cause.message if isinstance(cause, jinja2.TemplateSyntaxError) else str(error)
+        return [LimitIssue(line or 1, f"template error: {message}")]
+    return template_limit_issues(tree)
+
+
+def _render(template: jinja2.Template, variables: Mapping[str, Any]) -> str:
+    """Render under a fresh budget, stopping as soon as the text passes the output cap: a
+    template that would print gigabytes fails after the first hundred thousand characters."""
+    chunks: list[str] = []
+    size = 0
+    try:
+        with budget() as limits:
+            for chunk in template.generate(variables):
+                size += len(chunk)
+                if size > MAX_RENDERED_CHARS:
+                    raise RenderError(
+                        f"rendered text is longer than {MAX_RENDERED_CHARS} characters"
+                    )
+                limits.check_time()
+                chunks.append(chunk)
     except SecurityError as error:
         raise RenderError(f"template blocked by the sandbox: {error}") from error
     except (
@@ -240,10 +246,10 @@ def _render(template: jinja2.Template, variables: Mapping[str, Any]) -> str:
         AttributeError,
         RecursionError,
     ) as error:
+        if isinstance(error, RenderError):
+            raise
         raise RenderError(f"template failed to render: {type(error).__name__}: {error}") from error
-    if len(text) > MAX_RENDERED_CHARS:
-        raise RenderError(f"rendered text is longer than {MAX_RENDERED_CHARS} characters")
-    return text
+    return "".join(chunks)
 
 
 # --- SMS -------------------------------------------------------------------------------------

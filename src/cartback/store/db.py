@@ -22,7 +22,14 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
         if parsed.drivername == "postgresql":
             # psycopg 3 is the driver we ship; a bare postgresql:// URL means it too.
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        return create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=True,
+            # Bound values are phones, emails and message bodies: errors must not quote them.
+            hide_parameters=True,
+        )
     raise ValueError(
         f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql"
     )
@@ -35,6 +42,8 @@ def _sqlite_engine(url: str) -> Engine:
         # One connection per checkout keeps writers honest; WAL lets readers run beside the writer.
         poolclass=NullPool if not memory else None,
         connect_args={"check_same_thread": False, "timeout": 30},
+        # Bound values are phones, emails and message bodies: errors must not quote them.
+        hide_parameters=True,
     )
 
     @event.listens_for(engine, "connect")
