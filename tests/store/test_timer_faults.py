@@ -1,0 +1,211 @@
+"""The timer under faults: a poison enrollment in a batch, and a worker that was down for days.
+Runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from cartback.core.model import Cart
+from cartback.services import tick as tick_module
+from cartback.services.compose import Composed
+from cartback.services.ingest import ingest
+from cartback.services.tick import TickStats, resume, tick
+from cartback.store import tables as t
+from tests.support.events import checkout
+from tests.support.pg import acquire_server, temporary_database
+from tests.support.world import World, make_world
+
+POISON = "c07"
+TOKENS = [f"c{n:02d}" for n in range(21)]
+
+
+def _ingest(world: World, tokens: list[str], *, sms: bool = True) -> None:
+    flow = world.app.registry.current("default")
+    events = [
+        checkout(
+            token,
+            world.now,
+            phone=f"+474{n:07d}" if sms else None,
+            email=f"{token}@example.com",
+            sms=sms,
+        )
+        for n, token in enumerate(tokens)
+    ]
+    with world.app.engine.begin() as conn:
+        ingest(conn, world.store, flow, events, world.now)  # type: ignore[arg-type]
+
+
+def _tick(world: World) -> TickStats:
+    return tick(world.app.engine, world.app.registry, world.now)
+
+
+def _messages(world: World) -> list[tuple[str, str, datetime]]:
+    """(cart token, step, queued at) for every outbox row."""
+    o, c = t.outbox.c, t.carts.c
+    with world.app.engine.connect() as conn:
+        rows = conn.execute(
+            select(c.token, o.step_id, o.created_at)
+            .join(t.enrollments, t.enrollments.c.id == o.enrollment_id)
+            .join(t.carts, c.id == t.enrollments.c.cart_id)
+            .order_by(o.id)
+        ).all()
+    return [(row.token, row.step_id, row.created_at) for row in rows]
+
+
+def _enrollment(world: World, token: str) -> dict[str, Any]:
+    e = t.enrollments.c
+    with world.app.engine.connect() as conn:
+        row = (
+            conn.execute(
+                select(t.enrollments)
+                .join(t.carts, t.carts.c.id == e.cart_id)
+                .where(t.carts.c.token == token)
+            )
+            .mappings()
+            .one()
+        )
+    return dict(row)
+
+
+def _decisions(world: World, token: str) -> list[dict[str, Any]]:
+    d = t.decisions.c
+    with world.app.engine.connect() as conn:
+        rows = conn.execute(
+            select(d.at, d.step_id, d.outcome, d.rule, d.reason)
+            .join(t.carts, t.carts.c.id == d.cart_id)
+            .where(t.carts.c.token == token)
+            .order_by(d.id)
+        ).mappings()
+        return [dict(row) for row in rows]
+
+
+# ---- a poison enrollment ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["compose_raises", "write_fails"])
+def test_one_poison_enrollment_never_blocks_the_batch(
+    world: World, fault: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One cart whose step fails: its composer raises, or its outbox row cannot be written
+    (a NOT NULL column left empty: an IntegrityError on both backends)."""
+    real = tick_module.compose
+    broken = {POISON}
+
+    def compose(store: Any, cart: Cart, *args: Any, **kwargs: Any) -> Composed:
+        composed = real(store, cart, *args, **kwargs)
+        if cart.token not in broken:
+            return composed
+        if fault == "compose_raises":
+            raise RuntimeError(f"template broke for {composed.outbox['to_address']}")
+        return Composed({**composed.outbox, "body": None}, composed.links)
+
+    monkeypatch.setattr(tick_module, "compose", compose)
+    _assert_poison_is_isolated_then_parked(world, caplog, fix=broken.clear)
+
+
+@pytest.fixture
+def postgres_world() -> Iterator[World]:
+    with temporary_database(acquire_server()) as url, make_world(url) as made:
+        yield made
+
+
+@pytest.mark.postgres
+def test_a_nul_byte_in_a_stored_cart_blocks_only_its_own_enrollment_on_postgres(
+    postgres_world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL refuses NUL in text: the message for this cart can never be written."""
+
+    def set_title(title: str) -> None:
+        # Straight into the table: the API would reject (or strip) the NUL.
+        with postgres_world.app.engine.begin() as conn:
+            conn.execute(
+                update(t.carts)
+                .where(t.carts.c.token == POISON)
+                .values(lines=[{"title": title, "quantity": 2, "price": "60.00"}])
+            )
+
+    # The SMS composer refuses the character itself, so this is about the email's body.
+    _assert_poison_is_isolated_then_parked(
+        postgres_world,
+        caplog,
+        poison=lambda: set_title("Wool\u0000socks"),
+        fix=lambda: set_title("Wool socks"),
+        email_only=True,
+    )
+
+
+def _assert_poison_is_isolated_then_parked(
+    world: World,
+    caplog: pytest.LogCaptureFixture,
+    *,
+    fix: Callable[[], None],
+    poison: Callable[[], None] | None = None,
+    email_only: bool = False,
+) -> None:
+    caplog.set_level(logging.INFO)
+    start = world.now
+    # (step, due) of the first two messages: texts and emails, or emails only.
+    first, second = (
+        (("email1", timedelta(minutes=70)), ("email2", timedelta(hours=24, minutes=10)))
+        if email_only
+        else (("sms1", timedelta(minutes=25)), ("email1", timedelta(minutes=70)))
+    )
+    _ingest(world, TOKENS, sms=not email_only)
+    if poison is not None:
+        poison()
+    world.clock.set(start + first[1])
+
+    stats = _tick(world)
+    assert (stats.claimed, stats.sent, stats.failed, stats.parked) == (21, 20, 1, 0)
+    sent = {token for token, step, _ in _messages(world) if step == first[0]}
+    assert sent == set(TOKENS) - {POISON}
+    row = _enrollment(world, POISON)
+    assert (row["state"], row["step_index"]) == ("active", 0)
+    assert row["wake_at"] == world.now + timedelta(minutes=1)
+
+    # Retried alone, later, a bounded number of times.
+    world.clock.advance(timedelta(minutes=1))
+    assert (_tick(world).claimed, _enrollment(world, POISON)["state"]) == (1, "active")
+    world.clock.advance(timedelta(minutes=5))
+    third = _tick(world)
+    assert (third.claimed, third.failed, third.parked) == (1, 1, 1)
+    row = _enrollment(world, POISON)
+    assert (row["state"], row["wake_at"]) == ("parked", None)
+
+    errors = [d for d in _decisions(world, POISON) if d["outcome"] == "error"]
+    assert [d["rule"] for d in errors] == ["timer.retry", "timer.retry", "timer.parked"]
+    assert all(d["step_id"] == first[0] for d in errors)
+    assert "parked after 3 failed attempts" in errors[-1]["reason"]
+    assert all(d["reason"].split(": ")[1].endswith("failed") for d in errors)
+    # Ids and exception classes only: no phone, address, title or body in decisions or logs.
+    for text in [d["reason"] for d in errors] + [caplog.text]:
+        assert "@example.com" not in text and "+47" not in text and "Wool" not in text
+    assert f"enrollment {row['id']} parked" in caplog.text
+
+    # Not stuck: the others' next step goes out on time, the parked one stays put.
+    world.clock.set(start + second[1])
+    later = _tick(world)
+    assert (later.claimed, later.sent, later.failed) == (20, 20, 0)
+    assert _tick(world).sent == 0
+
+    # An operator resumes it once the cart is fixed: it runs now, as if due now.
+    fix()
+    world.clock.advance(timedelta(minutes=1))
+    with world.app.engine.begin() as conn:
+        assert resume(conn, row["id"], world.now)
+        assert not resume(conn, row["id"], world.now)
+    resumed = _tick(world)
+    assert (resumed.claimed, resumed.sent, resumed.failed) == (1, 1, 0)
+    # Texts: sms1, where it was parked. Emails only: it waited at sms1 (skipped by its
+    # condition) and failed on email1, which is now a day late: email2 goes out.
+    resumed_with = second[0] if email_only else first[0]
+    assert [step for token, step, _ in _messages(world) if token == POISON] == [resumed_with]
+    assert _enrollment(world, POISON)["state"] == "active"
+    rules = [(d["outcome"], d["rule"]) for d in _decisions(world, POISON)]
+    assert rules[rules.index(("resume", "timer.resumed")) :][-1] == ("send", None)
