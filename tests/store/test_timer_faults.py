@@ -4,12 +4,13 @@ Runs on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from cartback.core.model import Cart
 from cartback.services import tick as tick_module
@@ -209,3 +210,82 @@ def _assert_poison_is_isolated_then_parked(
     assert _enrollment(world, POISON)["state"] == "active"
     rules = [(d["outcome"], d["rule"]) for d in _decisions(world, POISON)]
     assert rules[rules.index(("resume", "timer.resumed")) :][-1] == ("send", None)
+
+
+# ---- a worker that was down for three days ---------------------------------------------------
+
+
+def _run_worker(world: World, until: datetime) -> None:
+    """A healthy worker: it ticks at every wake time, never twice at the same instant (it polls
+    every 2 s), until nothing is due before `until`."""
+    e = t.enrollments.c
+    earliest = world.now
+    for _ in range(1000):
+        with world.app.engine.connect() as conn:
+            wake = conn.execute(select(func.min(e.wake_at))).scalar()
+        if wake is None or wake > until:
+            return
+        world.clock.set(max(wake, earliest))
+        _tick(world)
+        earliest = world.now + timedelta(seconds=2)
+    raise AssertionError("the worker never caught up")
+
+
+def test_after_three_days_down_the_worker_catches_up_without_a_burst(world: World) -> None:
+    start = world.now
+    restart = start + timedelta(days=3, hours=1)
+    # A: abandoned at start+10m; its first email goes out, then the worker stops.
+    _ingest(world, [f"a{n}" for n in range(10)], sms=False)
+    _run_worker(world, start + timedelta(hours=2))
+    # While it is down the shop keeps sending checkouts: B a day in, D two days in (texts and
+    # emails), C three hours before the restart.
+    world.clock.set(start + timedelta(days=1))
+    _ingest(world, [f"b{n}" for n in range(5)], sms=False)
+    world.clock.set(start + timedelta(days=2))
+    _ingest(world, [f"d{n}" for n in range(10)])
+    world.clock.set(restart - timedelta(hours=3))
+    _ingest(world, [f"c{n}" for n in range(5)], sms=False)
+
+    world.clock.set(restart)
+    _run_worker(world, restart + timedelta(days=5))
+
+    messages = _messages(world)
+    # No enrollment ever got two messages in one tick (each tick has its own instant).
+    per_tick = Counter((token, at) for token, _, at in messages)
+    assert max(per_tick.values()) == 1
+    # Steps overdue beyond their grace were skipped as late, with a decision, and not sent.
+    sent = {(token, step) for token, step, _ in messages}
+    late: dict[str, list[str]] = {}
+    for token in ("a0", "b0", "c0", "d0"):
+        for decision in _decisions(world, token):
+            if decision["rule"] == "timer.late":
+                assert decision["at"] == restart and "late: due" in decision["reason"]
+                assert (token, decision["step_id"]) not in sent
+                late.setdefault(token, []).append(decision["step_id"])
+    # (The text steps of email-only carts are late too, whatever their condition says.)
+    assert late["a0"] == ["sms2", "email2", "sms3"]
+    assert late["b0"] == ["sms1", "email1", "sms2", "email2", "sms3"]
+    assert late["c0"] == ["sms1"]
+    assert late["d0"][:3] == ["sms1", "email1", "sms2"]
+    # Later steps still run on schedule: the planned offset from abandonment, or the offset
+    # from the last message if that is later.
+    queued = {(token, step): at for token, step, at in messages}
+    assert queued[("a0", "email1")] == start + timedelta(minutes=70)
+    assert queued[("a0", "email3")] == restart  # 50 minutes late: within its 6 h grace
+    assert queued[("b0", "email3")] == start + timedelta(days=1, hours=72, minutes=10)
+    c_abandoned = restart - timedelta(hours=2, minutes=50)
+    assert queued[("c0", "email1")] == restart  # 1h50m late, within grace
+    # email2 is planned at abandonment + 24h, but email1 went out late: 23 h after email1.
+    assert c_abandoned + timedelta(hours=24) < restart + timedelta(hours=23)
+    assert queued[("c0", "email2")] == restart + timedelta(hours=23)
+    assert queued[("c0", "email3")] == restart + timedelta(hours=23 + 48)
+    # Every enrollment finished, and no step was late once the worker was back.
+    e = t.enrollments.c
+    with world.app.engine.connect() as conn:
+        assert set(conn.execute(select(e.state).distinct()).scalars()) == {"completed"}
+        late_after_restart = conn.execute(
+            select(func.count())
+            .select_from(t.decisions)
+            .where(t.decisions.c.rule == "timer.late", t.decisions.c.at > restart)
+        ).scalar()
+    assert late_after_restart == 0
