@@ -212,6 +212,33 @@ def _assert_poison_is_isolated_then_parked(
     assert rules[rules.index(("resume", "timer.resumed")) :][-1] == ("send", None)
 
 
+@pytest.mark.parametrize(
+    ("table", "values", "error"),
+    [
+        ("enrollments", {"flow_version": "000000000000"}, "UnknownFlow"),
+        ("carts", {"lines": [{"title": "Socks", "quantity": 1, "price": "n/a"}]}, "Invalid"),
+    ],
+)
+def test_an_unreadable_row_fails_only_its_own_enrollment(
+    world: World, table: str, values: dict[str, Any], error: str
+) -> None:
+    _ingest(world, TOKENS[:5])
+    poison = _enrollment(world, TOKENS[0])
+    target = t.metadata.tables[table]
+    key = poison["id"] if table == "enrollments" else poison["cart_id"]
+    with world.app.engine.begin() as conn:
+        conn.execute(update(target).where(target.c.id == key).values(**values))
+    world.clock.advance(timedelta(minutes=25))
+    stats = _tick(world)
+    assert (stats.claimed, stats.sent, stats.failed) == (5, 4, 1)
+    for wait in (1, 5):
+        world.clock.advance(timedelta(minutes=wait))
+        _tick(world)
+    assert _enrollment(world, TOKENS[0])["state"] == "parked"
+    reason = _decisions(world, TOKENS[0])[-1]["reason"]
+    assert reason.startswith(f"parked after 3 failed attempts: advance failed: {error}")
+
+
 # ---- a worker that was down for three days ---------------------------------------------------
 
 

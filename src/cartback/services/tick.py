@@ -125,8 +125,7 @@ def tick(
             except Exception as error:
                 failures.append(_Failure(row, "advance", error))
                 continue
-            if item is not None:
-                planned.append(item)
+            planned.append(item)
         written, write_failures = _write_isolating(conn, planned)
         for item in written:
             stats.add(item.stats)
@@ -172,12 +171,9 @@ def _plan(
     row: Mapping[Any, Any],
     now: datetime,
     base_url: str,
-) -> _Planned | None:
+) -> _Planned:
     enrollment = enrollment_from_row(row, context.history.get(row["id"]))
-    result = _advance_one(conn, registry, context, enrollment, now)
-    if result is None:
-        return None
-    advanced, flow = result
+    advanced, flow = _advance_one(conn, registry, context, enrollment, now)
     item = _Planned(row)
     _collect(conn, advanced, flow, context, now, base_url, item)
     return item
@@ -326,11 +322,9 @@ def _advance_one(
     context: _Context,
     enrollment: Enrollment,
     now: datetime,
-) -> tuple[Advance, Flow] | None:
-    try:
-        flow = registry.get(enrollment.flow_name, enrollment.flow_version, conn)
-    except UnknownFlow:
-        return None
+) -> tuple[Advance, Flow]:
+    # An unknown flow version (UnknownFlow) fails this enrollment alone: retried, then parked.
+    flow = registry.get(enrollment.flow_name, enrollment.flow_version, conn)
     # Earlier steps with no message were skipped; conditions may ask about that.
     earlier = flow.steps[: enrollment.step_index]
     if any(step.id not in enrollment.history for step in earlier):
