@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from cartback.core.model import Cart
 from cartback.services import tick as tick_module
@@ -26,13 +26,13 @@ POISON = "c07"
 TOKENS = [f"c{n:02d}" for n in range(21)]
 
 
-def _ingest(world: World, tokens: list[str], *, sms: bool = True) -> None:
+def _ingest(world: World, tokens: list[str], *, sms: bool = True, first: int = 0) -> None:
     flow = world.app.registry.current("default")
     events = [
         checkout(
             token,
             world.now,
-            phone=f"+474{n:07d}" if sms else None,
+            phone=f"+474{first + n:07d}" if sms else None,
             email=f"{token}@example.com",
             sms=sms,
         )
@@ -210,6 +210,27 @@ def _assert_poison_is_isolated_then_parked(
     assert _enrollment(world, POISON)["state"] == "active"
     rules = [(d["outcome"], d["rule"]) for d in _decisions(world, POISON)]
     assert rules[rules.index(("resume", "timer.resumed")) :][-1] == ("send", None)
+
+
+def test_isolation_adds_no_query_per_enrollment_on_the_happy_path(world: World) -> None:
+    """The statements of a tick do not grow with its batch: 3 carts or 30, the same count."""
+    counts = []
+    for first, batch in ((0, TOKENS[:3]), (100, [f"x{n:02d}" for n in range(30)])):
+        _ingest(world, batch, first=first)
+        world.clock.advance(timedelta(minutes=25))
+        statements: list[str] = []
+
+        def count(*args: Any, statements: list[str] = statements) -> None:
+            statements.append(args[2])
+
+        event.listen(world.app.engine, "before_cursor_execute", count)
+        try:
+            stats = _tick(world)
+        finally:
+            event.remove(world.app.engine, "before_cursor_execute", count)
+        assert (stats.claimed, stats.sent, stats.failed) == (len(batch), len(batch), 0)
+        counts.append(len(statements))
+    assert counts[0] == counts[1]
 
 
 @pytest.mark.parametrize(
