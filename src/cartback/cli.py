@@ -1,4 +1,5 @@
-"""The command line: serve · web · worker · migrate · demo · store · flows · why · consent."""
+"""The command line: serve · web · worker · migrate · demo · store · flows · why · consent ·
+enrollments."""
 
 from __future__ import annotations
 
@@ -29,10 +30,14 @@ flows_cli = typer.Typer(no_args_is_help=True, help="Check flow files and run car
 store_cli = typer.Typer(no_args_is_help=True, help="Stores and their API keys.")
 consent_cli = typer.Typer(no_args_is_help=True, help="Shoppers' consent ledger.")
 discounts_cli = typer.Typer(no_args_is_help=True, help="Pools of single-use discount codes.")
+enrollments_cli = typer.Typer(
+    no_args_is_help=True, help="Carts in a flow: resume one the timer parked after failures."
+)
 cli.add_typer(flows_cli, name="flows")
 cli.add_typer(store_cli, name="store")
 cli.add_typer(consent_cli, name="consent")
 cli.add_typer(discounts_cli, name="discounts")
+cli.add_typer(enrollments_cli, name="enrollments")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -260,6 +265,21 @@ def why(
             row.reason,
         )
     out.print(table if rows else "no decisions yet: the cart's first step is not due")
+
+
+@enrollments_cli.command("resume")
+def enrollments_resume(
+    enrollment_id: Annotated[int, typer.Argument(help="The id `cartback why` names")],
+) -> None:
+    """Wake a parked enrollment now; if it fails again it is retried, then parked again."""
+    from cartback.services.tick import resume
+
+    with running_app() as app:
+        with app.engine.begin() as conn:
+            resumed = resume(conn, enrollment_id, app.clock.now())
+        if not resumed:
+            raise fail(f"no parked enrollment with id {enrollment_id}")
+    out.print(f"enrollment {enrollment_id} resumed: the timer runs it on its next tick")
 
 
 @consent_cli.command("show")

@@ -23,8 +23,9 @@ def test_why_lists_every_decision_with_its_rule(world: World) -> None:
     flow = world.app.registry.current("default")
     with world.app.engine.begin() as conn:
         ingest(conn, world.store, flow, [checkout("c1", world.now, sms=False)], world.now)
-    world.clock.advance(timedelta(hours=2))
-    tick(world.app.engine, world.app.registry, world.now)
+    for wait in (timedelta(minutes=25), timedelta(minutes=45)):
+        world.clock.advance(wait)
+        tick(world.app.engine, world.app.registry, world.now)
     result = runner.invoke(cli, ["why", "c1"], env=_env(world))
     assert result.exit_code == 0, result.output
     assert "sms1" in result.stdout and "skip" in result.stdout and "when" in result.stdout

@@ -31,8 +31,10 @@ def _send_first_steps(world: World, **options: Any) -> None:
     flow = world.app.registry.current("default")
     with world.app.engine.begin() as conn:
         ingest(conn, world.store, flow, [checkout("c1", world.now, **options)], world.now)
-    world.clock.advance(timedelta(hours=1, minutes=10))
-    tick(world.app.engine, world.app.registry, world.now, base_url="https://go.example")
+    # The timer fires at each step's due time: sms1 at 25 minutes, email1 at 70.
+    for wait in (timedelta(minutes=25), timedelta(minutes=45)):
+        world.clock.advance(wait)
+        tick(world.app.engine, world.app.registry, world.now, base_url="https://go.example")
 
 
 def _message(world: World, step: str) -> dict[str, Any]:

@@ -222,6 +222,9 @@ def test_a_crash_mid_send_then_recovery_sends_each_message_once() -> None:
     machine = _replay(
         [
             ("checkout", ("c0", False)),
+            ("time_passes", (20,)),
+            ("time_passes", (20,)),
+            ("timer_fires", ()),
             ("time_passes", (70,)),
             ("timer_fires", ()),
             ("dispatcher_runs", (True,)),

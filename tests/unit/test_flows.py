@@ -506,3 +506,24 @@ def test_yaml_loader_refuses_unsafe_or_odd_documents(text: str, message: str) ->
     with pytest.raises(YamlSourceError) as caught:
         load_with_lines(text, "c.yaml")
     assert str(caught.value).startswith(message)
+
+
+# ---- grace ----------------------------------------------------------------------------------
+
+
+def test_grace_is_optional_and_read_as_a_duration() -> None:
+    assert parse_flow(MINIMAL).grace is None
+    assert parse_flow(MINIMAL + "grace: 2h\n").grace == timedelta(hours=2)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("30s", "f.yaml:5: grace: 30s is too short: a step must be allowed at least 1m"),
+        ("soon", "f.yaml:5: grace: invalid duration 'soon'"),
+        ("[1h]", "f.yaml:5: grace: expected a duration like 15m, got a list"),
+    ],
+)
+def test_a_bad_grace_names_its_line(value: str, message: str) -> None:
+    issues = issues_of(MINIMAL + f"grace: {value}\n")
+    assert len(issues) == 1 and issues[0].startswith(message), issues

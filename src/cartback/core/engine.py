@@ -8,12 +8,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
 from cartback.core.conditions import build_facts
-from cartback.core.flows import Flow, Step
+from cartback.core.flows import MIN_GRACE, Flow, Step
 from cartback.core.model import (
     Cart,
     CartStatus,
@@ -21,6 +21,7 @@ from cartback.core.model import (
     Enrollment,
     EnrollmentState,
     StepOutcome,
+    format_duration,
 )
 from cartback.core.policy import Allow, Defer, Skip
 
@@ -32,6 +33,14 @@ class Outcome(StrEnum):
     HOLDOUT = "holdout"
     EXIT = "exit"
     COMPLETE = "complete"
+    # The timer could not evaluate or write the enrollment (see services.tick).
+    ERROR = "error"
+
+
+# A step this much past its due time is skipped, not sent: a catch-up after downtime must not
+# deliver a whole sequence at once. The default grace is the gap to the next step, within these.
+MAX_GRACE = timedelta(hours=6)
+LATE_RULE = "timer.late"
 
 
 GateResult = Allow | Defer | Skip
@@ -129,6 +138,33 @@ def exit_reason(flow: Flow, cart: Cart, contact: Contact | None, *, opted_out: b
     return None
 
 
+def grace_for(flow: Flow, index: int) -> timedelta:
+    """How long after its due time step `index` may still run: the flow's `grace`, else the gap
+    to the next step with a later offset, capped at MAX_GRACE (the last step: MAX_GRACE), and
+    never under MIN_GRACE."""
+    if flow.grace is not None:
+        return flow.grace
+    step = flow.steps[index]
+    for later in flow.steps[index + 1 :]:
+        if later.at > step.at:
+            return max(MIN_GRACE, min(later.at - step.at, MAX_GRACE))
+    return MAX_GRACE
+
+
+def due_at(
+    flow: Flow, enrollment: Enrollment, history: Mapping[str, StepOutcome], index: int
+) -> datetime:
+    """When step `index` is due: its offset from abandonment, or from the last queued message
+    if that is later (the step keeps its distance from the earlier step that went out)."""
+    step = flow.steps[index]
+    due = enrollment.abandoned_at + step.at
+    for earlier in reversed(flow.steps[:index]):
+        queued_at = history[earlier.id].queued_at if earlier.id in history else None
+        if queued_at is not None:
+            return max(due, queued_at + (step.at - earlier.at))
+    return due
+
+
 def advance(
     flow: Flow,
     enrollment: Enrollment,
@@ -139,7 +175,11 @@ def advance(
     opted_out: bool = False,
     gate: SendGate = allow_all,
 ) -> Advance:
-    """Fire every step that is due at `now`, in order, stopping at the first one that must wait."""
+    """Run the due steps at `now`, in order, until one must wait or one message was queued.
+
+    A step more than its grace past its due time is skipped as late; a deferral moves the due
+    time of its step; after a message the next step waits for its own due time (`due_at`).
+    """
     if enrollment.state is not EnrollmentState.ACTIVE:
         return Advance(enrollment, ())
     reason = exit_reason(flow, cart, contact, opted_out=opted_out)
@@ -156,14 +196,27 @@ def advance(
     wake_at: datetime | None = None
     while index < len(flow.steps):
         step = flow.steps[index]
-        due = enrollment.abandoned_at + step.at
+        due = due_at(flow, enrollment, history, index)
+        if index == enrollment.step_index and enrollment.wake_at is not None:
+            # The step this timer was set for: a deferral may have moved it past its offset.
+            due = max(due, enrollment.wake_at)
         if due > now:
             wake_at = due
             break
-        if enrollment.wake_at is not None and enrollment.wake_at > now:
-            # A deferred step waits for the time its gate named, not for its flow offset.
-            wake_at = enrollment.wake_at
-            break
+        grace = grace_for(flow, index)
+        if now - due > grace:
+            decisions.append(
+                StepDecision(
+                    step.id,
+                    Outcome.SKIP,
+                    f"late: due {due:%Y-%m-%d %H:%M:%S} UTC, {format_duration(now - due)} ago, "
+                    f"more than the {format_duration(grace)} grace",
+                    LATE_RULE,
+                )
+            )
+            history[step.id] = StepOutcome(skipped=True)
+            index += 1
+            continue
         if step.when is not None and not step.when.evaluate(
             build_facts(cart, contact, enrollment.variant, history)
         ):
@@ -195,12 +248,13 @@ def advance(
         decisions.append(StepDecision(step.id, Outcome.SEND, f"{step.channel} step is due"))
         if verdict.until is not None:
             send_before[step.id] = verdict.until
-        history[step.id] = StepOutcome(sent=True)
+        history[step.id] = StepOutcome(sent=True, queued_at=now)
         sends.append(step)
         index += 1
-        if enrollment.wake_at is not None:
-            # A deferral applies to one step only; the next step runs on its own offset.
-            enrollment = replace(enrollment, wake_at=None)
+        if index < len(flow.steps):
+            # One message per wake: the next step waits, keeping its distance from this one.
+            wake_at = due_at(flow, enrollment, history, index)
+        break
 
     if index >= len(flow.steps):
         done = replace(

@@ -32,6 +32,8 @@ from cartback.core.yamlsrc import (
 EXIT_EVENTS: frozenset[str] = frozenset({"order_placed", "cart_emptied", "opted_out"})
 MAX_HOLDOUT_PERCENT = Decimal(50)
 MAX_SMS_SEGMENTS = 10
+# The shortest grace a step gets, and the one a flow may set: a tick's own delay is not lateness.
+MIN_GRACE = timedelta(minutes=1)
 
 _FLOW_KEYS = (
     "name",
@@ -40,6 +42,7 @@ _FLOW_KEYS = (
     "enroll_when",
     "exit_on",
     "holdout",
+    "grace",
     "variants",
     "steps",
 )
@@ -157,6 +160,8 @@ class Flow:
     variants: tuple[Variant, ...]
     steps: tuple[Step, ...]
     source: str
+    # How late a step may still run (see core.engine.grace_for); None: the gap to the next step.
+    grace: timedelta | None = None
 
     def step(self, step_id: str) -> Step:
         return self.steps[self.index_of(step_id)]
@@ -408,6 +413,7 @@ class _Parser:
         abandon_after = self.duration(data, (), "abandon_after", required=True)
         exit_on = self.exit_on(data)
         holdout = self.holdout(data)
+        grace = self.grace(data)
         variants = self.variants(data)
         raw_steps = self.step_list(data)
         step_ids = [
@@ -430,6 +436,7 @@ class _Parser:
             variants=variants,
             steps=steps,
             source=self.source,
+            grace=grace,
         )
 
     def exit_on(self, data: Mapping[str, object]) -> frozenset[str]:
@@ -451,6 +458,17 @@ class _Parser:
             else:
                 events.add(item)
         return frozenset(events)
+
+    def grace(self, data: Mapping[str, object]) -> timedelta | None:
+        grace = self.duration(data, (), "grace")
+        if grace is not None and grace < MIN_GRACE:
+            self.issue(
+                ("grace",),
+                f"{format_duration(grace)} is too short: a step must be allowed at least "
+                f"{format_duration(MIN_GRACE)} for the timer's own delay",
+            )
+            return None
+        return grace
 
     def holdout(self, data: Mapping[str, object]) -> Decimal | None:
         if "holdout" not in data:

@@ -25,6 +25,8 @@ class EnrollmentState(StrEnum):
     ACTIVE = "active"
     COMPLETED = "completed"
     EXITED = "exited"
+    # Failed in the timer again and again: waits for an operator (`cartback enrollments resume`).
+    PARKED = "parked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,8 @@ class StepOutcome:
     opened: bool = False
     clicked: bool = False
     skipped: bool = False
+    # When the timer queued this step's message; later steps keep their offsets from it.
+    queued_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

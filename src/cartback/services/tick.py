@@ -2,24 +2,40 @@
 
 A timer is a row with `wake_at`; nothing sleeps in memory, so a restart loses nothing and memory
 does not grow with the number of waiting carts.
+
+One bad enrollment never blocks the batch: a failure while advancing or composing one is caught
+for that one, and a failed batch write is redone one enrollment at a time, each under its own
+savepoint, so the others commit. A failing enrollment is retried a few times, then parked.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 
 from cartback.core.consent import erased_view
-from cartback.core.engine import Advance, Outcome, advance
+from cartback.core.engine import LATE_RULE, Advance, Outcome, advance
 from cartback.core.flows import Flow
-from cartback.core.model import Cart, Channel, ConsentView, Contact, Enrollment, StepOutcome, Store
+from cartback.core.model import (
+    Cart,
+    Channel,
+    ConsentView,
+    Contact,
+    Enrollment,
+    EnrollmentState,
+    StepOutcome,
+    Store,
+    format_duration,
+)
 from cartback.core.policy import SentRecord
 from cartback.core.storepolicy import store_policy
 from cartback.services.compose import ComposeError, compose
@@ -32,9 +48,18 @@ from cartback.store import tables as t
 from cartback.store.db import is_sqlite
 from cartback.store.rows import cart_from_row, contact_from_row, enrollment_from_row, store_from_row
 
+log = logging.getLogger("cartback.timer")
+
 # Sends that count for cooldowns and caps: everything claimed or out, not what was withdrawn.
 COUNTED = ("pending", "sending", "sent", "delivered", "unknown")
 RECENT = timedelta(days=7)
+# A failing enrollment is tried again after each of these waits, then parked for an operator.
+RETRY_AFTER = (timedelta(minutes=1), timedelta(minutes=5))
+RETRY_RULE = "timer.retry"
+PARKED_RULE = "timer.parked"
+RESUMED_RULE = "timer.resumed"
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -45,7 +70,20 @@ class TickStats:
     deferred: int = 0
     exited: int = 0
     completed: int = 0
+    # Steps skipped because they were more than their grace past due (also in `skipped`).
+    late: int = 0
+    # Enrollments that failed in this tick: to be retried, or parked.
+    failed: int = 0
+    parked: int = 0
     lateness: list[float] = field(default_factory=list)
+
+    def add(self, other: TickStats) -> None:
+        self.sent += other.sent
+        self.skipped += other.skipped
+        self.deferred += other.deferred
+        self.exited += other.exited
+        self.completed += other.completed
+        self.late += other.late
 
 
 def claim_due(conn: Connection, now: datetime, limit: int) -> list[Mapping[Any, Any]]:
@@ -72,32 +110,73 @@ def tick(
             return stats
         stats.claimed = len(rows)
         context = _load_context(conn, rows, now)
-        decision_rows: list[dict[str, Any]] = []
-        outbox_rows: list[dict[str, Any]] = []
-        link_rows: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
+        planned: list[_Planned] = []
+        failures: list[_Failure] = []
         for row in rows:
             stats.lateness.append((now - row["wake_at"]).total_seconds())
-            enrollment = enrollment_from_row(row, context.history.get(row["id"]))
-            result = _advance_one(conn, registry, context, enrollment, now)
-            if result is None:
+            try:
+                item = _plan(conn, registry, context, row, now, base_url)
+            except SQLAlchemyError:
+                # The database failed, not this enrollment; the transaction may be gone.
+                raise
+            except _StageFailed as failed:
+                failures.append(_Failure(row, failed.stage, failed.error, failed.step_id))
                 continue
-            advanced, flow = result
-            _collect(
-                conn,
-                advanced,
-                flow,
-                context,
-                now,
-                base_url,
-                decision_rows,
-                outbox_rows,
-                link_rows,
-                updates,
-                stats,
-            )
-        _write(conn, decision_rows, outbox_rows, link_rows, updates)
+            except Exception as error:
+                failures.append(_Failure(row, "advance", error))
+                continue
+            planned.append(item)
+        written, write_failures = _write_isolating(conn, planned)
+        for item in written:
+            stats.add(item.stats)
+        failures.extend(write_failures)
+        if failures:
+            _retry_or_park(conn, registry, failures, now, stats)
     return stats
+
+
+@dataclass
+class _Planned:
+    """One enrollment's rows, kept apart so that it can be written, or dropped, on its own."""
+
+    row: Mapping[Any, Any]
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+    links: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    stats: TickStats = field(default_factory=TickStats)
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    row: Mapping[Any, Any]
+    stage: str
+    error: BaseException
+    # The step that failed, when known; else the one the enrollment waits on.
+    step_id: str | None = None
+
+
+class _StageFailed(Exception):
+    def __init__(self, stage: str, error: BaseException, step_id: str) -> None:
+        super().__init__(stage)
+        self.stage = stage
+        self.error = error
+        self.step_id = step_id
+
+
+def _plan(
+    conn: Connection,
+    registry: FlowRegistry,
+    context: _Context,
+    row: Mapping[Any, Any],
+    now: datetime,
+    base_url: str,
+) -> _Planned:
+    enrollment = enrollment_from_row(row, context.history.get(row["id"]))
+    advanced, flow = _advance_one(conn, registry, context, enrollment, now)
+    item = _Planned(row)
+    _collect(conn, advanced, flow, context, now, base_url, item)
+    return item
 
 
 @dataclass
@@ -110,17 +189,55 @@ class _Context:
     history: dict[int, dict[str, StepOutcome]]
     consent: dict[int, Mapping[Channel, ConsentView]]
     recent: dict[int, list[SentRecord]]
+    # Rows that could not be read, by (table, id): only their own enrollments fail.
+    unreadable: dict[tuple[str, int], Exception] = field(default_factory=dict)
+
+    def cart(self, cart_id: int) -> Cart:
+        self._check("carts", cart_id)
+        return self.carts[cart_id]
+
+    def store(self, store_id: int) -> Store:
+        self._check("stores", store_id)
+        return self.stores[store_id]
+
+    def contact(self, contact_id: int | None) -> Contact | None:
+        if contact_id is None:
+            return None
+        self._check("contacts", contact_id)
+        return self.contacts.get(contact_id)
+
+    def _check(self, table: str, row_id: int) -> None:
+        error = self.unreadable.get((table, row_id))
+        if error is not None:
+            raise error
+
+
+def _read_each(
+    rows: Iterable[Mapping[Any, Any]],
+    read: Callable[[Mapping[Any, Any]], _T],
+    table: str,
+    unreadable: dict[tuple[str, int], Exception],
+) -> dict[int, _T]:
+    done: dict[int, _T] = {}
+    for row in rows:
+        try:
+            done[row["id"]] = read(row)
+        except Exception as error:
+            unreadable[(table, row["id"])] = error
+    return done
 
 
 def _load_context(conn: Connection, rows: list[Mapping[Any, Any]], now: datetime) -> _Context:
     cart_ids = {row["cart_id"] for row in rows}
     enrollment_ids = [row["id"] for row in rows]
-    carts = {
-        r["id"]: cart_from_row(r)
-        for r in conn.execute(select(t.carts).where(t.carts.c.id.in_(cart_ids))).mappings()
-    }
+    unreadable: dict[tuple[str, int], Exception] = {}
+    carts = _read_each(
+        conn.execute(select(t.carts).where(t.carts.c.id.in_(cart_ids))).mappings(),
+        cart_from_row,
+        "carts",
+        unreadable,
+    )
     contact_ids = sorted({c.contact_id for c in carts.values() if c.contact_id is not None})
-    contacts: dict[int, Contact] = {}
     opted_out_at: dict[int, datetime | None] = {}
     erased: set[int] = set()
     query = select(t.contacts).where(t.contacts.c.id.in_(contact_ids)).order_by(t.contacts.c.id)
@@ -128,8 +245,9 @@ def _load_context(conn: Connection, rows: list[Mapping[Any, Any]], now: datetime
         # The per-contact lock: two workers cannot both pass a cap or a cooldown for one shopper.
         # Taken in id order, so two batches can never wait on each other in a cycle.
         query = query.with_for_update()
-    for r in conn.execute(query).mappings():
-        contacts[r["id"]] = contact_from_row(r)
+    contact_rows = list(conn.execute(query).mappings())
+    contacts = _read_each(contact_rows, contact_from_row, "contacts", unreadable)
+    for r in contact_rows:
         opted_out_at[r["id"]] = r["opted_out_at"]
         if r["erased_at"] is not None:
             erased.add(r["id"])
@@ -144,15 +262,23 @@ def _load_context(conn: Connection, rows: list[Mapping[Any, Any]], now: datetime
     }
     recent = _recent_sends(conn, contact_ids, now)
     store_ids = {row["store_id"] for row in rows}
-    stores = {
-        r["id"]: store_from_row(r)
-        for r in conn.execute(select(t.stores).where(t.stores.c.id.in_(store_ids))).mappings()
-    }
+    stores = _read_each(
+        conn.execute(select(t.stores).where(t.stores.c.id.in_(store_ids))).mappings(),
+        store_from_row,
+        "stores",
+        unreadable,
+    )
     history: dict[int, dict[str, StepOutcome]] = defaultdict(dict)
     o = t.outbox.c
     for sent in conn.execute(
         select(
-            o.enrollment_id, o.step_id, o.status, o.delivered_at, o.opened_at, o.clicked_at
+            o.enrollment_id,
+            o.step_id,
+            o.status,
+            o.created_at,
+            o.delivered_at,
+            o.opened_at,
+            o.clicked_at,
         ).where(o.enrollment_id.in_(enrollment_ids))
     ):
         history[sent.enrollment_id][sent.step_id] = StepOutcome(
@@ -160,9 +286,12 @@ def _load_context(conn: Connection, rows: list[Mapping[Any, Any]], now: datetime
             delivered=sent.delivered_at is not None or sent.status == "delivered",
             opened=sent.opened_at is not None,
             clicked=sent.clicked_at is not None,
+            queued_at=sent.created_at,
         )
     created_at = {row["id"]: row["created_at"] for row in rows}
-    return _Context(carts, contacts, stores, opted_out_at, created_at, history, consent, recent)
+    return _Context(
+        carts, contacts, stores, opted_out_at, created_at, history, consent, recent, unreadable
+    )
 
 
 def _recent_sends(
@@ -193,11 +322,9 @@ def _advance_one(
     context: _Context,
     enrollment: Enrollment,
     now: datetime,
-) -> tuple[Advance, Flow] | None:
-    try:
-        flow = registry.get(enrollment.flow_name, enrollment.flow_version, conn)
-    except UnknownFlow:
-        return None
+) -> tuple[Advance, Flow]:
+    # An unknown flow version (UnknownFlow) fails this enrollment alone: retried, then parked.
+    flow = registry.get(enrollment.flow_name, enrollment.flow_version, conn)
     # Earlier steps with no message were skipped; conditions may ask about that.
     earlier = flow.steps[: enrollment.step_index]
     if any(step.id not in enrollment.history for step in earlier):
@@ -205,15 +332,15 @@ def _advance_one(
         for step in earlier:
             history.setdefault(step.id, StepOutcome(skipped=True))
         enrollment = replace(enrollment, history=history)
-    cart = context.carts[enrollment.cart_id]
-    contact = context.contacts.get(cart.contact_id) if cart.contact_id is not None else None
+    cart = context.cart(enrollment.cart_id)
+    contact = context.contact(cart.contact_id)
     opted_out = False
     if contact is not None:
         stamp = context.opted_out_at.get(contact.id)
         opted_out = stamp is not None and stamp >= context.created_at[enrollment.id]
     if contact is None:
         return advance(flow, enrollment, cart, contact, now, opted_out=opted_out), flow
-    store = context.stores[enrollment.store_id]
+    store = context.store(enrollment.store_id)
     gate = policy_gate(
         cart,
         contact,
@@ -239,16 +366,13 @@ def _collect(
     context: _Context,
     now: datetime,
     base_url: str,
-    decision_rows: list[dict[str, Any]],
-    outbox_rows: list[dict[str, Any]],
-    link_rows: list[dict[str, Any]],
-    updates: list[dict[str, Any]],
-    stats: TickStats,
+    item: _Planned,
 ) -> None:
     enrollment = result.enrollment
-    cart = context.carts[enrollment.cart_id]
-    store = context.stores[enrollment.store_id]
-    contact = context.contacts.get(cart.contact_id) if cart.contact_id is not None else None
+    cart = context.cart(enrollment.cart_id)
+    store = context.store(enrollment.store_id)
+    contact = context.contact(cart.contact_id)
+    stats = item.stats
     sends = {step.id: step for step in result.sends}
     for decision in result.decisions:
         outcome, rule, reason = decision.outcome, decision.rule, decision.reason
@@ -265,24 +389,30 @@ def _collect(
                     base_url,
                     codes=partial(code_for, conn, store.id, now=now),
                 )
-                # The dispatcher drops the message rather than send it after this instant.
-                outbox_rows.append(
-                    {**composed.outbox, "send_before": result.send_before.get(step.id)}
-                )
-                link_rows.extend(composed.links)
-                stats.sent += 1
             except ComposeError as error:
                 outcome, rule, reason = Outcome.SKIP, error.rule, str(error)
                 stats.skipped += 1
+            except SQLAlchemyError:
+                raise
+            except Exception as error:
+                raise _StageFailed("compose", error, step.id) from error
+            else:
+                # The dispatcher drops the message rather than send it after this instant.
+                item.outbox.append(
+                    {**composed.outbox, "send_before": result.send_before.get(step.id)}
+                )
+                item.links.extend(composed.links)
+                stats.sent += 1
         elif outcome is Outcome.SKIP or outcome is Outcome.HOLDOUT:
             stats.skipped += 1
+            stats.late += rule == LATE_RULE
         elif outcome is Outcome.DEFER:
             stats.deferred += 1
         elif outcome is Outcome.EXIT:
             stats.exited += 1
         elif outcome is Outcome.COMPLETE:
             stats.completed += 1
-        decision_rows.append(
+        item.decisions.append(
             {
                 "store_id": enrollment.store_id,
                 "enrollment_id": enrollment.id,
@@ -294,7 +424,7 @@ def _collect(
                 "at": now,
             }
         )
-    updates.append(
+    item.updates.append(
         {
             "b_id": enrollment.id,
             "step_index": enrollment.step_index,
@@ -304,6 +434,162 @@ def _collect(
             "updated_at": now,
         }
     )
+
+
+def _write_isolating(
+    conn: Connection, planned: list[_Planned]
+) -> tuple[list[_Planned], list[_Failure]]:
+    """Write the batch in one go; if that fails, write each enrollment under its own savepoint,
+    so the good ones commit and the bad one is named. The happy path costs one savepoint."""
+    if not planned:
+        return [], []
+    try:
+        with conn.begin_nested():
+            _write(
+                conn,
+                (row for item in planned for row in item.decisions),
+                [row for item in planned for row in item.outbox],
+                [row for item in planned for row in item.links],
+                [row for item in planned for row in item.updates],
+            )
+    except Exception as error:
+        if len(planned) == 1:
+            return [], [_Failure(planned[0].row, "write", error, _failed_step(planned[0]))]
+        log.warning(
+            "timer batch write failed (%s); writing its %d enrollments one by one",
+            type(error).__name__,
+            len(planned),
+        )
+    else:
+        return planned, []
+    written: list[_Planned] = []
+    failures: list[_Failure] = []
+    for item in planned:
+        try:
+            with conn.begin_nested():
+                _write(conn, item.decisions, item.outbox, item.links, item.updates)
+        except Exception as error:
+            failures.append(_Failure(item.row, "write", error, _failed_step(item)))
+        else:
+            written.append(item)
+    return written, failures
+
+
+def _failed_step(item: _Planned) -> str | None:
+    return next((row["step_id"] for row in item.outbox), None)
+
+
+def _retry_or_park(
+    conn: Connection,
+    registry: FlowRegistry,
+    failures: list[_Failure],
+    now: datetime,
+    stats: TickStats,
+) -> None:
+    """Record each failure as a decision and wake the enrollment again after a short wait; after
+    len(RETRY_AFTER) retries it is parked. Attempts are counted from the enrollment's decisions
+    since it last moved on (`updated_at`), so no counter column is needed."""
+    d, e = t.decisions.c, t.enrollments.c
+    ids = [failure.row["id"] for failure in failures]
+    earlier: dict[int, int] = {
+        row.enrollment_id: int(row.failures)
+        for row in conn.execute(
+            select(d.enrollment_id, func.count().label("failures"))
+            .join(t.enrollments, e.id == d.enrollment_id)
+            .where(d.enrollment_id.in_(ids), d.rule == RETRY_RULE, d.at >= e.updated_at)
+            .group_by(d.enrollment_id)
+        )
+    }
+    decisions: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    for failure in failures:
+        row = failure.row
+        attempt = earlier.get(row["id"], 0) + 1
+        cause = _cause(failure)
+        stats.failed += 1
+        if attempt > len(RETRY_AFTER):
+            state, wake_at, rule = str(EnrollmentState.PARKED), None, PARKED_RULE
+            reason = (
+                f"parked after {attempt} failed attempts: {cause}; "
+                f"`cartback enrollments resume {row['id']}` tries again"
+            )
+            stats.parked += 1
+            log.error(
+                "enrollment %d parked after %d failed attempts: %s", row["id"], attempt, cause
+            )
+        else:
+            wait = RETRY_AFTER[attempt - 1]
+            state, wake_at, rule = row["state"], now + wait, RETRY_RULE
+            reason = f"attempt {attempt} failed: {cause}; retrying in {format_duration(wait)}"
+            log.warning("enrollment %d failed (%s); retrying in %s", row["id"], cause, wait)
+        decisions.append(
+            {
+                "store_id": row["store_id"],
+                "enrollment_id": row["id"],
+                "cart_id": row["cart_id"],
+                "step_id": failure.step_id or _step_id(conn, registry, row),
+                "outcome": str(Outcome.ERROR),
+                "rule": rule,
+                "reason": reason,
+                "at": now,
+            }
+        )
+        # `updated_at` stays: it marks the last time the enrollment moved on.
+        updates.append({"b_id": row["id"], "state": state, "wake_at": wake_at})
+    conn.execute(t.decisions.insert(), decisions)
+    conn.execute(
+        update(t.enrollments)
+        .where(e.id == bindparam("b_id"))
+        .values(state=bindparam("state"), wake_at=bindparam("wake_at")),
+        updates,
+    )
+
+
+def _cause(failure: _Failure) -> str:
+    """The stage and the exception's class, never its message: messages and SQL parameters can
+    carry phone numbers, addresses and bodies."""
+    error = failure.error
+    name = type(error).__name__
+    driver_error = getattr(error, "orig", None)
+    if driver_error is not None:
+        name = f"{name} ({type(driver_error).__module__}.{type(driver_error).__name__})"
+    return f"{failure.stage} failed: {name}"
+
+
+def _step_id(conn: Connection, registry: FlowRegistry, row: Mapping[Any, Any]) -> str | None:
+    try:
+        steps = registry.get(row["flow_name"], row["flow_version"], conn).steps
+    except UnknownFlow:
+        return None
+    index = row["step_index"]
+    return steps[index].id if 0 <= index < len(steps) else None
+
+
+def resume(conn: Connection, enrollment_id: int, now: datetime) -> bool:
+    """Wake a parked enrollment now, with its failure count starting over. False if there is
+    no parked enrollment with this id."""
+    e = t.enrollments.c
+    row = conn.execute(select(t.enrollments).where(e.id == enrollment_id)).mappings().first()
+    if row is None or row["state"] != EnrollmentState.PARKED:
+        return False
+    conn.execute(
+        update(t.enrollments)
+        .where(e.id == enrollment_id)
+        .values(state=str(EnrollmentState.ACTIVE), wake_at=now, updated_at=now)
+    )
+    conn.execute(
+        t.decisions.insert().values(
+            store_id=row["store_id"],
+            enrollment_id=enrollment_id,
+            cart_id=row["cart_id"],
+            step_id=None,
+            outcome="resume",
+            rule=RESUMED_RULE,
+            reason="resumed by an operator",
+            at=now,
+        )
+    )
+    return True
 
 
 def _write(
