@@ -153,9 +153,9 @@ def test_events_are_folded_in_time_order_not_list_order() -> None:
     assert fold(grant_after_stop, SMS).marketing
 
 
-def test_equal_times_are_ordered_by_id() -> None:
-    grant = ev(0, MKT, True, S.FORM, id=2)
-    stop = ev(0, MKT, False, S.KEYWORD_REPLY, id=1)
+def test_equal_receive_times_are_ordered_by_id() -> None:
+    grant = ev(1, MKT, True, S.FORM, id=2, received_at=T0)
+    stop = ev(0, MKT, False, S.KEYWORD_REPLY, id=1, received_at=T0)
     assert fold([grant, stop], SMS).marketing
     assert not fold(
         [ev(0, MKT, True, S.FORM, id=1), ev(0, MKT, False, S.FORM, id=2)], SMS
