@@ -15,6 +15,8 @@ ahead must not put a grant after the shopper's later opt-out.
   (START), FORM, CHECKOUT or UNSUBSCRIBE_LINK (resubscribe), received after the opt-out AND
   stamped (`at`) after the latest opt-out was received. A grant received later but stamped
   earlier is a delayed report of consent given before the shopper said stop; it is ignored.
+  So is one whose shop time ingest clamped (`shop_time_clamped`): a clock that ran ahead is
+  no evidence that the grant came after the opt-out.
   A grant from IMPORT, ADMIN, API or PROVIDER while suppressed is ignored: an import or a staff
   member cannot re-opt-in someone who said stop, and a provider report is second-hand.
 - Cart reminders hold while marketing is granted or they were granted explicitly; an explicit
@@ -90,6 +92,8 @@ class ConsentEvent:
     id: int | None = None
     # When cartback recorded the event; None (events built outside the store) means `at`.
     received_at: datetime | None = None
+    # True when the shop stamped the event too far ahead and ingest clamped `at` to its receipt.
+    shop_time_clamped: bool = False
 
     def __post_init__(self) -> None:
         # Coerce plain strings (e.g. from a database row) to the enums, rejecting unknown values.
@@ -213,6 +217,9 @@ def _grant(state: _State, event: ConsentEvent) -> _Applied:
     if view.suppressed and event.source not in SHOPPER_OPT_IN_SOURCES:
         note = f"ignored: {_source_phrase(event.source)} cannot re-subscribe an opted-out contact"
         return _Applied(state, effective=False, note=note)
+    if view.suppressed and event.shop_time_clamped:
+        note = "ignored: the shop's clock ran ahead, so nothing shows it came after the opt-out"
+        return _Applied(state, effective=False, note=note)
     if view.suppressed and state.last_opt_out is not None and event.at <= state.last_opt_out:
         note = "ignored: stamped before the opt-out was received; it speaks for an earlier moment"
         return _Applied(state, effective=False, note=note)
@@ -317,6 +324,7 @@ def history_rows(events: Iterable[ConsentEvent]) -> list[dict[str, object]]:
                 # The shop's time, as evidence, and when cartback received it (the ledger's order).
                 "time": event.at,
                 "received_at": event.recorded_at,
+                "shop_time_clamped": event.shop_time_clamped,
                 "channel": event.channel.value,
                 "purpose": event.purpose.value,
                 "granted": event.granted,

@@ -40,6 +40,7 @@ def _event_from_row(row: Mapping[Any, Any]) -> ConsentEvent:
         double_opt_in_at=datetime.fromisoformat(opt_in_at) if opt_in_at else None,
         basis=evidence.get("basis"),
         received_at=row["received_at"],
+        shop_time_clamped="clamped_from" in evidence,
     )
 
 

@@ -243,7 +243,8 @@ def _checkout_consent(
     # `opted_out_at` is when the opt-out was received; this checkout is received after it. It
     # re-subscribes only if the shop also stamped it after that: a checkout stamped earlier is
     # a late report of a box ticked before the shopper said stop, and a clamped time (the
-    # shop's clock is ahead) is no evidence of order at all. The fold applies the same rule.
+    # shop's clock is ahead) is no evidence of order at all. The fold applies the same rule
+    # (to grants from every path), so skipping here only keeps ineffective rows out.
     if current.opted_out_at is not None and (
         clamped_from is not None or event.occurred_at <= current.opted_out_at
     ):
