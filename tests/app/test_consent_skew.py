@@ -236,3 +236,20 @@ def test_a_clamped_checkout_cannot_lift_an_opt_out(world: World) -> None:
         assert ahead["status"] == "accepted"
         assert ahead["detail"] == "occurred_at was 10800 s ahead of the receive time; clamped"
         assert _consent(client, world)["current"]["email"]["marketing"] is False
+
+
+def test_consent_show_prints_the_receive_time_beside_the_shops(world: World) -> None:
+    from typer.testing import CliRunner
+
+    from cartback.cli import cli
+
+    with TestClient(create_app(world.app)) as client:
+        _post_checkout(client, world.now - timedelta(days=3), "co-old", EMAIL_ONLY)
+    env = {"CARTBACK_DATABASE_URL": world.app.settings.database_url, "COLUMNS": "220"}
+    result = CliRunner().invoke(cli, ["consent", "show", "kari@example.com"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "received" in result.stdout and "shop time" in result.stdout
+    received = world.now.isoformat()[:19]
+    shop = (world.now - timedelta(days=3)).isoformat()[:19]
+    [line] = [row for row in result.stdout.splitlines() if "checkout" in row]
+    assert line.index(received) < line.index(shop)
