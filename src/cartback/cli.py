@@ -309,10 +309,13 @@ def consent_show(
             ]
             out.print(f"  {channel}: {', '.join(flags) or 'nothing granted'}")
         table = Table()
-        for column in ("at", "channel", "purpose", "granted", "source", "effective", "note"):
+        # The ledger's order is the receive time; the shop's own time is shown as evidence.
+        columns = ("received", "shop time", "channel", "purpose", "granted", "source")
+        for column in (*columns, "effective", "note"):
             table.add_column(column, overflow="fold")
         for entry in history["history"]:
             table.add_row(
+                str(entry["received_at"])[:19],
                 str(entry["time"])[:19],
                 str(entry["channel"]),
                 str(entry["purpose"]),

@@ -15,6 +15,10 @@ class ConfigError(ValueError):
         self.field = field
 
 
+# How far ahead of its receipt an event's own time may be before ingest clamps it.
+DEFAULT_FUTURE_SKEW_SECONDS = 300
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = "sqlite:///var/cartback.db"
@@ -37,6 +41,9 @@ class Settings:
     # throughput; 0 for no limit.
     sms_rate: float = 0
     email_rate: float = 0
+    # An event stamped more than this far ahead of its receive time is clamped to the receive
+    # time and marked: a shop clock running ahead must not outrank what is received later.
+    future_skew_seconds: int = DEFAULT_FUTURE_SKEW_SECONDS
 
 
 _BOUNDS: dict[str, tuple[float, float]] = {
@@ -49,6 +56,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "send_timeout_seconds": (0.5, 300),
     "sms_rate": (0, 100_000),
     "email_rate": (0, 100_000),
+    "future_skew_seconds": (0, 3600),
 }
 CHANNELS = ("console", "jsonl", "null")
 # A lease is this many provider timeouts long, so a slow call ends long before the lease does.

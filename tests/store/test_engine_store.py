@@ -109,6 +109,7 @@ def test_an_older_event_arriving_late_changes_nothing(world: World) -> None:
 def test_updates_before_the_first_step_push_abandonment_back(world: World) -> None:
     start = world.now
     _ingest(world, checkout("c1", start))
+    world.clock.advance(timedelta(minutes=8))
     _ingest(world, checkout("c1", start + timedelta(minutes=8)))
     assert _enrollment(world)["abandoned_at"] == start + timedelta(minutes=18)
 

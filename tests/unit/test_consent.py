@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -153,9 +155,9 @@ def test_events_are_folded_in_time_order_not_list_order() -> None:
     assert fold(grant_after_stop, SMS).marketing
 
 
-def test_equal_times_are_ordered_by_id() -> None:
-    grant = ev(0, MKT, True, S.FORM, id=2)
-    stop = ev(0, MKT, False, S.KEYWORD_REPLY, id=1)
+def test_equal_receive_times_are_ordered_by_id() -> None:
+    grant = ev(1, MKT, True, S.FORM, id=2, received_at=T0)
+    stop = ev(0, MKT, False, S.KEYWORD_REPLY, id=1, received_at=T0)
     assert fold([grant, stop], SMS).marketing
     assert not fold(
         [ev(0, MKT, True, S.FORM, id=1), ev(0, MKT, False, S.FORM, id=2)], SMS
@@ -395,3 +397,160 @@ def test_lazy_views_fold_each_channel_on_demand_and_agree_with_views(
     lazy = LazyViews(iter(events))  # a one-shot iterable: LazyViews must keep its own copy
     assert dict(lazy) == views(events)
     assert len(lazy) == len(Channel) and lazy[SMS] is lazy[SMS]
+
+
+# --- Receive order (issue 12, defect 2): the shop's clock never outranks the shopper's opt-out.
+
+
+def _received(minute: int, event: ConsentEvent) -> ConsentEvent:
+    return replace(event, received_at=T0 + timedelta(minutes=minute))
+
+
+def test_an_opt_out_beats_a_grant_received_before_it_whatever_its_stamp() -> None:
+    # The checkout was received at minute 0 but stamped 10 minutes ahead; the unsubscribe came
+    # at minute 2. Ordered by the shop's time the grant would come last.
+    grant = _received(0, ev(10, MKT, True, S.CHECKOUT, id=1, channel=Channel.EMAIL))
+    leave = _received(2, ev(2, MKT, False, S.UNSUBSCRIBE_LINK, id=2, channel=Channel.EMAIL))
+    view = fold([leave, grant], Channel.EMAIL)
+    assert view.suppressed and not view.marketing
+    assert not is_permitted(view, MKT, T0 + timedelta(minutes=30))
+    assert view.opted_out_at == T0 + timedelta(minutes=2)
+
+
+def test_opted_out_at_is_the_receive_time_not_the_shops() -> None:
+    stop = _received(5, ev(1, MKT, False, S.KEYWORD_REPLY))
+    assert fold([stop], SMS).opted_out_at == T0 + timedelta(minutes=5)
+
+
+def test_a_grant_received_after_the_opt_out_but_stamped_before_it_is_ignored() -> None:
+    stop = _received(5, ev(5, MKT, False, S.KEYWORD_REPLY, id=1))
+    late = _received(6, ev(4, MKT, True, S.CHECKOUT, id=2))
+    view = fold([stop, late], SMS)
+    assert view.suppressed and not view.marketing
+    rows = history_rows([stop, late])
+    assert rows[1]["effective"] is False
+    assert str(rows[1]["note"]).startswith("ignored: stamped before the opt-out was received")
+
+
+def test_a_grant_stamped_exactly_at_the_opt_out_is_ignored() -> None:
+    stop = _received(5, ev(5, MKT, False, S.UNSUBSCRIBE_LINK, id=1))
+    tie = _received(6, ev(5, MKT, True, S.FORM, id=2))
+    assert fold([stop, tie], SMS).suppressed
+
+
+def test_a_grant_received_and_stamped_after_the_opt_out_resubscribes() -> None:
+    stop = _received(5, ev(5, MKT, False, S.UNSUBSCRIBE_LINK, id=1))
+    again = _received(9, ev(8, MKT, True, S.CHECKOUT, id=2))
+    view = fold([stop, again], SMS)
+    assert view.marketing and not view.suppressed and view.opted_out_at is None
+
+
+def test_the_stamp_is_compared_with_the_latest_opt_out() -> None:
+    first = _received(5, ev(5, MKT, False, S.KEYWORD_REPLY, id=1))
+    second = _received(20, ev(20, MKT, False, S.UNSUBSCRIBE_LINK, id=2))
+    between = _received(21, ev(10, MKT, True, S.CHECKOUT, id=3))
+    view = fold([first, second, between], SMS)
+    assert view.suppressed and view.opted_out_at == T0 + timedelta(minutes=5)
+
+
+def test_a_clamped_grant_cannot_lift_an_opt_out_but_counts_otherwise() -> None:
+    stop = _received(5, ev(5, MKT, False, S.UNSUBSCRIBE_LINK, id=1))
+    clamped = _received(9, ev(9, MKT, True, S.CHECKOUT, id=2, shop_time_clamped=True))
+    assert fold([stop, clamped], SMS).suppressed
+    assert "shop's clock ran ahead" in str(history_rows([stop, clamped])[1]["note"])
+    assert fold([clamped], SMS).marketing
+
+
+def test_history_rows_show_the_shops_time_and_the_receive_time() -> None:
+    grant = _received(3, ev(13, MKT, True, S.CHECKOUT, id=1))
+    [row] = history_rows([grant])
+    assert row["time"] == T0 + timedelta(minutes=13)
+    assert row["received_at"] == T0 + timedelta(minutes=3)
+    assert row["shop_time_clamped"] is False
+
+
+def test_a_receive_time_must_be_a_datetime() -> None:
+    with pytest.raises(ValueError, match="receive time"):
+        ev(0, MKT, True, S.FORM, received_at="2025-01-01")
+
+
+SHOPPER_OPT_OUTS = [S.KEYWORD_REPLY, S.UNSUBSCRIBE_LINK]
+# One ledger entry as the test draws it: (granted, source, purpose, minutes the shop's stamp is
+# off from the receive time). Shops run hours ahead or behind; the list's order is the order
+# cartback received the entries in.
+entry_strategy = st.tuples(
+    st.booleans(),
+    st.sampled_from(list(ConsentSource)),
+    st.sampled_from([MKT, CART]),
+    st.integers(-600, 600),
+)
+
+
+@given(
+    entries=st.lists(entry_strategy, max_size=30),
+    opt_out_at=st.integers(0, 30),
+    opt_out_source=st.sampled_from(SHOPPER_OPT_OUTS),
+    opt_out_skew=st.integers(-600, 600),
+    late_grants=st.lists(
+        st.tuples(st.sampled_from(list(ConsentSource)), st.integers(0, 600)), max_size=5
+    ),
+    shuffled=st.randoms(use_true_random=False),
+)
+def test_after_a_shopper_opt_out_no_earlier_received_grant_leaves_the_contact_subscribed(
+    entries: list[tuple[bool, ConsentSource, Purpose, int]],
+    opt_out_at: int,
+    opt_out_source: ConsentSource,
+    opt_out_skew: int,
+    late_grants: list[tuple[ConsentSource, int]],
+    shuffled: Any,
+) -> None:
+    """Random interleavings of grants and shopper opt-outs with random shop stamps. Whatever
+    came before the shopper's opt-out, and whatever late reports of earlier grants follow it
+    (received later, stamped no later than the opt-out was received), the contact is not
+    subscribed to marketing or cart reminders, on the ledger's fold and on its history."""
+    position = min(opt_out_at, len(entries))
+    ledger = [
+        ConsentEvent(
+            contact_id=7,
+            channel=SMS,
+            purpose=purpose,
+            granted=granted,
+            source=source,
+            at=T0 + timedelta(minutes=index + skew),
+            received_at=T0 + timedelta(minutes=index),
+            id=index,
+        )
+        for index, (granted, source, purpose, skew) in enumerate(entries[:position])
+    ]
+    received = T0 + timedelta(minutes=position)
+    ledger.append(
+        ConsentEvent(
+            contact_id=7,
+            channel=SMS,
+            purpose=MKT,
+            granted=False,
+            source=opt_out_source,
+            at=received + timedelta(minutes=opt_out_skew),
+            received_at=received,
+            id=position,
+        )
+    )
+    for offset, (source, minutes_before) in enumerate(late_grants, start=1):
+        ledger.append(
+            ConsentEvent(
+                contact_id=7,
+                channel=SMS,
+                purpose=MKT,
+                granted=True,
+                source=source,
+                at=received - timedelta(minutes=minutes_before),
+                received_at=received + timedelta(minutes=offset),
+                id=position + offset,
+            )
+        )
+    shuffled.shuffle(ledger)
+    view = fold(ledger, SMS)
+    assert view.suppressed and not view.marketing and not view.cart_reminders
+    assert not is_permitted(view, MKT, received + timedelta(days=1))
+    assert not is_permitted(view, CART, received + timedelta(days=1))
+    assert view.opted_out_at is not None and view.opted_out_at <= received

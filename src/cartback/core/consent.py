@@ -3,15 +3,22 @@
 The ledger is the proof of consent, so nothing here deletes or rewrites an event. A grant that the
 rules refuse stays in the ledger and in `history_rows`, marked as having had no effect.
 
-Rules, per channel, in (time, id) order:
+Rules, per channel, in the order cartback received the events (`received_at`, then id). The
+shop's own time (`at`) is kept as evidence but never orders the ledger: a shop clock running
+ahead must not put a grant after the shopper's later opt-out.
 - Opt-out: a revoke of MARKETING from any source, or any revoke from the shopper's own channels
   (KEYWORD_REPLY, UNSUBSCRIBE_LINK) or a PROVIDER opt-out report. It sets `suppressed`, clears
   marketing, cart reminders, double opt-in and the basis; transactional stays (unless the revoke
-  was of TRANSACTIONAL itself).
+  was of TRANSACTIONAL itself). It beats every grant received before it, whatever their `at`.
+  `opted_out_at` is when the first opt-out in force was received.
 - Only the shopper lifts an opt-out: a MARKETING or CART_REMINDERS grant from KEYWORD_REPLY
-  (START), FORM, CHECKOUT or UNSUBSCRIBE_LINK (resubscribe). A grant from IMPORT, ADMIN, API or
-  PROVIDER while suppressed is ignored: an import or a staff member cannot re-opt-in someone
-  who said stop, and a provider report is second-hand.
+  (START), FORM, CHECKOUT or UNSUBSCRIBE_LINK (resubscribe), received after the opt-out AND
+  stamped (`at`) after the latest opt-out was received. A grant received later but stamped
+  earlier is a delayed report of consent given before the shopper said stop; it is ignored.
+  So is one whose shop time ingest clamped (`shop_time_clamped`): a clock that ran ahead is
+  no evidence that the grant came after the opt-out.
+  A grant from IMPORT, ADMIN, API or PROVIDER while suppressed is ignored: an import or a staff
+  member cannot re-opt-in someone who said stop, and a provider report is second-hand.
 - Cart reminders hold while marketing is granted or they were granted explicitly; an explicit
   revoke of cart reminders (outside an opt-out) stands until the shopper grants them again.
 - The basis follows the latest effective grant, except that implied consent never replaces
@@ -83,6 +90,10 @@ class ConsentEvent:
     # "express", "implied_purchase", "implied_inquiry" or "soft_opt_in"; None when not recorded.
     basis: str | None = None
     id: int | None = None
+    # When cartback recorded the event; None (events built outside the store) means `at`.
+    received_at: datetime | None = None
+    # True when the shop stamped the event too far ahead and ingest clamped `at` to its receipt.
+    shop_time_clamped: bool = False
 
     def __post_init__(self) -> None:
         # Coerce plain strings (e.g. from a database row) to the enums, rejecting unknown values.
@@ -97,11 +108,18 @@ class ConsentEvent:
                 ) from None
         if not isinstance(self.at, datetime):
             raise ValueError(f"consent event time must be a datetime, got {self.at!r}")
+        if self.received_at is not None and not isinstance(self.received_at, datetime):
+            raise ValueError(f"consent receive time must be a datetime, got {self.received_at!r}")
         if not isinstance(self.granted, bool):
             raise ValueError(f"consent event 'granted' must be a bool, got {self.granted!r}")
         if self.basis is not None and self.basis not in BASES:
             allowed = ", ".join(sorted(BASES))
             raise ValueError(f"unknown consent basis {self.basis!r}: use one of {allowed}")
+
+    @property
+    def recorded_at(self) -> datetime:
+        """The ledger's order: when cartback received the event."""
+        return self.at if self.received_at is None else self.received_at
 
     @property
     def has_double_opt_in_evidence(self) -> bool:
@@ -122,6 +140,8 @@ class _State:
     view: ConsentView
     # The shopper's own word on cart reminders: True granted, False revoked, None never said.
     cart_choice: bool | None = None
+    # When the latest opt-out in force was received: a grant must be stamped after it to lift it.
+    last_opt_out: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +159,12 @@ def _ledger_order(events: Iterable[ConsentEvent]) -> list[ConsentEvent]:
     contacts = {event.contact_id for event in ordered}
     if len(contacts) > 1:
         raise ValueError(f"consent events of several contacts in one fold: {sorted(contacts)}")
-    if len({event.at.tzinfo is None for event in ordered}) > 1:
+    naive = {e.at.tzinfo is None for e in ordered} | {e.recorded_at.tzinfo is None for e in ordered}
+    if len(naive) > 1:
         raise ValueError("consent events mix naive and timezone-aware times; store UTC-aware times")
-    # Stable sort: events without an id keep their given order among equal times.
-    return sorted(ordered, key=lambda e: (e.at, e.id is None, e.id or 0))
+    # Receive order, not the shop's time. Stable sort: events without an id keep their given
+    # order among equal times.
+    return sorted(ordered, key=lambda e: (e.recorded_at, e.id is None, e.id or 0))
 
 
 def _with_cart_reminders(state: _State) -> _State:
@@ -167,12 +189,13 @@ def _opt_out(state: _State, event: ConsentEvent) -> _Applied:
         basis=None,
         basis_since=None,
         # The suppression started at the first opt-out; a repeated STOP doesn't move it.
-        opted_out_at=view.opted_out_at if already and view.opted_out_at else event.at,
+        opted_out_at=view.opted_out_at if already and view.opted_out_at else event.recorded_at,
     )
     if event.purpose is Purpose.TRANSACTIONAL:
         view = replace(view, transactional=False)
     note = "opt-out repeated: already opted out" if already else "opt-out: marketing stopped"
-    return _Applied(_State(view, cart_choice=None), effective=True, note=note)
+    state = _State(view, cart_choice=None, last_opt_out=event.recorded_at)
+    return _Applied(state, effective=True, note=note)
 
 
 def _keeps_current_basis(view: ConsentView, event: ConsentEvent) -> bool:
@@ -194,13 +217,20 @@ def _grant(state: _State, event: ConsentEvent) -> _Applied:
     if view.suppressed and event.source not in SHOPPER_OPT_IN_SOURCES:
         note = f"ignored: {_source_phrase(event.source)} cannot re-subscribe an opted-out contact"
         return _Applied(state, effective=False, note=note)
+    if view.suppressed and event.shop_time_clamped:
+        note = "ignored: the shop's clock ran ahead, so nothing shows it came after the opt-out"
+        return _Applied(state, effective=False, note=note)
+    if view.suppressed and state.last_opt_out is not None and event.at <= state.last_opt_out:
+        note = "ignored: stamped before the opt-out was received; it speaks for an earlier moment"
+        return _Applied(state, effective=False, note=note)
     note = f"re-subscribed by the shopper ({event.source.value})" if view.suppressed else ""
     view = replace(view, suppressed=False, opted_out_at=None)
     if not _keeps_current_basis(view, event):
         view = replace(view, basis=event.basis, basis_since=event.at)
     if event.purpose is Purpose.MARKETING:
         view = replace(view, marketing=True, double_opt_in=event.has_double_opt_in_evidence)
-        return _Applied(_with_cart_reminders(replace(state, view=view)), True, note)
+        state = replace(state, view=view, last_opt_out=None)
+        return _Applied(_with_cart_reminders(state), True, note)
     return _Applied(_with_cart_reminders(_State(view, cart_choice=True)), True, note)
 
 
@@ -291,7 +321,10 @@ def history_rows(events: Iterable[ConsentEvent]) -> list[dict[str, object]]:
         rows.append(
             {
                 "id": event.id,
+                # The shop's time, as evidence, and when cartback received it (the ledger's order).
                 "time": event.at,
+                "received_at": event.recorded_at,
+                "shop_time_clamped": event.shop_time_clamped,
                 "channel": event.channel.value,
                 "purpose": event.purpose.value,
                 "granted": event.granted,

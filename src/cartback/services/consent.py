@@ -2,6 +2,9 @@
 
 The ledger is the truth; `contacts.sms_marketing`, `email_marketing` and `opted_out_at` are a
 cache of its fold, rewritten after every append so that flow conditions read the same answer.
+The ledger is read in the order cartback received its entries (`received_at`, then id); the
+shop's time (`at`) is evidence only. `opted_out_at` is therefore a receive time, comparable with
+the enrollments' and the outbox's own times.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ def _event_from_row(row: Mapping[Any, Any]) -> ConsentEvent:
         double_opt_in_message_id=evidence.get("double_opt_in_message_id"),
         double_opt_in_at=datetime.fromisoformat(opt_in_at) if opt_in_at else None,
         basis=evidence.get("basis"),
+        received_at=row["received_at"],
+        shop_time_clamped="clamped_from" in evidence,
     )
 
 
@@ -46,7 +51,7 @@ def ledger(conn: Connection, contact_ids: Iterable[int]) -> dict[int, list[Conse
         return events
     c = t.consent_events.c
     for row in conn.execute(
-        select(t.consent_events).where(c.contact_id.in_(ids)).order_by(c.at, c.id)
+        select(t.consent_events).where(c.contact_id.in_(ids)).order_by(c.received_at, c.id)
     ).mappings():
         events[row["contact_id"]].append(_event_from_row(row))
     return events
@@ -93,13 +98,24 @@ def record_consent(
     user_agent: str | None = None,
     double_opt_in: bool = False,
     basis: str | None = None,
+    received_at: datetime | None = None,
+    clamped_from: datetime | None = None,
 ) -> ConsentView:
-    """Append one event to the ledger and refresh the contact's cached consent from the fold."""
+    """Append one event to the ledger and refresh the contact's cached consent from the fold.
+
+    `at` is the shop's (or provider's) time for the change; `received_at` (default `at`, for a
+    change cartback itself observed) is when cartback recorded it, which orders the ledger.
+    `clamped_from` is the shop's original time when ingest found it too far ahead and clamped
+    `at` to the receive time: kept as evidence.
+    """
+    received_at = at if received_at is None else received_at
     evidence: dict[str, Any] = {}
     if double_opt_in and granted:
         evidence["double_opt_in_at"] = at.isoformat()
     if basis is not None:
         evidence["basis"] = basis
+    if clamped_from is not None:
+        evidence["clamped_from"] = clamped_from.isoformat()
     conn.execute(
         t.consent_events.insert().values(
             store_id=store_id,
@@ -114,10 +130,11 @@ def record_consent(
             user_agent=user_agent,
             evidence=evidence or None,
             at=at,
+            received_at=received_at,
         )
     )
     current = views(ledger(conn, [contact_id])[contact_id])
-    refresh_flags(conn, contact_id, current, at)
+    refresh_flags(conn, contact_id, current, received_at)
     return current[channel]
 
 

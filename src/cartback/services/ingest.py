@@ -1,19 +1,26 @@
 """Ingest: shop events become carts, contacts, consent, orders and enrollments.
 
 A whole batch is one transaction: either every event in it is applied, or none is.
+
+Time: `now` is when cartback received the batch. An event stamped more than `future_skew` ahead
+of it is clamped to it (the shop's clock runs ahead, or labels local time as UTC) and marked, in
+`event_receipts.clamped_seconds` and in the event's answer. Carts are updated with one
+conditional statement, so concurrent requests can never let an older event overwrite a newer
+one, and a cart, contact or receipt created by two requests at once is created once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Table, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
+from cartback.config import DEFAULT_FUTURE_SKEW_SECONDS
 from cartback.core.engine import may_enroll, plan_enrollment
 from cartback.core.events import (
     CartEmptied,
@@ -40,6 +47,8 @@ from cartback.store.rows import (
     phone_fact_columns,
 )
 
+DEFAULT_FUTURE_SKEW = timedelta(seconds=DEFAULT_FUTURE_SKEW_SECONDS)
+
 
 class EventStatus(StrEnum):
     ACCEPTED = "accepted"
@@ -62,57 +71,72 @@ def ingest(
     now: datetime,
     *,
     source: str = "api",
+    future_skew: timedelta = DEFAULT_FUTURE_SKEW,
 ) -> list[EventResult]:
     results = []
+    latest = now + future_skew
     for event in events:
-        if not _first_receipt(conn, store.id, source, event.event_id, now):
+        shop_time: datetime | None = None
+        if event.occurred_at > latest:
+            # The shop's clock is ahead: its time would outrank everything received later.
+            shop_time, event = event.occurred_at, replace(event, occurred_at=now)
+        ahead = None if shop_time is None else int((shop_time - now).total_seconds())
+        if not _first_receipt(conn, store.id, source, event.event_id, now, ahead):
             results.append(EventResult(event.event_id, EventStatus.DUPLICATE, "already received"))
             continue
-        results.append(_apply(conn, store, flow, event, now))
+        result = _apply(conn, store, flow, event, now, shop_time)
+        if ahead is not None:
+            clamped = f"occurred_at was {ahead} s ahead of the receive time; clamped"
+            result = replace(result, detail="; ".join(filter(None, [result.detail, clamped])))
+        results.append(result)
     return results
 
 
+def _insert_or_nothing(conn: Connection, table: Table, values: Mapping[str, Any]) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id: the new row's id, or None when a row with
+    the same unique key exists (or a concurrent request's insert of it has just committed)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table).values(**values).on_conflict_do_nothing()
+    return conn.execute(statement.returning(table.c.id)).scalar()
+
+
 def _first_receipt(
-    conn: Connection, store_id: int, source: str, event_id: str, now: datetime
+    conn: Connection,
+    store_id: int,
+    source: str,
+    event_id: str,
+    now: datetime,
+    clamped_seconds: int | None,
 ) -> bool:
-    exists = conn.execute(
-        select(t.event_receipts.c.id).where(
-            t.event_receipts.c.store_id == store_id,
-            t.event_receipts.c.source == source,
-            t.event_receipts.c.event_id == event_id,
-        )
-    ).first()
-    if exists is not None:
-        return False
-    try:
-        with conn.begin_nested():
-            conn.execute(
-                t.event_receipts.insert().values(
-                    store_id=store_id, source=source, event_id=event_id, received_at=now
-                )
-            )
-    except IntegrityError:
-        # Another request committed the same event id between our check and insert.
-        return False
-    return True
+    # One statement: a repeat, or a concurrent request with the same id, inserts nothing.
+    receipt = {
+        "store_id": store_id,
+        "source": source,
+        "event_id": event_id,
+        "received_at": now,
+        "clamped_seconds": clamped_seconds,
+    }
+    return _insert_or_nothing(conn, t.event_receipts, receipt) is not None
 
 
 def _apply(
-    conn: Connection, store: Store, flow: Flow, event: ShopEvent, now: datetime
+    conn: Connection,
+    store: Store,
+    flow: Flow,
+    event: ShopEvent,
+    now: datetime,
+    clamped_from: datetime | None,
 ) -> EventResult:
     if isinstance(event, CheckoutUpdated):
-        return _checkout_updated(conn, store, flow, event, now)
+        return _checkout_updated(conn, store, flow, event, now, clamped_from)
     if isinstance(event, OrderPlaced):
         return _order_placed(conn, store, event, now)
     if isinstance(event, CartEmptied):
         return _cart_emptied(conn, store, event, now)
-    return _consent_changed(conn, store, event, now)
+    return _consent_changed(conn, store, event, now, clamped_from)
 
 
-def upsert_contact(conn: Connection, store_id: int, info: ContactInfo, now: datetime) -> int | None:
-    """Find the shopper by phone, then by email; fill in what the event newly tells us."""
-    if not (info.phone or info.email):
-        return None
+def _find_contact(conn: Connection, store_id: int, info: ContactInfo) -> Mapping[Any, Any] | None:
     row = None
     c = t.contacts.c
     if info.phone:
@@ -127,6 +151,15 @@ def upsert_contact(conn: Connection, store_id: int, info: ContactInfo, now: date
             .mappings()
             .first()
         )
+    return row
+
+
+def upsert_contact(conn: Connection, store_id: int, info: ContactInfo, now: datetime) -> int | None:
+    """Find the shopper by phone, then by email; fill in what the event newly tells us."""
+    if not (info.phone or info.email):
+        return None
+    c = t.contacts.c
+    row = _find_contact(conn, store_id, info)
     fields: dict[str, Any] = {
         key: value
         for key, value in (
@@ -140,22 +173,26 @@ def upsert_contact(conn: Connection, store_id: int, info: ContactInfo, now: date
         if value is not None
     }
     if row is None:
-        result = conn.execute(
-            t.contacts.insert().values(
-                store_id=store_id,
-                phone=info.phone,
-                **phone_fact_columns(info.phone),
-                email=info.email,
-                sms_marketing=False,
-                email_marketing=False,
-                orders_count=0,
-                tags=list(info.tags),
-                created_at=now,
-                updated_at=now,
-                **fields,
-            )
-        )
-        return int(result.inserted_primary_key[0])  # type: ignore[index]
+        new = {
+            "store_id": store_id,
+            "phone": info.phone,
+            **phone_fact_columns(info.phone),
+            "email": info.email,
+            "sms_marketing": False,
+            "email_marketing": False,
+            "orders_count": 0,
+            "tags": list(info.tags),
+            "created_at": now,
+            "updated_at": now,
+            **fields,
+        }
+        inserted = _insert_or_nothing(conn, t.contacts, new)
+        if inserted is not None:
+            return int(inserted)
+        # A concurrent request created the shopper first: update theirs.
+        row = _find_contact(conn, store_id, info)
+        if row is None:
+            raise RuntimeError("contact insert conflicted but no contact matches")
     contact_id = int(row["id"])
     # A phone or email already owned by another contact stays with that contact.
     for key, value in (("phone", info.phone), ("email", info.email)):
@@ -188,7 +225,12 @@ def _owned_by_other(conn: Connection, store_id: int, key: str, value: str, conta
 
 
 def _checkout_consent(
-    conn: Connection, store_id: int, contact_id: int, event: CheckoutUpdated
+    conn: Connection,
+    store_id: int,
+    contact_id: int,
+    event: CheckoutUpdated,
+    now: datetime,
+    clamped_from: datetime | None,
 ) -> None:
     flags = event.consent
     if flags is None:
@@ -198,8 +240,14 @@ def _checkout_consent(
             t.contacts.c.sms_marketing, t.contacts.c.email_marketing, t.contacts.c.opted_out_at
         ).where(t.contacts.c.id == contact_id)
     ).one()
-    if current.opted_out_at is not None and event.occurred_at <= current.opted_out_at:
-        # A checkout from before the shopper's opt-out cannot speak for them any more.
+    # `opted_out_at` is when the opt-out was received; this checkout is received after it. It
+    # re-subscribes only if the shop also stamped it after that: a checkout stamped earlier is
+    # a late report of a box ticked before the shopper said stop, and a clamped time (the
+    # shop's clock is ahead) is no evidence of order at all. The fold applies the same rule
+    # (to grants from every path), so skipping here only keeps ineffective rows out.
+    if current.opted_out_at is not None and (
+        clamped_from is not None or event.occurred_at <= current.opted_out_at
+    ):
         return
     wanted = [
         (channel, Purpose.MARKETING)
@@ -223,6 +271,8 @@ def _checkout_consent(
             granted=True,
             source="checkout",
             at=event.occurred_at,
+            received_at=now,
+            clamped_from=clamped_from,
             wording=flags.wording,
             ip=flags.ip,
             user_agent=flags.user_agent,
@@ -235,24 +285,23 @@ def _has_cart_reminders(conn: Connection, contact_id: int) -> bool:
     latest = conn.execute(
         select(c.granted)
         .where(c.contact_id == contact_id, c.purpose == str(Purpose.CART_REMINDERS))
-        .order_by(c.at.desc(), c.id.desc())
+        .order_by(c.received_at.desc(), c.id.desc())
         .limit(1)
     ).first()
     return latest is not None and bool(latest.granted)
 
 
 def _checkout_updated(
-    conn: Connection, store: Store, flow: Flow, event: CheckoutUpdated, now: datetime
+    conn: Connection,
+    store: Store,
+    flow: Flow,
+    event: CheckoutUpdated,
+    now: datetime,
+    clamped_from: datetime | None,
 ) -> EventResult:
     contact_id = upsert_contact(conn, store.id, event.contact, now)
-    c = t.carts.c
-    row = (
-        conn.execute(select(t.carts).where(c.store_id == store.id, c.token == event.cart_token))
-        .mappings()
-        .first()
-    )
     status = CartStatus.OPEN if event.lines else CartStatus.EMPTIED
-    content = {
+    content: dict[str, Any] = {
         "lines": lines_to_json(event.lines),
         "value": event.value,
         "currency": event.currency,
@@ -260,41 +309,60 @@ def _checkout_updated(
         "tags": list(event.tags),
         "occurred_at": event.occurred_at,
         "updated_at": now,
+        "status": str(status),
     }
-    if row is None:
-        cart_id = int(
-            conn.execute(
-                t.carts.insert().values(
-                    store_id=store.id,
-                    token=event.cart_token,
-                    contact_id=contact_id,
-                    status=str(status),
-                    created_at=now,
-                    **content,
-                )
-            ).inserted_primary_key[0]  # type: ignore[index]
-        )
-    else:
-        cart_id = int(row["id"])
-        if event.occurred_at <= row["occurred_at"]:
-            return EventResult(
-                event.event_id, EventStatus.STALE, "an event as new or newer was applied"
-            )
-        if row["status"] == CartStatus.ORDERED:
-            return EventResult(event.event_id, EventStatus.STALE, "the cart was already ordered")
-        conn.execute(
-            update(t.carts)
-            .where(c.id == cart_id)
-            .values(status=str(status), contact_id=contact_id or row["contact_id"], **content)
-        )
+    if contact_id is not None:
+        content["contact_id"] = contact_id
+    cart_id = _update_if_newer(conn, store.id, event.cart_token, event.occurred_at, content)
+    if cart_id is None:
+        new = {"store_id": store.id, "token": event.cart_token, "created_at": now, **content}
+        cart_id = _insert_or_nothing(conn, t.carts, new)
+        if cart_id is None:
+            # A concurrent request created the cart first: this event is now an update of it.
+            cart_id = _update_if_newer(conn, store.id, event.cart_token, event.occurred_at, content)
+        if cart_id is None:
+            return _stale(conn, store.id, event)
+    cart_id = int(cart_id)
     # Consent from a stale event is never applied: a retried webhook must not undo a later STOP.
     if contact_id is not None:
-        _checkout_consent(conn, store.id, contact_id, event)
+        _checkout_consent(conn, store.id, contact_id, event, now, clamped_from)
     if status is CartStatus.EMPTIED:
         _end_enrollments(conn, cart_id, "cart_emptied", "exit: the cart was emptied", now)
     else:
         _enroll_or_touch(conn, store, flow, cart_id, event.occurred_at, now)
     return EventResult(event.event_id, EventStatus.ACCEPTED)
+
+
+def _update_if_newer(
+    conn: Connection, store_id: int, token: str, occurred_at: datetime, content: dict[str, Any]
+) -> int | None:
+    """Apply a checkout to its cart in one conditional statement, or return None (no such cart,
+    a newer event already applied, or the cart already ordered). The comparison and the write
+    are one statement, so on PostgreSQL a concurrent update waits for the row and compares
+    against what the other committed: the newest event always ends up stored."""
+    c = t.carts.c
+    found = conn.execute(
+        update(t.carts)
+        .where(
+            c.store_id == store_id,
+            c.token == token,
+            c.occurred_at < occurred_at,
+            c.status != str(CartStatus.ORDERED),
+        )
+        .values(**content)
+        .returning(c.id)
+    ).scalar()
+    return None if found is None else int(found)
+
+
+def _stale(conn: Connection, store_id: int, event: CheckoutUpdated) -> EventResult:
+    c = t.carts.c
+    status = conn.execute(
+        select(c.status).where(c.store_id == store_id, c.token == event.cart_token)
+    ).scalar()
+    if status == CartStatus.ORDERED:
+        return EventResult(event.event_id, EventStatus.STALE, "the cart was already ordered")
+    return EventResult(event.event_id, EventStatus.STALE, "an event as new or newer was applied")
 
 
 def _enroll_or_touch(
@@ -441,28 +509,37 @@ def _order_placed(conn: Connection, store: Store, event: OrderPlaced, now: datet
 
 def _cart_emptied(conn: Connection, store: Store, event: CartEmptied, now: datetime) -> EventResult:
     c = t.carts.c
-    row = conn.execute(
-        select(c.id, c.occurred_at, c.status).where(
-            c.store_id == store.id, c.token == event.cart_token
-        )
-    ).first()
-    if row is None:
-        return EventResult(event.event_id, EventStatus.STALE, "unknown cart token")
-    if event.occurred_at < row.occurred_at or row.status == CartStatus.ORDERED:
-        return EventResult(event.event_id, EventStatus.STALE, "the cart changed after this event")
-    conn.execute(
+    # One conditional statement, as for checkouts: no concurrent update can slip in between.
+    cart_id = conn.execute(
         update(t.carts)
-        .where(c.id == row.id)
+        .where(
+            c.store_id == store.id,
+            c.token == event.cart_token,
+            c.occurred_at <= event.occurred_at,
+            c.status != str(CartStatus.ORDERED),
+        )
         .values(
             status=str(CartStatus.EMPTIED), lines=[], occurred_at=event.occurred_at, updated_at=now
         )
-    )
-    _end_enrollments(conn, row.id, "cart_emptied", "exit: the cart was emptied", now)
+        .returning(c.id)
+    ).scalar()
+    if cart_id is None:
+        exists = conn.execute(
+            select(c.id).where(c.store_id == store.id, c.token == event.cart_token)
+        ).first()
+        if exists is None:
+            return EventResult(event.event_id, EventStatus.STALE, "unknown cart token")
+        return EventResult(event.event_id, EventStatus.STALE, "the cart changed after this event")
+    _end_enrollments(conn, int(cart_id), "cart_emptied", "exit: the cart was emptied", now)
     return EventResult(event.event_id, EventStatus.ACCEPTED)
 
 
 def _consent_changed(
-    conn: Connection, store: Store, event: ConsentChanged, now: datetime
+    conn: Connection,
+    store: Store,
+    event: ConsentChanged,
+    now: datetime,
+    clamped_from: datetime | None,
 ) -> EventResult:
     contact_id = upsert_contact(conn, store.id, event.contact, now)
     if contact_id is None:
@@ -476,6 +553,8 @@ def _consent_changed(
         granted=event.granted,
         source=event.source,
         at=event.occurred_at,
+        received_at=now,
+        clamped_from=clamped_from,
         wording=event.wording,
         ip=event.ip,
         user_agent=event.user_agent,

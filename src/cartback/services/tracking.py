@@ -191,7 +191,9 @@ def unsubscribe(conn: Connection, token: str, *, now: datetime, user_agent: str 
         purpose=Purpose.MARKETING,
         granted=False,
         source=ConsentSource.UNSUBSCRIBE_LINK,
+        # The shopper's own act, observed by cartback: its time is the receive time.
         at=now,
+        received_at=now,
         user_agent=(user_agent or "")[:400] or None,
     )
     return True

@@ -148,7 +148,11 @@ consent_events = Table(
     Column("ip", String(64)),
     Column("user_agent", String(400)),
     Column("evidence", JSON),
+    # The shop's (or provider's) time for the change: evidence, shown beside the receive time.
     Column("at", UtcDateTime, nullable=False),
+    # When cartback recorded the entry: the ledger is folded in this order (then id), so a shop
+    # clock running ahead cannot put a grant after the shopper's later opt-out.
+    Column("received_at", UtcDateTime, nullable=False),
 )
 
 carts = Table(
@@ -270,6 +274,8 @@ event_receipts = Table(
     Column("source", String(32), nullable=False),
     Column("event_id", String(200), nullable=False),
     Column("received_at", UtcDateTime, nullable=False),
+    # Seconds the event's occurred_at was ahead of received_at when ingest clamped it; NULL if not.
+    Column("clamped_seconds", BigInteger),
     UniqueConstraint("store_id", "source", "event_id"),
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -185,10 +186,11 @@ def create_app(app: App) -> FastAPI:
 def _ingest(app: App, store: Store, events: list[ShopEvent]) -> EventsOut:
     flow = app.registry.current(store.flow_name)
     now = app.clock.now()
+    skew = timedelta(seconds=app.settings.future_skew_seconds)
     for attempt in range(3):
         try:
             with app.engine.begin() as conn:
-                results = ingest(conn, store, flow, events, now)
+                results = ingest(conn, store, flow, events, now, future_skew=skew)
             break
         except (IntegrityError, OperationalError):
             # Two requests raced on the same contact or cart; the whole batch is retried.
