@@ -20,6 +20,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match, Route
 
 from cartback import __version__
 from cartback.app import App
@@ -308,8 +309,9 @@ def _install_error_handlers(api: FastAPI) -> None:
         )
 
     @api.exception_handler(405)
-    async def _method(request: Request, error: Exception) -> Response:
-        allow = (getattr(error, "headers", None) or {}).get("Allow", "")
+    async def _method(request: Request, _error: Exception) -> Response:
+        # Starlette names only the first route that matched the path; list every route's.
+        allow = ", ".join(_allowed_methods(api, request))
         return Problem(
             405,
             "Method not allowed",
@@ -331,6 +333,14 @@ def _install_error_handlers(api: FastAPI) -> None:
             status_code=500,
             media_type=problems.PROBLEM_TYPE,
         )
+
+
+def _allowed_methods(api: FastAPI, request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in api.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods.update(route.methods or ())
+    return sorted(methods)
 
 
 def _parameter(location: Any) -> tuple[int | str, ...]:
