@@ -42,7 +42,11 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
         Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(
             parents=True, exist_ok=True
         )
-    engine = make_engine(settings.database_url)
+    engine = make_engine(
+        settings.database_url,
+        connect_timeout=settings.database_connect_timeout_seconds,
+        statement_timeout=settings.database_statement_timeout_seconds,
+    )
     clock = clock or SystemClock()
     registry = FlowRegistry(engine)
     return App(settings=settings, engine=engine, registry=registry, clock=clock)

@@ -22,6 +22,12 @@ DEFAULT_FUTURE_SKEW_SECONDS = 300
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = "sqlite:///var/cartback.db"
+    # A database that does not answer makes requests fail (503) rather than hang: the longest
+    # wait for a connection, and for one statement (SQLite: for the write lock).
+    database_connect_timeout_seconds: int = 5
+    database_statement_timeout_seconds: float = 30.0
+    # Events older than this are refused by the API (a shop's broken clock, or a replay).
+    event_max_age_days: int = 400
     base_url: str = "http://127.0.0.1:8000"
     host: str = "127.0.0.1"
     port: int = 8000
@@ -48,6 +54,9 @@ class Settings:
 
 _BOUNDS: dict[str, tuple[float, float]] = {
     "port": (1, 65535),
+    "database_connect_timeout_seconds": (2, 300),
+    "database_statement_timeout_seconds": (0.1, 3600),
+    "event_max_age_days": (1, 36500),
     "worker_batch": (1, 10_000),
     "worker_poll_seconds": (0.01, 60),
     "dispatch_batch": (1, 10_000),

@@ -18,7 +18,7 @@ from cartback.services.compose import Composed
 from cartback.services.ingest import ingest
 from cartback.services.tick import TickStats, resume, tick
 from cartback.store import tables as t
-from tests.support.events import checkout
+from tests.support.events import checkout, order
 from tests.support.pg import acquire_server, temporary_database
 from tests.support.world import World, make_world
 
@@ -258,6 +258,33 @@ def test_an_unreadable_row_fails_only_its_own_enrollment(
     assert _enrollment(world, TOKENS[0])["state"] == "parked"
     reason = _decisions(world, TOKENS[0])[-1]["reason"]
     assert reason.startswith(f"parked after 3 failed attempts: advance failed: {error}")
+
+
+def test_an_order_ends_a_parked_enrollment(world: World) -> None:
+    """Resuming a parked enrollment after the shopper ordered must send nothing."""
+    _ingest(world, TOKENS[:2])
+    poison = _enrollment(world, TOKENS[0])
+    with world.app.engine.begin() as conn:
+        conn.execute(
+            update(t.enrollments)
+            .where(t.enrollments.c.id == poison["id"])
+            .values(flow_version="000000000000")
+        )
+    world.clock.advance(timedelta(minutes=25))
+    _tick(world)
+    for wait in (1, 5):
+        world.clock.advance(timedelta(minutes=wait))
+        _tick(world)
+    assert _enrollment(world, TOKENS[0])["state"] == "parked"
+    flow = world.app.registry.current("default")
+    with world.app.engine.begin() as conn:
+        ingest(conn, world.store, flow, [order(TOKENS[0], world.now)], world.now)
+    ended = _enrollment(world, TOKENS[0])
+    assert (ended["state"], ended["exit_reason"], ended["wake_at"]) == (
+        "exited",
+        "order_placed",
+        None,
+    )
 
 
 # ---- a worker that was down for three days ---------------------------------------------------

@@ -428,7 +428,11 @@ def _end_enrollments(conn: Connection, cart_id: int, reason: str, text: str, now
     """Exit a cart's live enrollments at once; the worker would also see it when it wakes."""
     e = t.enrollments.c
     live = conn.execute(
-        select(e.id, e.store_id).where(e.cart_id == cart_id, e.state == EnrollmentState.ACTIVE)
+        # A parked enrollment ends too: resuming it after the order must not send anything.
+        select(e.id, e.store_id).where(
+            e.cart_id == cart_id,
+            e.state.in_((str(EnrollmentState.ACTIVE), str(EnrollmentState.PARKED))),
+        )
     ).all()
     for enrollment_id, store_id in live:
         conn.execute(

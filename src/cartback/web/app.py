@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match, Route
 
 from cartback import __version__
 from cartback.app import App
@@ -23,10 +32,50 @@ from cartback.services.ingest import EventStatus, ingest
 from cartback.store import tables as t
 from cartback.web import pages, problems
 from cartback.web.intake import parse_event_document
+from cartback.web.limits import BodyLimit
 from cartback.web.problems import Problem
-from cartback.web.schemas import DecisionOut, EventBatchIn, EventResultOut, EventsOut
+from cartback.web.schemas import (
+    ID_MAX,
+    LINE,
+    DecisionOut,
+    EventBatchIn,
+    EventResultOut,
+    EventsOut,
+    EventWindow,
+    ProblemOut,
+    column_length,
+)
 
 log = logging.getLogger("cartback.web")
+# Events may be stamped up to this far ahead of the server's clock (ingest clamps them).
+MAX_AHEAD = timedelta(days=1)
+# PostgreSQL's serialization failure and deadlock: two requests raced, and a retry will pass.
+_RACES = frozenset({"40001", "40P01"})
+_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+_DESCRIPTIONS = {
+    401: "No API key, or an unknown or revoked one",
+    404: "No such cart, contact or route",
+    405: "Method not allowed; the `Allow` header lists the methods this path takes",
+    413: "Body over the size limit",
+    422: "An invalid field, named in `field` and `errors`",
+    503: "The database is out of reach; retry after `Retry-After` seconds",
+}
+
+
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem+json answers a route gives."""
+    schema = {"$ref": "#/components/schemas/ProblemOut"}
+    return {
+        status: {
+            "description": _DESCRIPTIONS[status],
+            "content": {problems.PROBLEM_TYPE: {"schema": schema}},
+        }
+        for status in statuses
+    }
+
+
+CartToken = Annotated[str, Path(max_length=column_length(t.carts.c.token)), LINE]
+ContactId = Annotated[int, Path(ge=1, le=ID_MAX)]
 _EVENTS_BODY = {
     "required": True,
     "content": {
@@ -52,13 +101,16 @@ def create_app(app: App) -> FastAPI:
         description="Self-hosted abandoned-cart recovery: event API and tracked links.",
     )
     api.state.cartback = app
+    api.add_middleware(BodyLimit)
     _install_error_handlers(api)
     _publish_schemas(api)
+    bearer = HTTPBearer(auto_error=False, description="The store's API key")
 
-    def current_store(request: Request) -> Store:
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+    def current_store(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> Store:
+        key = credentials.credentials if credentials is not None else ""
+        if not key.strip():
             raise Problem(
                 401,
                 "Missing API key",
@@ -78,7 +130,7 @@ def create_app(app: App) -> FastAPI:
             )
         return store
 
-    @api.get("/healthz", tags=["ops"])
+    @api.get("/healthz", tags=["ops"], responses=_problems(405, 503))
     def healthz() -> dict[str, str]:
         with app.engine.connect() as conn:
             conn.execute(select(1))
@@ -90,9 +142,15 @@ def create_app(app: App) -> FastAPI:
         response_model=EventsOut,
         openapi_extra={"requestBody": _EVENTS_BODY},
         summary="Report shop events: one event, or a batch of up to 1,000",
+        responses=_problems(401, 405, 413, 422, 503),
     )
     async def post_events(request: Request, store: Store = Depends(current_store)) -> EventsOut:
-        events = parse_event_document(await request.body())
+        window = EventWindow(
+            now=app.clock.now(),
+            max_age=timedelta(days=app.settings.event_max_age_days),
+            max_ahead=MAX_AHEAD,
+        )
+        events = parse_event_document(await request.body(), window)
         # The database work is blocking; it runs on the thread pool, not the event loop.
         return await run_in_threadpool(_ingest, app, store, events)
 
@@ -101,8 +159,11 @@ def create_app(app: App) -> FastAPI:
         tags=["carts"],
         response_model=list[DecisionOut],
         summary="Why a cart got (or did not get) each message",
+        responses=_problems(401, 404, 405, 422, 503),
     )
-    def cart_decisions(token: str, store: Store = Depends(current_store)) -> list[DecisionOut]:
+    def cart_decisions(
+        token: CartToken, store: Store = Depends(current_store)
+    ) -> list[DecisionOut]:
         with app.engine.connect() as conn:
             cart_id = conn.execute(
                 select(t.carts.c.id).where(t.carts.c.store_id == store.id, t.carts.c.token == token)
@@ -123,8 +184,11 @@ def create_app(app: App) -> FastAPI:
         "/v1/contacts/{contact_id}/consent",
         tags=["contacts"],
         summary="A contact's consent ledger, oldest first, and what each event changed",
+        responses=_problems(401, 404, 405, 422, 503),
     )
-    def contact_consent(contact_id: int, store: Store = Depends(current_store)) -> dict[str, Any]:
+    def contact_consent(
+        contact_id: ContactId, store: Store = Depends(current_store)
+    ) -> dict[str, Any]:
         with app.engine.connect() as conn:
             found = consent_service.contact_history(conn, store.id, contact_id)
         if found is None:
@@ -159,7 +223,10 @@ def create_app(app: App) -> FastAPI:
         # Always the pixel: a broken image would tell nobody anything useful.
         return Response(pages.PIXEL, media_type="image/gif", headers=pages.PRIVATE)
 
-    @api.get("/u/{token}", response_class=HTMLResponse, include_in_schema=False)
+    # HEAD like GET (link checkers and mail scanners ask it); neither changes anything.
+    @api.api_route(
+        "/u/{token}", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False
+    )
     def unsubscribe_page(token: str) -> Response:
         with app.engine.connect() as conn:
             target = tracking.unsubscribe_target(conn, token)
@@ -192,9 +259,10 @@ def _ingest(app: App, store: Store, events: list[ShopEvent]) -> EventsOut:
             with app.engine.begin() as conn:
                 results = ingest(conn, store, flow, events, now, future_skew=skew)
             break
-        except (IntegrityError, OperationalError):
-            # Two requests raced on the same contact or cart; the whole batch is retried.
-            if attempt == 2:
+        except (IntegrityError, OperationalError) as error:
+            # Two requests raced on the same contact or cart; the whole batch is retried. An
+            # outage or a lock wait that timed out is not retried: it answers 503 at once.
+            if attempt == 2 or not _raced(error):
                 raise
     counts = dict.fromkeys(EventStatus, 0)
     for result in results:
@@ -207,6 +275,12 @@ def _ingest(app: App, store: Store, events: list[ShopEvent]) -> EventsOut:
     )
 
 
+def _raced(error: DBAPIError) -> bool:
+    if isinstance(error, IntegrityError):
+        return True
+    return getattr(error.orig, "sqlstate", None) in _RACES
+
+
 def _install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(Problem)
     async def _problem(request: Request, problem: Problem) -> Response:
@@ -215,10 +289,19 @@ def _install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(RequestValidationError)
     async def _validation(request: Request, error: RequestValidationError) -> Response:
         errors = [
-            {"field": problems.field_path(item["loc"]), "message": item["msg"]}
+            {"field": problems.field_path(_parameter(item["loc"])), "message": item["msg"]}
             for item in error.errors()
         ]
-        return problems.invalid(errors).response(request.url.path)
+        problem = problems.invalid(errors, title="Invalid request", slug="invalid-request")
+        return problem.response(request.url.path)
+
+    async def _unavailable(request: Request, error: Exception) -> Response:
+        cause = getattr(error, "orig", None) or error
+        log.warning("database unavailable on %s: %s", request.url.path, type(cause).__name__)
+        return problems.unavailable().response(request.url.path)
+
+    for kind in _UNAVAILABLE:
+        api.add_exception_handler(kind, _unavailable)
 
     @api.exception_handler(404)
     async def _not_found(request: Request, _error: Exception) -> Response:
@@ -228,8 +311,14 @@ def _install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(405)
     async def _method(request: Request, _error: Exception) -> Response:
+        # Starlette names only the first route that matched the path; list every route's.
+        allow = ", ".join(_allowed_methods(api, request))
         return Problem(
-            405, "Method not allowed", f"{request.method} is not allowed here", slug="method"
+            405,
+            "Method not allowed",
+            f"{request.method} is not allowed here" + (f"; use {allow}" if allow else ""),
+            slug="method",
+            headers={"Allow": allow} if allow else None,
         ).response(request.url.path)
 
     @api.exception_handler(Exception)
@@ -247,6 +336,22 @@ def _install_error_handlers(api: FastAPI) -> None:
         )
 
 
+def _allowed_methods(api: FastAPI, request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in api.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods.update(route.methods or ())
+    return sorted(methods)
+
+
+def _parameter(location: Any) -> tuple[int | str, ...]:
+    """('path', 'contact_id') → ('contact_id',): a parameter is named as the route names it."""
+    parts = tuple(location)
+    if parts and parts[0] in ("path", "query", "header"):
+        return parts[1:]
+    return parts
+
+
 def _publish_schemas(api: FastAPI) -> None:
     """Event models are parsed by hand (for field-exact errors), so publish them explicitly."""
     from fastapi.openapi.utils import get_openapi
@@ -261,6 +366,9 @@ def _publish_schemas(api: FastAPI) -> None:
         batch = EventBatchIn.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(batch.pop("$defs", {}))
         components["EventBatchIn"] = batch
+        problem = ProblemOut.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(problem.pop("$defs", {}))
+        components["ProblemOut"] = problem
         api.openapi_schema = schema
         return schema
 

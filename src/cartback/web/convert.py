@@ -19,6 +19,7 @@ from cartback.core.events import (
 )
 from cartback.core.model import CartLine, Channel, Purpose
 from cartback.web.schemas import (
+    MONEY_MAX,
     CartEmptiedIn,
     CheckoutUpdatedIn,
     ConsentChangedIn,
@@ -62,6 +63,18 @@ def _contact(contact: ContactIn, shipping: ShippingIn | None, prefix: str) -> Co
     )
 
 
+def _check_totals(lines: tuple[CartLine, ...], prefix: str) -> None:
+    """Each line's total and their sum must fit the cart's value column."""
+    for index, line in enumerate(lines):
+        if line.total > MONEY_MAX:
+            raise FieldError(
+                f"{prefix}.lines[{index}].price",
+                f"the line's total (price × quantity = {line.total}) is over {MONEY_MAX}",
+            )
+    if sum((line.total for line in lines), start=Decimal(0)) > MONEY_MAX:
+        raise FieldError(f"{prefix}.lines", f"the lines' total is over {MONEY_MAX}")
+
+
 def to_event(
     model: CheckoutUpdatedIn | OrderPlacedIn | CartEmptiedIn | ConsentChangedIn,
     prefix: str,
@@ -79,6 +92,7 @@ def to_event(
             )
             for line in model.lines
         )
+        _check_totals(lines, prefix)
         contact = _contact(model.contact, model.shipping, f"{prefix}.contact")
         if not (contact.phone or contact.email):
             raise FieldError(f"{prefix}.contact", "needs a phone or an email to reach the shopper")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -10,16 +11,20 @@ from pydantic import TypeAdapter, ValidationError
 from cartback.core.events import ShopEvent
 from cartback.web import problems
 from cartback.web.convert import FieldError, to_event
-from cartback.web.problems import Problem
-from cartback.web.schemas import EVENT_TYPES, MAX_BATCH, EventIn
+from cartback.web.limits import EVENTS_BODY_BYTES
+from cartback.web.schemas import EVENT_TYPES, MAX_BATCH, EventIn, EventWindow
 
-MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_BODY_BYTES = EVENTS_BODY_BYTES
+# No field takes an integer this long; a longer one reaches validation as a Decimal, which every
+# integer field refuses by name (int() itself would refuse more than 4,300 digits, unnamed).
+_LONGEST_INT = 40
 _event_adapter: TypeAdapter[Any] = TypeAdapter(EventIn)
 
 
-def parse_event_document(body: bytes) -> list[ShopEvent]:
-    """One event, or {"events": [...]}; all of it is valid, or nothing is applied."""
-    parsed = _parse_events(body)
+def parse_event_document(body: bytes, window: EventWindow | None = None) -> list[ShopEvent]:
+    """One event, or {"events": [...]}; all of it is valid, or nothing is applied.
+    With a window, event times outside it are refused."""
+    parsed = _parse_events(body, window)
     try:
         return [to_event(model, prefix, raw) for model, prefix, raw in parsed]
     except FieldError as error:
@@ -27,13 +32,26 @@ def parse_event_document(body: bytes) -> list[ShopEvent]:
         raise problems.invalid([{"field": field, "message": error.message}]) from None
 
 
-def _parse_events(body: bytes) -> list[tuple[Any, str, dict[str, Any]]]:
-    if len(body) > MAX_BODY_BYTES:
-        raise Problem(413, "Body too large", f"at most {MAX_BODY_BYTES} bytes", slug="too-large")
+def _parse_int(digits: str) -> int | Decimal:
+    return int(digits) if len(digits) <= _LONGEST_INT else Decimal(digits)
+
+
+def _load(body: bytes) -> Any:
     try:
-        document = json.loads(body)
+        return json.loads(body, parse_int=_parse_int)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise problems.invalid([{"field": "body", "message": f"not valid JSON: {error}"}]) from None
+        message = f"not valid JSON: {error}"
+    except RecursionError:
+        message = "not accepted: JSON nested too deep"
+    except ValueError as error:
+        message = f"not valid JSON: {error}"
+    raise problems.invalid([{"field": "body", "message": message}])
+
+
+def _parse_events(body: bytes, window: EventWindow | None) -> list[tuple[Any, str, dict[str, Any]]]:
+    if len(body) > MAX_BODY_BYTES:
+        raise problems.too_large(MAX_BODY_BYTES)
+    document = _load(body)
     if isinstance(document, dict) and "events" in document:
         raw_events = document["events"]
         if not isinstance(raw_events, list):
@@ -57,7 +75,7 @@ def _parse_events(body: bytes) -> list[tuple[Any, str, dict[str, Any]]]:
     for raw, prefix in located:
         prefix_parts: tuple[int | str, ...] = ("events", int(prefix[7:-1])) if prefix else ()
         try:
-            model = _event_adapter.validate_python(raw)
+            model = _event_adapter.validate_python(raw, context={"window": window})
         except ValidationError as error:
             errors.extend(problems.from_validation_error(error, prefix_parts, EVENT_TYPES).errors)
             continue

@@ -59,15 +59,37 @@ def field_path(location: Iterable[int | str], skip: frozenset[str] = frozenset()
     return path or "body"
 
 
-def invalid(errors: list[dict[str, str]]) -> Problem:
+def invalid(
+    errors: list[dict[str, str]], *, title: str = "Invalid event", slug: str = "invalid-event"
+) -> Problem:
     first = errors[0]
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return Problem(
-        422,
-        "Invalid event",
-        f"{first['field']}: {first['message']}{more}",
-        slug="invalid-event",
-        errors=errors,
+        422, title, f"{first['field']}: {first['message']}{more}", slug=slug, errors=errors
+    )
+
+
+def too_large(limit: int) -> Problem:
+    return Problem(
+        413,
+        "Body too large",
+        f"the body is over {limit} bytes",
+        slug="too-large",
+        errors=[{"field": "body", "message": f"at most {limit} bytes"}],
+    )
+
+
+# Seconds a client is asked to wait when the database is out of reach.
+RETRY_AFTER_SECONDS = 5
+
+
+def unavailable() -> Problem:
+    return Problem(
+        503,
+        "Service unavailable",
+        "the database is out of reach; nothing was applied, so it is safe to retry",
+        slug="unavailable",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 
 
