@@ -33,7 +33,7 @@ from cartback.store.db import is_sqlite
 from cartback.store.rows import cart_from_row, contact_from_row, enrollment_from_row, store_from_row
 
 # Sends that count for cooldowns and caps: everything claimed or out, not what was withdrawn.
-COUNTED = ("pending", "sending", "sent", "delivered", "unknown")
+COUNTED = ("pending", "claimed", "sending", "sent", "delivered", "unknown")
 RECENT = timedelta(days=7)
 
 
@@ -156,7 +156,7 @@ def _load_context(conn: Connection, rows: list[Mapping[Any, Any]], now: datetime
         ).where(o.enrollment_id.in_(enrollment_ids))
     ):
         history[sent.enrollment_id][sent.step_id] = StepOutcome(
-            sent=sent.status in ("sending", "sent", "delivered", "unknown"),
+            sent=sent.status in ("claimed", "sending", "sent", "delivered", "unknown"),
             delivered=sent.delivered_at is not None or sent.status == "delivered",
             opened=sent.opened_at is not None,
             clicked=sent.clicked_at is not None,
