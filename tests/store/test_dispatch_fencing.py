@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, event, select, text, update
 
 from cartback.core.model import Channel
 from cartback.ports import LookupResult, LookupStatus, OutboundMessage, SendResult, SendStatus
@@ -153,10 +153,11 @@ def test_a_provider_slower_than_the_batch_allows_causes_no_duplicate(world: Worl
     and a second dispatcher waiting to recover: each message still goes out once."""
     _due_messages(world, carts=12)
     sent: list[str] = []
-    lease, timeout = timedelta(seconds=1.5), timedelta(seconds=0.5)
+    # 12 calls of 0.9 s, two at a time: 5.4 s for a batch claimed for 4 s.
+    lease, timeout = timedelta(seconds=4), timedelta(seconds=1)
 
     def slow(message: OutboundMessage) -> bool:
-        time.sleep(0.4)
+        time.sleep(0.9)
         return True
 
     base, began = world.now, time.monotonic()
@@ -185,7 +186,7 @@ def test_a_provider_slower_than_the_batch_allows_causes_no_duplicate(world: Worl
             )
             for i, engine in enumerate(engines)
         ]
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
 
         def first_claims_all() -> None:
             dispatchers[0].run_once(shared_clock(), limit=12)  # outlives its claim's lease
@@ -217,21 +218,24 @@ class WriteProbe:
         self.url = world.app.engine.url
         self.sqlite = is_sqlite(world.app.engine)
         self.answers: list[bool] = []
+        # Lookups run in parallel; one probe at a time, so that probes never wait on each other.
+        self.lock = threading.Lock()
 
     def write(self, key: str) -> None:
         row_id = int(key.removeprefix("cb-"))
-        try:
-            if self.sqlite:
-                self._sqlite(row_id)
+        with self.lock:
+            try:
+                if self.sqlite:
+                    self._sqlite(row_id)
+                else:
+                    self._postgres(row_id)
+            except Exception:
+                self.answers.append(False)
             else:
-                self._postgres(row_id)
-        except Exception:
-            self.answers.append(False)
-        else:
-            self.answers.append(True)
+                self.answers.append(True)
 
     def _sqlite(self, row_id: int) -> None:
-        conn = sqlite3.connect(str(self.url.database), timeout=0.3, isolation_level=None)
+        conn = sqlite3.connect(str(self.url.database), timeout=1, isolation_level=None)
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("UPDATE outbox SET updated_at = updated_at WHERE id = ?", (row_id,))
@@ -243,7 +247,7 @@ class WriteProbe:
         engine = make_engine(self.url.render_as_string(hide_password=False))
         try:
             with engine.begin() as conn:
-                conn.execute(text("SET LOCAL lock_timeout = '300ms'"))
+                conn.execute(text("SET LOCAL lock_timeout = '1s'"))
                 conn.execute(
                     text("UPDATE outbox SET updated_at = updated_at WHERE id = :id"),
                     {"id": row_id},
@@ -399,3 +403,32 @@ def test_a_crash_leaves_at_most_the_messages_in_flight_unknown(world: World) -> 
     assert statuses == {"sent": 200 - concurrency, "unknown": concurrency}
     assert len(sent) == len(set(sent)) == 200 - concurrency
     assert _statuses(world) == statuses
+
+
+def test_a_call_is_not_started_when_a_stall_after_the_fence_ate_the_lease(world: World) -> None:
+    """The process stops right after marking the row `sending`, until less than one provider
+    timeout of the row's lease is left: the call could outlive the lease, so it is not made and
+    the row goes back to the queue, to be sent once later."""
+    _due_messages(world)
+    sent: list[str] = []
+
+    def stall_after_the_fence(conn: object, cursor: object, statement: str, *_: object) -> None:
+        if statement.startswith("UPDATE outbox") and "outbox.attempts +" in statement:
+            world.clock.advance(LEASE - timedelta(seconds=5))
+
+    engine = world.app.engine
+    dispatcher = _dispatcher(engine, Provider(sent), clock=world.clock.now)
+    try:
+        event.listen(engine, "after_cursor_execute", stall_after_the_fence)
+        try:
+            stats = dispatcher.run_once(world.now)
+        finally:
+            event.remove(engine, "after_cursor_execute", stall_after_the_fence)
+        assert (sent, stats.lost_lease) == ([], 1)
+        row = _rows(world)[0]
+        assert (row["status"], row["attempts"], row["lease_owner"]) == ("pending", 0, None)
+        dispatcher.run_once(world.now)
+    finally:
+        dispatcher.close()
+    assert len(sent) == 1
+    assert _statuses(world) == {"sent": 1}
