@@ -17,6 +17,7 @@ provider call is ever made inside a database transaction.
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 import uuid
@@ -52,6 +53,8 @@ from cartback.services.ratelimit import TokenBucket
 from cartback.store import tables as t
 from cartback.store.db import is_sqlite
 from cartback.store.tables import Money, UtcDateTime
+
+log = logging.getLogger("cartback.dispatch")
 
 MAX_ATTEMPTS = 5
 # Expired `sending` rows looked up per run: one committed step, so a slow provider's lookups
@@ -166,6 +169,10 @@ class Dispatcher:
         handed: _Handed | None = None
         try:
             handed = self._send(item)
+        except Exception:
+            # The database failed around the fence: the row stays `claimed` or `sending` under
+            # its lease, and recovery settles it once the lease expires.
+            log.exception("outbox row %s: could not hand it to its provider", item.id)
         finally:
             answers.put((item, handed))
 
