@@ -57,15 +57,30 @@ class LookupStatus(StrEnum):
     UNKNOWN = "unknown"
 
 
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    """A lookup's answer with the provider's id for the message, where the provider gives it."""
+
+    status: LookupStatus
+    provider_id: str | None = None
+
+
 class MessageChannel(Protocol):
-    """A provider adapter. `send` must never raise for a provider's answer; it reports it."""
+    """A provider adapter. `send` must never raise for a provider's answer; it reports it.
+
+    The adapter is built with the provider timeout (`CARTBACK_SEND_TIMEOUT_SECONDS`) and must
+    give up on a call after it, answering `UNKNOWN` if the request may have gone out: the
+    dispatcher's lease per message assumes no call outlives it. `message.key` (`cb-<outbox
+    id>`) is stable across retries and crashes; where the provider supports idempotency keys,
+    the adapter sends it as one, so a repeated request can never become a second message.
+    """
 
     name: str
     kind: Channel
 
     def send(self, message: OutboundMessage) -> SendResult: ...
 
-    def lookup(self, key: str) -> LookupStatus:
+    def lookup(self, key: str) -> LookupStatus | LookupResult:
         """After a crash mid-send: did the provider take the message with this key?"""
         ...
 

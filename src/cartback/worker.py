@@ -50,8 +50,10 @@ class Worker:
             self.app.engine,
             build_channels(settings),
             lease=timedelta(seconds=settings.lease_seconds),
+            send_timeout=timedelta(seconds=settings.send_timeout_seconds),
             concurrency=settings.dispatch_concurrency,
             rates={Channel.SMS: settings.sms_rate, Channel.EMAIL: settings.email_rate},
+            clock=self.app.clock.now,
         )
         threads = [
             threading.Thread(target=self._timer_loop, name="timer", daemon=True),

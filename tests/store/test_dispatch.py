@@ -68,6 +68,7 @@ def _rows(world: World) -> list[dict[str, object]]:
 
 
 def _run(world: World, channel: object, **options: object) -> object:
+    options.setdefault("clock", world.clock.now)
     dispatcher = Dispatcher(world.app.engine, {Channel.SMS: channel}, **options)  # type: ignore[dict-item,arg-type]
     try:
         return dispatcher.run_once(world.now)
@@ -122,7 +123,12 @@ def test_a_crash_after_the_provider_took_it_is_reconciled_as_sent(
     _crash_mid_send(world)
     world.clock.advance(timedelta(seconds=61))
     _run(world, channel)
-    assert _rows(world)[0]["status"] == "sent"
+    row = _rows(world)[0]
+    assert (row["status"], row["provider"], row["provider_id"]) == (
+        "sent",
+        "jsonl",
+        f"jsonl-{message_key(row_id)}",
+    )
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 1
 
 

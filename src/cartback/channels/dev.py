@@ -1,4 +1,7 @@
-"""Development channels: print to the console, append to a JSON Lines file, or drop."""
+"""Development channels: print to the console, append to a JSON Lines file, or drop.
+
+They are local, so a provider timeout barely applies; each takes one (`timeout`, seconds) as
+every channel does, so that the registry builds them all alike."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cartback.core.model import Channel
-from cartback.ports import LookupStatus, OutboundMessage, SendResult, SendStatus
+from cartback.ports import LookupResult, LookupStatus, OutboundMessage, SendResult, SendStatus
 
 
 class NullChannel:
@@ -17,8 +20,9 @@ class NullChannel:
 
     name = "null"
 
-    def __init__(self, kind: Channel) -> None:
+    def __init__(self, kind: Channel, *, timeout: float = 10.0) -> None:
         self.kind = kind
+        self.timeout = timeout
 
     def send(self, message: OutboundMessage) -> SendResult:
         return SendResult(SendStatus.ACCEPTED, provider_id=f"null-{message.key}")
@@ -38,8 +42,11 @@ class ConsoleChannel:
 
     name = "console"
 
-    def __init__(self, kind: Channel, write: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, kind: Channel, write: Callable[[str], None] = print, *, timeout: float = 10.0
+    ) -> None:
         self.kind = kind
+        self.timeout = timeout
         self._write = write
         self._lock = threading.Lock()
 
@@ -66,9 +73,10 @@ class JsonlChannel:
 
     name = "jsonl"
 
-    def __init__(self, kind: Channel, path: Path) -> None:
+    def __init__(self, kind: Channel, path: Path, *, timeout: float = 10.0) -> None:
         self.kind = kind
         self.path = path
+        self.timeout = timeout
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -90,20 +98,24 @@ class JsonlChannel:
                 handle.flush()
         except OSError as error:
             return SendResult(SendStatus.REJECTED, error=str(error), retryable=True)
-        return SendResult(SendStatus.ACCEPTED, provider_id=f"jsonl-{message.key}")
+        return SendResult(SendStatus.ACCEPTED, provider_id=_jsonl_id(message.key))
 
-    def lookup(self, key: str) -> LookupStatus:
+    def lookup(self, key: str) -> LookupResult:
         if not self.path.exists():
-            return LookupStatus.NOT_SENT
+            return LookupResult(LookupStatus.NOT_SENT)
         with self.path.open(encoding="utf-8") as handle:
             for line in handle:
                 try:
                     if json.loads(line).get("key") == key:
-                        return LookupStatus.SENT
+                        return LookupResult(LookupStatus.SENT, provider_id=_jsonl_id(key))
                 except json.JSONDecodeError:
                     # A torn last line from a crash mid-write: that message did not go out.
                     continue
-        return LookupStatus.NOT_SENT
+        return LookupResult(LookupStatus.NOT_SENT)
 
     def close(self) -> None:
         return None
+
+
+def _jsonl_id(key: str) -> str:
+    return f"jsonl-{key}"

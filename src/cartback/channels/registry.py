@@ -9,12 +9,14 @@ from cartback.ports import MessageChannel
 
 
 def build_channel(name: str, kind: Channel, settings: Settings) -> MessageChannel:
+    # Every channel gets the provider timeout: the dispatcher's lease assumes no call outlives it.
+    timeout = settings.send_timeout_seconds
     if name == "console":
-        return ConsoleChannel(kind)
+        return ConsoleChannel(kind, timeout=timeout)
     if name == "jsonl":
-        return JsonlChannel(kind, settings.jsonl_path)
+        return JsonlChannel(kind, settings.jsonl_path, timeout=timeout)
     if name == "null":
-        return NullChannel(kind)
+        return NullChannel(kind, timeout=timeout)
     raise ValueError(f"unknown channel {name!r}")
 
 

@@ -1,15 +1,27 @@
-"""The dispatcher: claim outbox rows with a lease, hand them to providers, record each outcome.
+"""The dispatcher: claim outbox rows with a lease, hand them to providers one by one under a
+lease per message, record each outcome.
 
-A row is marked `sending` before the provider call. If the process dies after that, the lease
-expires and the row is reconciled with the provider's records where the channel can look them
-up; otherwise it becomes `unknown` and is never sent again: a missed reminder is better than a
-duplicate marketing text.
+A batch is claimed (`claimed`, with this dispatcher's lease) in one short transaction. Just
+before each provider call, one conditional update marks that one row `sending` with a fresh
+lease, and only if this dispatcher still holds the claim; a row another worker took over, or
+whose claim lapsed while this one stalled, is never handed to the provider. A row's lease
+covers one message and is longer than the provider timeout, so recovery never takes over a
+row whose call may still be running.
+
+If the process dies, `claimed` rows (never handed over) simply go back to `pending` once
+their lease expires. `sending` rows (at most the calls in flight) are reconciled with the
+provider's records where the channel can look them up; otherwise they become `unknown` and
+are never sent again: a missed reminder is better than a duplicate marketing text. No
+provider call is ever made inside a database transaction.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -22,6 +34,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    case,
     func,
     select,
     update,
@@ -29,6 +42,7 @@ from sqlalchemy import (
 
 from cartback.core.model import CartStatus, Channel
 from cartback.ports import (
+    LookupResult,
     LookupStatus,
     MessageChannel,
     OutboundMessage,
@@ -40,7 +54,14 @@ from cartback.store import tables as t
 from cartback.store.db import is_sqlite
 from cartback.store.tables import Money, UtcDateTime
 
+log = logging.getLogger("cartback.dispatch")
+
 MAX_ATTEMPTS = 5
+# Expired `sending` rows looked up per run: one committed step, so a slow provider's lookups
+# never hold up new work for long and what was reconciled survives a crash.
+RECOVERY_STEP = 20
+
+UNKNOWN_AFTER_CRASH = "the dispatcher stopped mid-send; not resent to avoid a duplicate"
 
 
 @dataclass
@@ -52,7 +73,12 @@ class DispatchStats:
     unknown: int = 0
     cancelled: int = 0
     expired: int = 0
+    # Rows from expired leases: `sending` ones reconciled with the provider, `claimed` ones
+    # (never handed over) returned to `pending`.
     recovered: int = 0
+    released: int = 0
+    # Claimed rows not sent because the claim was no longer this dispatcher's at send time.
+    lost_lease: int = 0
     send_delays: list[float] = field(default_factory=list)
 
 
@@ -62,6 +88,15 @@ class _Claimed:
     message: OutboundMessage
     attempts: int
     available_at: datetime
+    claim_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Handed:
+    """A provider's answer for a row this dispatcher marked `sending` at `at`."""
+
+    result: SendResult
+    at: datetime
 
 
 class Dispatcher:
@@ -71,10 +106,14 @@ class Dispatcher:
         channels: Mapping[Channel, MessageChannel],
         *,
         lease: timedelta = timedelta(seconds=60),
+        send_timeout: timedelta = timedelta(seconds=10),
         concurrency: int = 8,
         owner: str | None = None,
         rates: Mapping[Channel, float] | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
+        if lease <= send_timeout:
+            raise ValueError("the lease must be longer than the provider timeout")
         self.engine = engine
         self.channels = dict(channels)
         # Messages a second per channel, for this dispatcher; a channel not named is unlimited.
@@ -82,7 +121,12 @@ class Dispatcher:
             channel: TokenBucket(rate) for channel, rate in (rates or {}).items() if rate > 0
         }
         self.lease = lease
+        self.send_timeout = send_timeout
         self.owner = owner or uuid.uuid4().hex[:16]
+        # The clock the lease checks read. Without one, it is the `now` given to `run_once`
+        # moved on by the real time elapsed since, so a stall inside a run is seen.
+        self._clock = clock
+        self._now: Callable[[], datetime] = clock or _since(datetime.min)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send")
 
     def close(self) -> None:
@@ -90,28 +134,85 @@ class Dispatcher:
 
     def run_once(self, now: datetime, limit: int = 200) -> DispatchStats:
         stats = DispatchStats()
+        if self._clock is None:
+            self._now = _since(now)
         self.recover_expired(now, stats)
         claimed = self._claim(now, limit, stats)
-        if not claimed:
-            return stats
-        results = list(self._pool.map(self._send, claimed))
-        self._record(claimed, results, now, stats)
+        if claimed:
+            self._send_all(claimed, stats)
         return stats
 
-    def _send(self, item: _Claimed) -> SendResult:
+    def _send_all(self, claimed: list[_Claimed], stats: DispatchStats) -> None:
+        """Send on the pool and write each answer as soon as it is back, together with the
+        others already waiting: a fast provider's answers are written in groups, a slow one's
+        one by one, and no answer waits for the rest of the batch."""
+        answers: queue.SimpleQueue[tuple[_Claimed, _Handed | None]] = queue.SimpleQueue()
+        for item in claimed:
+            self._pool.submit(self._send_into, item, answers)
+        remaining = len(claimed)
+        while remaining:
+            ready = [answers.get()]
+            while len(ready) < remaining:
+                try:
+                    ready.append(answers.get_nowait())
+                except queue.Empty:
+                    break
+            remaining -= len(ready)
+            done = [(item, handed) for item, handed in ready if handed is not None]
+            stats.lost_lease += len(ready) - len(done)
+            if done:
+                self._record(done, stats)
+
+    def _send_into(
+        self, item: _Claimed, answers: queue.SimpleQueue[tuple[_Claimed, _Handed | None]]
+    ) -> None:
+        handed: _Handed | None = None
+        try:
+            handed = self._send(item)
+        except Exception:
+            # The database failed around the fence: the row stays `claimed` or `sending` under
+            # its lease, and recovery settles it once the lease expires.
+            log.exception("outbox row %s: could not hand it to its provider", item.id)
+        finally:
+            answers.put((item, handed))
+
+    def _send(self, item: _Claimed) -> _Handed | None:
+        at = self._now()
+        if at >= item.claim_until or not self._mark_sending(item.id, at):
+            return None
+        # The commit may have been slow, or the process stopped right after it: a call must
+        # have the whole provider timeout left inside the row's lease, or it does not start.
+        if self._now() + self.send_timeout >= at + self.lease:
+            self._release(item.id)
+            return None
         channel = self.channels[item.message.channel]
         try:
-            return channel.send(item.message)
+            return _Handed(channel.send(item.message), at)
         except Exception as error:
             # A channel that raises broke its contract; whether the provider took the message
             # cannot be known, so it is never retried blindly.
-            return SendResult(SendStatus.UNKNOWN, error=f"{type(error).__name__}: {error}")
+            result = SendResult(SendStatus.UNKNOWN, error=f"{type(error).__name__}: {error}")
+            return _Handed(result, at)
+
+    def _mark_sending(self, row_id: int, at: datetime) -> bool:
+        """The fence: this one row becomes `sending` only while this dispatcher holds it."""
+        with self.engine.begin() as conn:
+            marked = conn.execute(
+                _MARK_SENDING,
+                {"b_id": row_id, "b_owner": self.owner, "b_now": at, "b_until": at + self.lease},
+            )
+            return marked.rowcount == 1
+
+    def _release(self, row_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(_RELEASE, {"b_id": row_id, "b_owner": self.owner, "b_now": self._now()})
 
     def _claim(self, now: datetime, limit: int, stats: DispatchStats) -> list[_Claimed]:
         allowance = self._allowance(now, limit)
         if not allowance:
             return []
         o = t.outbox.c
+        claim_until = now + self.lease
         with self.engine.begin() as conn:
             rows: list[RowMapping] = []
             for channels, most in allowance:
@@ -143,10 +244,9 @@ class Dispatcher:
                     update(t.outbox)
                     .where(o.id.in_([row["id"] for row in live]))
                     .values(
-                        status="sending",
+                        status="claimed",
                         lease_owner=self.owner,
-                        lease_until=now + self.lease,
-                        attempts=o.attempts + 1,
+                        lease_until=claim_until,
                         updated_at=now,
                     )
                 )
@@ -159,6 +259,7 @@ class Dispatcher:
                 message=_message(row),
                 attempts=row["attempts"] + 1,
                 available_at=row["available_at"],
+                claim_until=claim_until,
             )
             for row in live
         ]
@@ -174,15 +275,11 @@ class Dispatcher:
                     groups.append(([channel], most))
         return groups
 
-    def _record(
-        self,
-        claimed: list[_Claimed],
-        results: list[SendResult],
-        now: datetime,
-        stats: DispatchStats,
-    ) -> None:
+    def _record(self, done: list[tuple[_Claimed, _Handed]], stats: DispatchStats) -> None:
+        now = self._now()
         outcomes = []
-        for item, result in zip(claimed, results, strict=True):
+        for item, handed in done:
+            result = handed.result
             outcome: dict[str, Any] = {
                 "b_id": item.id,
                 "b_owner": self.owner,
@@ -196,10 +293,13 @@ class Dispatcher:
             }
             if result.status is SendStatus.ACCEPTED:
                 outcome.update(
-                    status="sent", provider_id=result.provider_id, sent_at=now, cost=result.cost
+                    status="sent",
+                    provider_id=result.provider_id,
+                    sent_at=handed.at,
+                    cost=result.cost,
                 )
                 stats.sent += 1
-                stats.send_delays.append((now - item.available_at).total_seconds())
+                stats.send_delays.append((handed.at - item.available_at).total_seconds())
             elif result.status is SendStatus.UNKNOWN:
                 outcome["status"] = "unknown"
                 stats.unknown += 1
@@ -215,36 +315,141 @@ class Dispatcher:
             conn.execute(_RECORD_OUTCOME, outcomes)
 
     def recover_expired(self, now: datetime, stats: DispatchStats) -> None:
-        """Rows left `sending` by a dispatcher that died: never resend without proof."""
-        o = t.outbox.c
+        """Rows whose lease expired: a dispatcher died or stalled. Never resend without proof.
+
+        `claimed` rows were never handed to a provider and go back to `pending` at once. One
+        step of expired `sending` rows is looked up with the provider, with no transaction
+        open, and each answer is written only if no one else has moved the row since."""
         with self.engine.begin() as conn:
-            query = select(o.id, o.channel).where(o.status == "sending", o.lease_until < now)
-            if not is_sqlite(conn.engine):
-                query = query.with_for_update(skip_locked=True)
-            expired = list(conn.execute(query.limit(200)))
-            for row in expired:
-                channel = self.channels.get(Channel(row.channel))
-                found = channel.lookup(message_key(row.id)) if channel else LookupStatus.UNKNOWN
-                if found is LookupStatus.SENT:
-                    values: dict[str, Any] = {"status": "sent", "sent_at": now}
-                elif found is LookupStatus.NOT_SENT:
-                    values = {"status": "pending", "available_at": now}
-                else:
-                    values = {
-                        "status": "unknown",
-                        "error": "the dispatcher stopped mid-send; not resent to avoid a duplicate",
-                    }
-                conn.execute(
-                    update(t.outbox)
-                    .where(o.id == row.id, o.status == "sending")
-                    .values(lease_owner=None, lease_until=None, updated_at=now, **values)
-                )
-                stats.recovered += 1
+            stats.released += conn.execute(_RELEASE_EXPIRED, {"b_now": now}).rowcount
+            expired = conn.execute(_EXPIRED_SENDING, {"b_now": now}).all()
+        if not expired:
+            return
+        answers = list(self._pool.map(self._lookup, [row.channel for row in expired], expired))
+        writes = []
+        for row, (provider, found) in zip(expired, answers, strict=True):
+            values: dict[str, Any] = {
+                "b_id": row.id,
+                "b_owner": row.lease_owner,
+                "b_now": now,
+                "provider": provider,
+                "provider_id": None,
+                "error": None,
+                "available_at": None,
+            }
+            if found.status is LookupStatus.SENT:
+                values.update(b_status="sent", provider_id=found.provider_id)
+            elif found.status is LookupStatus.NOT_SENT:
+                values.update(b_status="pending", available_at=now, provider=None)
+            else:
+                values.update(b_status="unknown", error=UNKNOWN_AFTER_CRASH)
+            writes.append(values)
+        with self.engine.begin() as conn:
+            stats.recovered += conn.execute(_RECONCILE, writes).rowcount
+
+    def _lookup(self, kind: str, row: Any) -> tuple[str | None, LookupResult]:
+        channel = self.channels.get(Channel(kind))
+        if channel is None:
+            return None, LookupResult(LookupStatus.UNKNOWN)
+        try:
+            found = channel.lookup(message_key(row.id))
+        except Exception:
+            # A lookup that fails cannot prove the message never went out.
+            return channel.name, LookupResult(LookupStatus.UNKNOWN)
+        if isinstance(found, LookupStatus):
+            found = LookupResult(found)
+        return channel.name, found
+
+
+def _since(start: datetime) -> Callable[[], datetime]:
+    """A clock that starts at `start` and moves with real (monotonic) time."""
+    began = time.monotonic()
+    return lambda: start + timedelta(seconds=time.monotonic() - began)
 
 
 _o = t.outbox.c
-# One statement for a whole batch of outcomes. Fenced by the lease: a dispatcher whose lease was
-# taken over writes nothing. Columns an outcome does not set keep their value (COALESCE).
+
+# The fence before each provider call. It must hit exactly one row: the claim is still this
+# dispatcher's and its lease still runs. The row gets its own lease, for this one message.
+_MARK_SENDING = (
+    update(t.outbox)
+    .where(
+        _o.id == bindparam("b_id"),
+        _o.lease_owner == bindparam("b_owner"),
+        _o.status == "claimed",
+        _o.lease_until > bindparam("b_now", type_=UtcDateTime),
+    )
+    .values(
+        status="sending",
+        lease_until=bindparam("b_until", type_=UtcDateTime),
+        attempts=_o.attempts + 1,
+        updated_at=bindparam("b_now", type_=UtcDateTime),
+    )
+)
+
+# A row marked `sending` whose call was not started after all goes back to the queue.
+_RELEASE = (
+    update(t.outbox)
+    .where(
+        _o.id == bindparam("b_id"),
+        _o.lease_owner == bindparam("b_owner"),
+        _o.status == "sending",
+    )
+    .values(
+        status="pending",
+        attempts=_o.attempts - 1,
+        lease_owner=None,
+        lease_until=None,
+        updated_at=bindparam("b_now", type_=UtcDateTime),
+    )
+)
+
+_RELEASE_EXPIRED = (
+    update(t.outbox)
+    .where(_o.status == "claimed", _o.lease_until < bindparam("b_now", type_=UtcDateTime))
+    .values(
+        status="pending",
+        lease_owner=None,
+        lease_until=None,
+        updated_at=bindparam("b_now", type_=UtcDateTime),
+    )
+)
+
+_EXPIRED_SENDING = (
+    select(_o.id, _o.channel, _o.lease_owner)
+    .where(_o.status == "sending", _o.lease_until < bindparam("b_now", type_=UtcDateTime))
+    .order_by(_o.lease_until, _o.id)
+    .limit(RECOVERY_STEP)
+)
+
+# A lookup's answer, written only if the row is still the expired one it looked up: a second
+# recovering worker, or a row sent again since, is left alone. `updated_at` was set when the
+# row was marked `sending`, just before the call: the closest record of when it went out.
+_RECONCILE = (
+    update(t.outbox)
+    .where(
+        _o.id == bindparam("b_id"),
+        _o.status == "sending",
+        _o.lease_owner == bindparam("b_owner"),
+        _o.lease_until < bindparam("b_now", type_=UtcDateTime),
+    )
+    .values(
+        status=bindparam("b_status", type_=String),
+        error=bindparam("error"),
+        provider=func.coalesce(bindparam("provider", type_=String), _o.provider),
+        provider_id=func.coalesce(bindparam("provider_id", type_=String), _o.provider_id),
+        sent_at=case(
+            (bindparam("b_status", type_=String) == "sent", _o.updated_at), else_=_o.sent_at
+        ),
+        available_at=func.coalesce(bindparam("available_at", type_=UtcDateTime), _o.available_at),
+        lease_owner=None,
+        lease_until=None,
+        updated_at=bindparam("b_now", type_=UtcDateTime),
+    )
+)
+
+# One statement for a group of outcomes. Fenced by the lease: a dispatcher whose row was taken
+# over writes nothing. Columns an outcome does not set keep their value (COALESCE).
 _RECORD_OUTCOME = (
     update(t.outbox)
     .where(

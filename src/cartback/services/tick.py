@@ -51,7 +51,7 @@ from cartback.store.rows import cart_from_row, contact_from_row, enrollment_from
 log = logging.getLogger("cartback.timer")
 
 # Sends that count for cooldowns and caps: everything claimed or out, not what was withdrawn.
-COUNTED = ("pending", "sending", "sent", "delivered", "unknown")
+COUNTED = ("pending", "claimed", "sending", "sent", "delivered", "unknown")
 RECENT = timedelta(days=7)
 # A failing enrollment is tried again after each of these waits, then parked for an operator.
 RETRY_AFTER = (timedelta(minutes=1), timedelta(minutes=5))
@@ -282,7 +282,7 @@ def _load_context(conn: Connection, rows: list[Mapping[Any, Any]], now: datetime
         ).where(o.enrollment_id.in_(enrollment_ids))
     ):
         history[sent.enrollment_id][sent.step_id] = StepOutcome(
-            sent=sent.status in ("sending", "sent", "delivered", "unknown"),
+            sent=sent.status in ("claimed", "sending", "sent", "delivered", "unknown"),
             delivered=sent.delivered_at is not None or sent.status == "delivered",
             opened=sent.opened_at is not None,
             clicked=sent.clicked_at is not None,

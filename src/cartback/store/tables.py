@@ -227,7 +227,7 @@ outbox = Table(
     Column("headers", JSON),
     Column("encoding", String(8)),
     Column("segments", Integer),
-    # pending → sending → sent → delivered, or failed / unknown / cancelled / expired.
+    # pending → claimed → sending → sent → delivered, or failed / unknown / cancelled / expired.
     Column("status", String(10), nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("available_at", UtcDateTime, nullable=False),
