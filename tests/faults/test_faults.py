@@ -31,10 +31,13 @@ def backends(*, sqlite: str | None = None, postgres: str | None = None) -> list[
     ]
 
 
-def _report(counts: Counts, request: pytest.FixtureRequest) -> None:
+def _note(request: pytest.FixtureRequest) -> str:
     marker = request.node.get_closest_marker("xfail")
-    note = f"  (xfail: {marker.kwargs['reason']})" if marker is not None else ""
-    SUMMARIES.append(counts.line() + note)
+    return f"  (xfail: {marker.kwargs['reason']})" if marker is not None else ""
+
+
+def _report(counts: Counts, request: pytest.FixtureRequest) -> None:
+    SUMMARIES.append(counts.line() + _note(request))
     counts.assert_promises()
 
 
@@ -103,7 +106,7 @@ def test_concurrent_and_reordered_events(
 ) -> None:
     with rig(backend, fault_database, tmp_path, seed) as made:
         counts = scenarios.concurrent_events(made)
-        SUMMARIES.append(counts.line())
+        SUMMARIES.append(counts.line() + _note(request))
         assert counts.extra["stale"] == 0, counts.line()
         counts.assert_promises()
 
@@ -113,7 +116,10 @@ def test_clock_skewed_grant_then_unsubscribe(
     backend: str, fault_database: str, tmp_path: Path, seed: int, request: pytest.FixtureRequest
 ) -> None:
     with rig(backend, fault_database, tmp_path, seed) as made:
-        _report(scenarios.skewed_events(made), request)
+        counts = scenarios.skewed_events(made)
+        SUMMARIES.append(counts.line() + _note(request))
+        assert counts.extra["held_by_skew"] == 0, counts.line()
+        counts.assert_promises()
 
 
 @pytest.mark.parametrize("backend", backends(postgres=DEFECT_3))

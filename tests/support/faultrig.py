@@ -55,7 +55,7 @@ steps:
     channel: email
     when: contact.email_consent
     subject: "{{ first_name }}, your cart"
-    body: "Hi {{ first_name }}, {% for item in items %}{{ item.title }} {% endfor %}waits: {{ link }}"
+    body: "Hi {{ first_name }}, {% for item in items %}{{ item.title }} {% endfor %}: {{ link }}"
   - id: email2
     at: 4s
     channel: email
@@ -323,7 +323,11 @@ class Rig:
             else:
                 lost += row.id not in explained
         for key, row in messages.items():
-            if row.status == "sending" or (row.status == "pending" and row.available_at <= late) or (row.status == "sent" and key not in keys):
+            if (
+                row.status == "sending"
+                or (row.status == "pending" and row.available_at <= late)
+                or (row.status == "sent" and key not in keys)
+            ):
                 lost += 1
         counts.lost = lost
         counts.unknown = sum(1 for row in messages.values() if row.status == "unknown")
