@@ -80,6 +80,7 @@ FLOW_SPAN = timedelta(seconds=10)
 LEASE_SECONDS = 6
 SEND_TIMEOUT_SECONDS = 2
 OPTOUT_MARGIN_S = 1.0
+PROVIDER_IDLE_S = 2.0
 
 
 @dataclass
@@ -277,8 +278,14 @@ class Rig:
     def settle(self, timeout: float = 60) -> float:
         """Wait until nothing is overdue (progress after the fault); the seconds it took, or
         the timeout if it never settled (then `counts` reports what is stuck as lost)."""
+
+        # A worker resumed after a stall may still hold messages in memory: nothing is settled
+        # until the provider, too, has heard nothing for a while.
+        def settled() -> bool:
+            return self.provider.idle_for() >= PROVIDER_IDLE_S and not self.busy()
+
         try:
-            return wait_until(lambda: not self.busy(), timeout, "the workers to catch up", 0.25)
+            return wait_until(settled, timeout, "the workers to catch up", 0.25)
         except AssertionError:
             return timeout
 

@@ -44,6 +44,7 @@ class FaultProvider:
     delay: float = 0.0
     history: list[Received] = field(default_factory=list)
     requests: int = 0
+    last_request: float = 0.0  # time.monotonic() of the latest request
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -63,6 +64,11 @@ class FaultProvider:
     def count(self) -> int:
         with self._lock:
             return len(self.history)
+
+    def idle_for(self) -> float:
+        """Seconds since the latest request."""
+        with self._lock:
+            return time.monotonic() - self.last_request
 
     def knows(self, key: str) -> bool:
         with self._lock:
@@ -84,6 +90,7 @@ class FaultProvider:
     def _next(self) -> tuple[str, float, int]:
         with self._lock:
             self.requests += 1
+            self.last_request = time.monotonic()
             return self.mode, self.delay, self.requests
 
     def answer_post(self, payload: dict[str, Any]) -> int:
