@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export CARTBACK_DATABASE_URL ?= sqlite:///var/cartback.db
 
-.PHONY: run test lint typecheck bench install clean
+.PHONY: run test lint typecheck bench soak install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
+
+# The fault scenarios of tests/faults, again and again for SECONDS (not part of `make test`).
+SECONDS ?= 600
+soak: $(STAMP)
+	$(BIN)/python -m tests.faults.soak --seconds $(SECONDS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

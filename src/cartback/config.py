@@ -50,6 +50,9 @@ class Settings:
     # An event stamped more than this far ahead of its receive time is clamped to the receive
     # time and marked: a shop clock running ahead must not outrank what is received later.
     future_skew_seconds: int = DEFAULT_FUTURE_SKEW_SECONDS
+    # Where the `webhook` channel POSTs each message of that kind.
+    sms_webhook_url: str | None = None
+    email_webhook_url: str | None = None
 
 
 _BOUNDS: dict[str, tuple[float, float]] = {
@@ -67,7 +70,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "email_rate": (0, 100_000),
     "future_skew_seconds": (0, 3600),
 }
-CHANNELS = ("console", "jsonl", "null")
+CHANNELS = ("console", "jsonl", "null", "webhook")
 # A lease is this many provider timeouts long, so a slow call ends long before the lease does.
 LEASE_PER_TIMEOUT = 3
 
@@ -121,6 +124,12 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(
                 env_name(name), f"unknown channel {value!r}; one of {', '.join(CHANNELS)}"
             )
+        url_field = name.replace("_channel", "_webhook_url")
+        url = getattr(settings, url_field)
+        if value == "webhook" and url is None:
+            raise ConfigError(env_name(url_field), "must be set for the webhook channel")
+        if url is not None and urlsplit(url).scheme not in ("http", "https"):
+            raise ConfigError(env_name(url_field), f"must be an http(s) URL, got {url!r}")
     parts = urlsplit(settings.base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(

@@ -54,6 +54,7 @@ class Worker:
             concurrency=settings.dispatch_concurrency,
             rates={Channel.SMS: settings.sms_rate, Channel.EMAIL: settings.email_rate},
             clock=self.app.clock.now,
+            stopping=self.stop,
         )
         threads = [
             threading.Thread(target=self._timer_loop, name="timer", daemon=True),

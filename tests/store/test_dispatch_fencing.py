@@ -14,8 +14,10 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import Engine, event, select, text, update
 
-from cartback.core.model import Channel
+from cartback.core.consent import ConsentSource
+from cartback.core.model import Channel, Purpose
 from cartback.ports import LookupResult, LookupStatus, OutboundMessage, SendResult, SendStatus
+from cartback.services.consent import record_consent
 from cartback.services.dispatch import Dispatcher, message_key
 from cartback.store import tables as t
 from cartback.store.db import is_sqlite, make_engine
@@ -432,3 +434,64 @@ def test_a_call_is_not_started_when_a_stall_after_the_fence_ate_the_lease(world:
         dispatcher.close()
     assert len(sent) == 1
     assert _statuses(world) == {"sent": 1}
+
+
+def test_an_opt_out_received_during_a_claim_stops_the_claimed_sends(world: World) -> None:
+    """The first send of a claimed batch is followed by every shopper's STOP: the rest of the
+    claim must not go out, although each row was claimed before the opt-out arrived."""
+    _due_messages(world, carts=5)
+    sent: list[str] = []
+
+    def everyone_replies_stop(message: OutboundMessage) -> bool:
+        if not sent:
+            with world.app.engine.begin() as conn:
+                for contact_id in conn.execute(select(t.contacts.c.id)).scalars().all():
+                    record_consent(
+                        conn,
+                        store_id=world.store.id,
+                        contact_id=contact_id,
+                        channel=Channel.SMS,
+                        purpose=Purpose.MARKETING,
+                        granted=False,
+                        source=ConsentSource.KEYWORD_REPLY,
+                        at=world.now,
+                    )
+        return True
+
+    channel = Provider(sent, before=everyone_replies_stop)
+    dispatcher = _dispatcher(world.app.engine, channel, concurrency=1, clock=world.clock.now)
+    try:
+        stats = dispatcher.run_once(world.now)
+    finally:
+        dispatcher.close()
+    assert (len(sent), stats.claimed, stats.sent) == (1, 5, 1)
+    assert _statuses(world) == Counter({"sent": 1, "cancelled": 4})
+    with world.app.engine.connect() as conn:
+        rules = conn.execute(
+            select(t.decisions.c.rule).where(t.decisions.c.rule == "dispatch.cancelled")
+        ).all()
+    assert len(rules) == 4
+
+
+def test_a_stopping_dispatcher_starts_no_new_call_and_returns_its_claim(world: World) -> None:
+    """Shutdown: once the stop is set, the calls in flight finish and the rest of the claim goes
+    back to the queue at once, for the next worker, instead of waiting out its lease."""
+    _due_messages(world, carts=6)
+    sent: list[str] = []
+    stopping = threading.Event()
+
+    def stop_after_first(message: OutboundMessage) -> None:
+        stopping.set()
+
+    channel = Provider(sent, after=stop_after_first)
+    dispatcher = _dispatcher(
+        world.app.engine, channel, concurrency=1, clock=world.clock.now, stopping=stopping
+    )
+    try:
+        dispatcher.run_once(world.now)
+    finally:
+        dispatcher.close()
+    assert len(sent) == 1
+    assert _statuses(world) == Counter({"sent": 1, "pending": 5})
+    rows = [row for row in _rows(world) if row["status"] == "pending"]
+    assert all(row["lease_owner"] is None and row["attempts"] == 0 for row in rows)

@@ -413,6 +413,33 @@ def start_local_cluster(attempts: int = 3) -> PgServer:
     )
 
 
+def interrupt_server(server: PgServer) -> None:
+    """Fast shutdown (SIGINT) of a throwaway cluster, keeping its files: the database goes away
+    until `relaunch_server`. Only for clusters this process started."""
+    cluster = _own_cluster(server)
+    process = cluster._process
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=STOP_TIMEOUT_S)
+
+
+def relaunch_server(server: PgServer) -> None:
+    """Start an interrupted throwaway cluster again on the same files and port."""
+    cluster = _own_cluster(server)
+    if cluster.running:
+        return
+    cluster._process = _launch_postgres(
+        find_server_bindir(), cluster.base_dir, server.port, _unprivileged_account()
+    )
+    _wait_until_ready(server, cluster)
+
+
+def _own_cluster(server: PgServer) -> LocalCluster:
+    if server.cluster is None or server.cluster._stopped:
+        raise ValueError("only a running throwaway cluster this process started can be restarted")
+    return server.cluster
+
+
 # --- choosing a server ---------------------------------------------------------------------------
 
 

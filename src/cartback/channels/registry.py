@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cartback.channels.dev import ConsoleChannel, JsonlChannel, NullChannel
+from cartback.channels.webhook import WebhookChannel
 from cartback.config import Settings
 from cartback.core.model import Channel
 from cartback.ports import MessageChannel
@@ -17,6 +18,11 @@ def build_channel(name: str, kind: Channel, settings: Settings) -> MessageChanne
         return JsonlChannel(kind, settings.jsonl_path, timeout=timeout)
     if name == "null":
         return NullChannel(kind, timeout=timeout)
+    if name == "webhook":
+        url = settings.sms_webhook_url if kind is Channel.SMS else settings.email_webhook_url
+        if url is None:
+            raise ValueError(f"the webhook channel for {kind} needs a URL")
+        return WebhookChannel(kind, url, timeout=timeout)
     raise ValueError(f"unknown channel {name!r}")
 
 

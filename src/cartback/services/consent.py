@@ -135,7 +135,60 @@ def record_consent(
     )
     current = views(ledger(conn, [contact_id])[contact_id])
     refresh_flags(conn, contact_id, current, received_at)
+    if not granted:
+        withdraw_queued(conn, contact_id, current, received_at)
     return current[channel]
+
+
+def withdraw_queued(
+    conn: Connection, contact_id: int, current: Mapping[Channel, ConsentView], at: datetime
+) -> None:
+    """Messages queued for a shopper who just opted out are withdrawn in the same transaction.
+    A row a dispatcher has already claimed then fails its send fence, so nothing goes out after
+    the opt-out was received, however long the claim's batch takes."""
+    opted_out = any(view.opted_out_at is not None for view in current.values())
+    closed = [
+        str(kind)
+        for kind, view in current.items()
+        # An opt-out on any channel ends the recovery, as the dispatcher's own check says.
+        if opted_out or not view.marketing or view.suppressed
+    ]
+    if not closed:
+        return
+    o, e = t.outbox.c, t.enrollments.c
+    queued = conn.execute(
+        select(o.id, o.store_id, o.enrollment_id, o.step_id, e.cart_id)
+        .join(t.enrollments, e.id == o.enrollment_id)
+        .where(
+            o.contact_id == contact_id,
+            o.status.in_(("pending", "claimed")),
+            o.channel.in_(closed),
+        )
+    ).all()
+    if not queued:
+        return
+    reason = "cancelled: the shopper opted out"
+    conn.execute(
+        update(t.outbox)
+        .where(o.id.in_([row.id for row in queued]), o.status.in_(("pending", "claimed")))
+        .values(status="cancelled", error=reason, updated_at=at)
+    )
+    conn.execute(
+        t.decisions.insert(),
+        [
+            {
+                "store_id": row.store_id,
+                "enrollment_id": row.enrollment_id,
+                "cart_id": row.cart_id,
+                "step_id": row.step_id,
+                "outcome": "skip",
+                "rule": "dispatch.cancelled",
+                "reason": reason,
+                "at": at,
+            }
+            for row in queued
+        ],
+    )
 
 
 def refresh_flags(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -111,6 +112,7 @@ class Dispatcher:
         owner: str | None = None,
         rates: Mapping[Channel, float] | None = None,
         clock: Callable[[], datetime] | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
         if lease <= send_timeout:
             raise ValueError("the lease must be longer than the provider timeout")
@@ -128,6 +130,9 @@ class Dispatcher:
         self._clock = clock
         self._now: Callable[[], datetime] = clock or _since(datetime.min)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send")
+        # Once set, no new provider call starts: the rest of the claim goes back to the queue,
+        # so a shutdown waits only for the calls already in flight.
+        self._stopping = stopping or threading.Event()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -177,6 +182,9 @@ class Dispatcher:
             answers.put((item, handed))
 
     def _send(self, item: _Claimed) -> _Handed | None:
+        if self._stopping.is_set():
+            self._unclaim(item.id)
+            return None
         at = self._now()
         if at >= item.claim_until or not self._mark_sending(item.id, at):
             return None
@@ -202,6 +210,10 @@ class Dispatcher:
                 {"b_id": row_id, "b_owner": self.owner, "b_now": at, "b_until": at + self.lease},
             )
             return marked.rowcount == 1
+
+    def _unclaim(self, row_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(_UNCLAIM, {"b_id": row_id, "b_owner": self.owner, "b_now": self._now()})
 
     def _release(self, row_id: int) -> None:
         with self.engine.begin() as conn:
@@ -398,6 +410,22 @@ _RELEASE = (
     .values(
         status="pending",
         attempts=_o.attempts - 1,
+        lease_owner=None,
+        lease_until=None,
+        updated_at=bindparam("b_now", type_=UtcDateTime),
+    )
+)
+
+# A claimed row this dispatcher will not send (it is stopping) goes back to the queue at once.
+_UNCLAIM = (
+    update(t.outbox)
+    .where(
+        _o.id == bindparam("b_id"),
+        _o.lease_owner == bindparam("b_owner"),
+        _o.status == "claimed",
+    )
+    .values(
+        status="pending",
         lease_owner=None,
         lease_until=None,
         updated_at=bindparam("b_now", type_=UtcDateTime),

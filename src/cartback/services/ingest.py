@@ -454,13 +454,14 @@ def _end_enrollments(conn: Connection, cart_id: int, reason: str, text: str, now
                 at=now,
             )
         )
-    # Messages not yet handed to a provider are withdrawn; one already sending is past recall.
+    # Messages not yet handed to a provider are withdrawn (a claimed one then fails its send
+    # fence); one already sending is past recall.
     if live:
         conn.execute(
             update(t.outbox)
             .where(
                 t.outbox.c.enrollment_id.in_([row[0] for row in live]),
-                t.outbox.c.status == "pending",
+                t.outbox.c.status.in_(("pending", "claimed")),
             )
             .values(status="cancelled", error=text, updated_at=now)
         )
