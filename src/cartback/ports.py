@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Protocol
+from urllib.parse import parse_qsl
 
+from cartback.core.events import DeliveryUpdate, InboundReply
 from cartback.core.model import Channel
 
 
@@ -49,6 +52,12 @@ class SendResult:
     error: str | None = None
     retryable: bool = False
     cost: Decimal | None = None
+    segments: int | None = None
+    # The provider's own code for a refusal (Twilio 21610, Vonage 9), kept as text.
+    error_code: str | None = None
+    # The provider refused because the recipient opted out with it (Twilio 21610): never
+    # retried, and the address is suppressed for marketing.
+    opted_out: bool = False
 
 
 class LookupStatus(StrEnum):
@@ -85,6 +94,55 @@ class MessageChannel(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRequest:
+    """A provider's callback as received: the raw bytes, so signatures can be checked over
+    exactly what was sent. `url` is the public URL the provider called (from
+    `CARTBACK_BASE_URL`, not the Host header), which is what Twilio signs. Header names are
+    lower case."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+    query: Mapping[str, str] = field(default_factory=dict)
+
+    def form(self) -> dict[str, str]:
+        """The body as an HTML form (application/x-www-form-urlencoded), last value wins."""
+        return dict(parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """One store's settings for one provider, secrets already resolved from the environment or
+    the config file (never stored in the database in clear). `status_url` and `inbound_url`
+    are this store's callback routes, for providers that take them per request."""
+
+    provider: str
+    kind: Channel
+    store: str
+    options: Mapping[str, str]
+    status_url: str
+    inbound_url: str
+    timeout: float = 10.0
+
+
+class ProviderChannel(MessageChannel, Protocol):
+    """A real provider: it sends, and it reads its own callbacks (delivery reports, replies).
+
+    `verify` checks a callback's signature or shared secret in constant time; a callback that
+    fails it is answered 401 and changes nothing. `parse_status` and `parse_inbound` never
+    raise for a payload they do not understand: they answer an empty list (a ping, a report
+    of a kind cartback does not track) or raise `ValueError` naming the field for a payload
+    that is malformed (answered 422)."""
+
+    def verify(self, request: WebhookRequest) -> bool: ...
+
+    def parse_status(self, request: WebhookRequest) -> list[DeliveryUpdate]: ...
+
+    def parse_inbound(self, request: WebhookRequest) -> list[InboundReply]: ...
 
 
 class DiscountIssuer(Protocol):

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from cartback.core.model import CartLine, Channel, Purpose
@@ -89,3 +90,52 @@ class ConsentChanged:
 
 
 ShopEvent = CheckoutUpdated | OrderPlaced | CartEmptied | ConsentChanged
+
+
+class DeliveryStatus(StrEnum):
+    """What a provider reports about one message. Forward only: sent → delivered | failed."""
+
+    # The provider handed it on (accepted by the carrier, buffered, en route).
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryUpdate:
+    """One delivery report. `message_key` is our `cb-<outbox id>` where the provider echoes it
+    (a callback URL parameter, a client reference); otherwise the message is found by
+    `provider_id`."""
+
+    provider: str
+    status: DeliveryStatus
+    provider_id: str | None = None
+    message_key: str | None = None
+    at: datetime | None = None
+    # The provider's or carrier's own code, kept as text (Twilio 30003, Vonage err-code 9,
+    # SMPP message_state 5, a DLR status 16).
+    error_code: str | None = None
+    error: str | None = None
+    # A failure that no retry can fix: an invalid number, a landline, a closed mailbox.
+    permanent: bool = False
+    # The carrier or provider says the recipient opted out (Twilio 21610, Vonage 9 on a US
+    # number): the address is suppressed for marketing.
+    opted_out: bool = False
+    segments: int | None = None
+    cost: Decimal | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundReply:
+    """A message a shopper sent us: an SMS reply (MO) or, later, an email reply."""
+
+    provider: str
+    channel: Channel
+    # The shopper's address: E.164 for SMS. `to` is our sender (long code, short code, id).
+    sender: str
+    text: str
+    to: str | None = None
+    provider_id: str | None = None
+    at: datetime | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
