@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.faultrig import SUMMARIES
+from tests.support.faultrig import RUNS, SUMMARIES, total_line
 from tests.support.pg import acquire_server, temporary_database
 
 # One seed for the run, printed with every summary line; set it to replay a run.
@@ -38,3 +38,4 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section(f"fault suite (CARTBACK_FAULT_SEED={BASE_SEED})")
     for line in SUMMARIES:
         terminalreporter.write_line(line)
+    terminalreporter.write_line(total_line(RUNS))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.faults import scenarios
-from tests.support.faultrig import SUMMARIES, Counts, rig
+from tests.support.faultrig import RUNS, SUMMARIES, Counts, rig
 from tests.support.pg import start_local_cluster, temporary_database
 
 pytestmark = pytest.mark.slow
@@ -38,6 +38,7 @@ def _note(request: pytest.FixtureRequest) -> str:
 
 def _report(counts: Counts, request: pytest.FixtureRequest) -> None:
     SUMMARIES.append(counts.line() + _note(request))
+    RUNS.append(counts)
     counts.assert_promises()
 
 
@@ -101,6 +102,7 @@ def test_concurrent_and_reordered_events(
     with rig(backend, fault_database, tmp_path, seed) as made:
         counts = scenarios.concurrent_events(made)
         SUMMARIES.append(counts.line() + _note(request))
+        RUNS.append(counts)
         assert counts.extra["stale"] == 0, counts.line()
         counts.assert_promises()
 
@@ -112,6 +114,7 @@ def test_clock_skewed_grant_then_unsubscribe(
     with rig(backend, fault_database, tmp_path, seed) as made:
         counts = scenarios.skewed_events(made)
         SUMMARIES.append(counts.line() + _note(request))
+        RUNS.append(counts)
         assert counts.extra["held_by_skew"] == 0, counts.line()
         counts.assert_promises()
 

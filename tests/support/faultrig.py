@@ -112,8 +112,21 @@ class Counts:
         )
 
 
-# Every summary line of the run, for the terminal summary and the soak.
+# Every summary line of the run, for the terminal summary and the soak, and the counts behind
+# them for the total line.
 SUMMARIES: list[str] = []
+RUNS: list[Counts] = []
+
+
+def total_line(runs: list[Counts]) -> str:
+    """One line for the whole suite: what its promises are measured by."""
+    return (
+        f"faults: runs={len(runs)} sent={sum(r.sent for r in runs)} "
+        f"duplicates={sum(r.duplicates for r in runs)} "
+        f"after_optout={sum(r.after_optout for r in runs)} "
+        f"quiet={sum(r.quiet for r in runs)} lost={sum(r.lost for r in runs)} "
+        f"unknown={sum(r.unknown for r in runs)}"
+    )
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> float:
