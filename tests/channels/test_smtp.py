@@ -1,0 +1,279 @@
+"""The SMTP channel against a real SMTP server (aiosmtpd) on loopback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cartback.channels.smtp import SmtpChannel
+from cartback.core.model import Channel
+from cartback.ports import LookupStatus, OutboundMessage, ProviderConfig, SendStatus
+from tests.support.smtp import PASSWORD, USERNAME, SmtpServer, smtp_server
+
+UNSUBSCRIBE = "<https://go.example/u/AbCdEfGhIjKlMnOpQ>"
+
+
+def _message(key: str = "cb-42", **changes: object) -> OutboundMessage:
+    fields: dict[str, object] = {
+        "key": key,
+        "channel": Channel.EMAIL,
+        "to": "kåre@example.com".replace("å", "a"),
+        "subject": "Du glemte noe, Kåre – 20 % på ullsokker",
+        "body": "Hei Kåre,\nhandlekurven din venter.\n.\nSlutt",
+        "html": "<html><body><p>Hei Kåre, handlekurven din venter.</p></body></html>",
+        "headers": (
+            ("List-Unsubscribe", UNSUBSCRIBE),
+            ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+        ),
+    }
+    fields.update(changes)
+    return OutboundMessage(**fields)  # type: ignore[arg-type]
+
+
+def _channel(server: SmtpServer, timeout: float = 5.0, **options: str) -> SmtpChannel:
+    settings = {
+        "host": server.host,
+        "port": str(server.port),
+        "starttls": "false",
+        "from": "hello@butikk.example",
+        "from_name": "Strikkebutikken Ærlig",
+        "reply_to": "support@butikk.example",
+        **options,
+    }
+    if server.ca_file:
+        settings["ca_file"] = server.ca_file
+    config = ProviderConfig(
+        provider="smtp",
+        kind=Channel.EMAIL,
+        store="test",
+        options=settings,
+        status_url="https://go.example/hooks/channel/smtp/test/status",
+        inbound_url="https://go.example/hooks/channel/smtp/test/inbound",
+        timeout=timeout,
+    )
+    return SmtpChannel(config)
+
+
+@pytest.fixture
+def plain(tmp_path: Path) -> Iterator[SmtpServer]:
+    with smtp_server(tmp_path) as server:
+        yield server
+
+
+def test_a_plain_send_arrives_with_both_parts_and_the_one_click_headers(
+    plain: SmtpServer,
+) -> None:
+    channel = _channel(plain)
+    try:
+        result = channel.send(_message())
+    finally:
+        channel.close()
+    assert result.status is SendStatus.ACCEPTED
+    assert result.provider_id == "4F3xQ1"
+    [received] = plain.handler.received
+    assert received.mail_from == "hello@butikk.example"
+    assert received.rcpt_tos == ["kare@example.com"]
+    mail = received.message
+    assert mail["List-Unsubscribe"] == UNSUBSCRIBE
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert mail["Subject"] == "Du glemte noe, Kåre – 20 % på ullsokker"
+    assert mail["From"].addresses[0].display_name == "Strikkebutikken Ærlig"
+    assert mail["From"].addresses[0].addr_spec == "hello@butikk.example"
+    assert str(mail["Reply-To"]) == "support@butikk.example"
+    assert mail["To"] == "kare@example.com"
+    assert mail["Date"].datetime is not None
+    assert mail["Message-ID"].startswith("<cb-42.")
+    assert mail["Message-ID"].endswith("@butikk.example>")
+    assert mail.get_content_type() == "multipart/alternative"
+    text = mail.get_body(("plain",))
+    html = mail.get_body(("html",))
+    assert text is not None and html is not None
+    assert (
+        text.get_content().replace("\r\n", "\n")
+        == "Hei Kåre,\nhandlekurven din venter.\n.\nSlutt\n"
+    )
+    assert "<p>Hei Kåre, handlekurven din venter.</p>" in html.get_content()
+    # Encoded on the wire: the raw message is 7-bit clean.
+    received.raw.decode("ascii")
+
+
+def test_the_message_id_is_the_same_for_every_try_of_one_key(plain: SmtpServer) -> None:
+    channel = _channel(plain)
+    try:
+        for key in ("cb-7", "cb-7", "cb-8"):
+            assert channel.send(_message(key)).status is SendStatus.ACCEPTED
+    finally:
+        channel.close()
+    ids = [received.message["Message-ID"] for received in plain.handler.received]
+    assert ids[0] == ids[1] != ids[2]
+    assert ids[2].startswith("<cb-8.")
+
+
+def test_a_text_only_message_is_a_single_part(plain: SmtpServer) -> None:
+    channel = _channel(plain)
+    try:
+        assert channel.send(_message(html=None)).status is SendStatus.ACCEPTED
+    finally:
+        channel.close()
+    mail = plain.handler.received[0].message
+    assert mail.get_content_type() == "text/plain"
+
+
+def test_headers_from_the_message_cannot_replace_the_sender(plain: SmtpServer) -> None:
+    channel = _channel(plain)
+    forged = (("From", "ceo@bank.example"), ("X-Campaign", "winter"))
+    try:
+        channel.send(_message(headers=forged))
+    finally:
+        channel.close()
+    mail = plain.handler.received[0].message
+    assert mail.get_all("From") == ["Strikkebutikken Ærlig <hello@butikk.example>"]
+    assert mail["X-Campaign"] == "winter"
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_starttls_with_auth(tmp_path: Path, mechanism: str) -> None:
+    with smtp_server(tmp_path, tls="starttls", auth=True, mechanisms=(mechanism,)) as server:
+        channel = _channel(server, starttls="true", username=USERNAME, password=PASSWORD)
+        try:
+            result = channel.send(_message())
+        finally:
+            channel.close()
+        assert result.status is SendStatus.ACCEPTED, result.error
+        [received] = server.handler.received
+        assert received.authenticated_as == USERNAME
+        assert received.message["List-Unsubscribe"] == UNSUBSCRIBE
+
+
+def test_implicit_tls(tmp_path: Path) -> None:
+    with smtp_server(tmp_path, tls="implicit") as server:
+        channel = _channel(server, starttls="false", tls="true")
+        try:
+            assert channel.send(_message()).status is SendStatus.ACCEPTED
+        finally:
+            channel.close()
+        assert len(server.handler.received) == 1
+
+
+def test_a_server_certificate_not_trusted_is_refused_and_retryable(tmp_path: Path) -> None:
+    with smtp_server(tmp_path, tls="starttls") as server:
+        # No ca_file: the throwaway CA is not trusted by the system store.
+        server.ca_file = None
+        channel = _channel(server, starttls="true")
+        try:
+            result = channel.send(_message())
+        finally:
+            channel.close()
+    assert result.status is SendStatus.REJECTED and result.retryable
+    assert server.handler.received == []
+
+
+def test_wrong_credentials_are_retryable_and_name_no_recipient(tmp_path: Path) -> None:
+    with smtp_server(tmp_path, tls="starttls", auth=True) as server:
+        channel = _channel(server, starttls="true", username=USERNAME, password="wrong")
+        try:
+            result = channel.send(_message())
+        finally:
+            channel.close()
+    assert result.status is SendStatus.REJECTED
+    # The account is at fault, not the address: it must not be suppressed.
+    assert result.retryable
+    assert result.error is not None and "auth" in result.error
+    assert "example.com" not in result.error
+
+
+def test_a_4xx_reply_is_retryable(plain: SmtpServer) -> None:
+    plain.handler.rcpt_reply = "450 4.2.1 Mailbox busy, try later"
+    channel = _channel(plain)
+    try:
+        result = channel.send(_message())
+    finally:
+        channel.close()
+    assert result.status is SendStatus.REJECTED
+    assert result.retryable
+    assert result.error_code == "4.2.1"
+
+
+def test_an_unknown_user_is_permanent_with_the_enhanced_code(plain: SmtpServer) -> None:
+    plain.handler.rcpt_reply = "550 5.1.1 <kare@example.com>: Recipient address rejected"
+    channel = _channel(plain)
+    try:
+        result = channel.send(_message())
+    finally:
+        channel.close()
+    assert result.status is SendStatus.REJECTED
+    assert not result.retryable
+    assert result.error_code == "5.1.1"
+    assert result.error is not None and "kare@example.com" not in result.error
+
+
+def test_a_server_that_stalls_after_data_is_unknown_within_the_timeout(
+    plain: SmtpServer,
+) -> None:
+    plain.handler.stall = 5.0
+    channel = _channel(plain, timeout=1.0)
+    started = time.monotonic()
+    try:
+        result = channel.send(_message())
+    finally:
+        channel.close()
+    elapsed = time.monotonic() - started
+    assert result.status is SendStatus.UNKNOWN
+    assert "data" in (result.error or "")
+    assert elapsed < 1.0 + 0.5
+
+
+def test_nothing_listening_is_retryable(tmp_path: Path) -> None:
+    with smtp_server(tmp_path) as server:
+        pass  # stopped: the port is closed now
+    channel = _channel(server)
+    try:
+        result = channel.send(_message())
+    finally:
+        channel.close()
+    assert result.status is SendStatus.REJECTED and result.retryable
+
+
+def test_sends_from_several_threads_each_use_their_own_loop(plain: SmtpServer) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    channel = _channel(plain)
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(channel.send, [_message(f"cb-{n}") for n in range(12)]))
+    finally:
+        channel.close()
+    assert {result.status for result in results} == {SendStatus.ACCEPTED}
+    assert len(plain.handler.received) == 12
+
+
+def test_lookup_cannot_tell_and_callbacks_are_refused(plain: SmtpServer) -> None:
+    channel = _channel(plain)
+    from cartback.ports import WebhookRequest
+
+    request = WebhookRequest("POST", "https://go.example/hooks", {}, b"{}")
+    try:
+        assert channel.lookup("cb-42") is LookupStatus.UNKNOWN
+        assert channel.verify(request) is False
+        assert channel.parse_status(request) == []
+    finally:
+        channel.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"host": ""}, "host"),
+        ({"from": "not-an-address"}, "from"),
+        ({"port": "99999"}, "port"),
+        ({"tls": "true", "starttls": "true"}, "starttls"),
+        ({"starttls": "maybe"}, "starttls"),
+        ({"username": "shop"}, "username"),
+    ],
+)
+def test_bad_options_name_the_field(plain: SmtpServer, options: dict[str, str], field: str) -> None:
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        _channel(plain, **options)
