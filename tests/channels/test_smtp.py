@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cartback.channels.smtp import SmtpChannel
+from cartback.config import ConfigError, load_settings
 from cartback.core.model import Channel
 from cartback.ports import LookupStatus, OutboundMessage, ProviderConfig, SendStatus
 from tests.support.smtp import PASSWORD, USERNAME, SmtpServer, smtp_server
@@ -277,3 +278,64 @@ def test_lookup_cannot_tell_and_callbacks_are_refused(plain: SmtpServer) -> None
 def test_bad_options_name_the_field(plain: SmtpServer, options: dict[str, str], field: str) -> None:
     with pytest.raises(ValueError, match=f"^{field}:"):
         _channel(plain, **options)
+
+
+def test_the_default_email_channel_can_be_smtp_from_the_environment(plain: SmtpServer) -> None:
+    from cartback.channels.registry import build_channels
+
+    settings = load_settings(
+        {
+            "CARTBACK_EMAIL_CHANNEL": "smtp",
+            "CARTBACK_SMTP_HOST": plain.host,
+            "CARTBACK_SMTP_PORT": str(plain.port),
+            "CARTBACK_SMTP_STARTTLS": "false",
+            "CARTBACK_SMTP_FROM": "hello@butikk.example",
+            "CARTBACK_SMTP_FROM_NAME": "Strikkebutikken",
+            "CARTBACK_SMTP_PASSWORD": "not-in-repr",
+        }
+    )
+    assert "not-in-repr" not in repr(settings)
+    channels = build_channels(settings)
+    email = channels[Channel.EMAIL]
+    try:
+        assert isinstance(email, SmtpChannel)
+        assert email.send(_message()).status is SendStatus.ACCEPTED
+    finally:
+        for channel in channels.values():
+            channel.close()
+    mail = plain.handler.received[0].message
+    assert mail["From"] == "Strikkebutikken <hello@butikk.example>"
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"CARTBACK_SMTP_FROM": "hello@butikk.example"}, "CARTBACK_SMTP_HOST: required"),
+        ({"CARTBACK_SMTP_HOST": "mail.example"}, "CARTBACK_SMTP_FROM: not an email"),
+        (
+            {"CARTBACK_SMTP_HOST": "m", "CARTBACK_SMTP_FROM": "a@b.c", "CARTBACK_SMTP_PORT": "0"},
+            "CARTBACK_SMTP_PORT: must be between",
+        ),
+        (
+            {"CARTBACK_SMTP_HOST": "m", "CARTBACK_SMTP_FROM": "a@b.c", "CARTBACK_SMTP_TLS": "si"},
+            "CARTBACK_SMTP_TLS: expected true or false",
+        ),
+        (
+            {
+                "CARTBACK_SMTP_HOST": "m",
+                "CARTBACK_SMTP_FROM": "a@b.c",
+                "CARTBACK_SMTP_STARTTLS": "false",
+                "CARTBACK_SMTP_USERNAME": "shop",
+            },
+            "CARTBACK_SMTP_USERNAME: SMTP AUTH needs",
+        ),
+    ],
+)
+def test_smtp_settings_name_the_variable(environ: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{variable}"):
+        load_settings({"CARTBACK_EMAIL_CHANNEL": "smtp", **environ})
+
+
+def test_smtp_cannot_carry_sms() -> None:
+    with pytest.raises(ConfigError, match=r"^CARTBACK_SMS_CHANNEL: smtp sends email only"):
+        load_settings({"CARTBACK_SMS_CHANNEL": "smtp"})

@@ -103,6 +103,14 @@ def _settings(options: dict[str, str], sender_domain: str) -> SmtpSettings:
     )
 
 
+def check_options(options: dict[str, str]) -> None:
+    """Raise ValueError naming the option ("from: ...") if these options cannot work."""
+    sender = parse_address(options.get("from", ""), name=options.get("from_name"), field="from")
+    if options.get("reply_to"):
+        parse_address(options["reply_to"], field="reply_to")
+    _settings(options, sender.domain)
+
+
 class SmtpChannel:
     name = "smtp"
 
