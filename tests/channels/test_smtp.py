@@ -339,3 +339,59 @@ def test_smtp_settings_name_the_variable(environ: dict[str, str], variable: str)
 def test_smtp_cannot_carry_sms() -> None:
     with pytest.raises(ConfigError, match=r"^CARTBACK_SMS_CHANNEL: smtp sends email only"):
         load_settings({"CARTBACK_SMS_CHANNEL": "smtp"})
+
+
+def test_an_international_domain_goes_out_as_punycode(plain: SmtpServer) -> None:
+    channel = _channel(plain)
+    try:
+        result = channel.send(_message(to="kari@bütikk.example"))
+    finally:
+        channel.close()
+    assert result.status is SendStatus.ACCEPTED
+    assert plain.handler.received[0].rcpt_tos == ["kari@xn--btikk-kva.example"]
+
+
+def test_a_non_ascii_mailbox_needs_a_server_that_takes_smtputf8(tmp_path: Path) -> None:
+    with smtp_server(tmp_path, smtputf8=True) as server:
+        channel = _channel(server)
+        try:
+            result = channel.send(_message(to="kåre@example.com"))
+        finally:
+            channel.close()
+        assert result.status is SendStatus.ACCEPTED
+        [received] = server.handler.received
+        assert received.rcpt_tos == ["kåre@example.com"]
+        assert received.message["To"] == "kåre@example.com"
+    with smtp_server(tmp_path) as server:
+        channel = _channel(server)
+        try:
+            result = channel.send(_message(to="kåre@example.com"))
+        finally:
+            channel.close()
+        assert result.status is SendStatus.REJECTED and not result.retryable
+        assert "SMTPUTF8" in (result.error or "")
+        assert server.handler.received == []
+
+
+def test_a_line_break_in_the_subject_is_folded_into_a_space(plain: SmtpServer) -> None:
+    channel = _channel(plain)
+    try:
+        assert channel.send(_message(subject="Hei\r\nBcc: x@y.z")).status is SendStatus.ACCEPTED
+    finally:
+        channel.close()
+    mail = plain.handler.received[0].message
+    assert mail["Subject"] == "Hei Bcc: x@y.z"
+    assert mail["Bcc"] is None
+
+
+@pytest.mark.parametrize("to", ["not-an-address", "a@b.c\r\nBcc: x@y.z", "a@b.c, d@e.f"])
+def test_an_address_no_server_would_take_is_refused_before_connecting(
+    plain: SmtpServer, to: str
+) -> None:
+    channel = _channel(plain)
+    try:
+        result = channel.send(_message(to=to))
+    finally:
+        channel.close()
+    assert result.status is SendStatus.REJECTED and not result.retryable
+    assert plain.handler.received == []

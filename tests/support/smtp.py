@@ -95,10 +95,11 @@ def smtp_server(
     tls: str = "none",
     auth: bool = False,
     mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN"),
+    smtputf8: bool = False,
 ) -> Iterator[SmtpServer]:
     """``tls``: "none", "starttls" (required before MAIL) or "implicit"."""
     handler = Handler()
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
     ca_file = None
     server_context = None
     if tls != "none":

@@ -7,7 +7,7 @@ import hashlib
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime
 
 from cartback.ports import OutboundMessage
@@ -53,14 +53,16 @@ def build_message(
     reply_to: Address | None,
     message_id: str,
     now: datetime | None = None,
+    utf8: bool = False,
 ) -> EmailMessage:
-    mail = EmailMessage(policy=SMTP)
+    """The message; `utf8` for a recipient whose address needs SMTPUTF8 (RFC 6532 headers)."""
+    mail = EmailMessage(policy=SMTPUTF8 if utf8 else SMTP)
     mail["From"] = sender
     mail["To"] = message.to
     if reply_to is not None:
         mail["Reply-To"] = reply_to
     # Non-ASCII subjects and names become RFC 2047 encoded words when serialised.
-    mail["Subject"] = message.subject or ""
+    mail["Subject"] = " ".join((message.subject or "").split())
     mail["Date"] = format_datetime(now or datetime.now(UTC))
     mail["Message-ID"] = message_id
     for name, value in message.headers:

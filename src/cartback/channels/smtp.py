@@ -31,7 +31,7 @@ import contextlib
 import re
 import ssl
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiosmtplib
 
@@ -49,6 +49,7 @@ from cartback.ports import (
 
 ENHANCED_CODE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 QUEUE_ID = re.compile(r"\b(?:queued as|id[=:])\s*<?([A-Za-z0-9._@-]{4,100})", re.IGNORECASE)
+NO_SMTPUTF8 = "the server does not take SMTPUTF8, which this address needs"
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
@@ -151,15 +152,21 @@ class SmtpChannel:
         return message_id(key, self.id_salt, self.id_domain)
 
     def send(self, message: OutboundMessage) -> SendResult:
-        mail = build_message(
-            message,
-            sender=self.sender,
-            reply_to=self.reply_to,
-            message_id=self.message_id(message.key),
-        )
+        try:
+            to, international = recipient(message.to)
+            content = build_message(
+                replace(message, to=to),
+                sender=self.sender,
+                reply_to=self.reply_to,
+                message_id=self.message_id(message.key),
+                utf8=international,
+            ).as_bytes()
+        except ValueError as error:
+            # No server would take it, now or later: a line break in a header, a bad address.
+            return SendResult(SendStatus.REJECTED, error=f"cannot be sent: {_first(error)}")
         attempt = _Attempt()
         try:
-            return self._runner().run(self._deliver(message.to, mail.as_bytes(), attempt))
+            return self._runner().run(self._deliver(to, content, international, attempt))
         except (TimeoutError, aiosmtplib.SMTPTimeoutError) as error:
             return _lost(attempt, f"timed out after {self.timeout:g} s", error)
         except aiosmtplib.SMTPResponseException as error:
@@ -167,7 +174,9 @@ class SmtpChannel:
         except (aiosmtplib.SMTPException, OSError) as error:
             return _lost(attempt, "connection failed", error)
 
-    async def _deliver(self, to: str, content: bytes, attempt: _Attempt) -> SendResult:
+    async def _deliver(
+        self, to: str, content: bytes, international: bool, attempt: _Attempt
+    ) -> SendResult:
         settings = self.settings
         client = aiosmtplib.SMTP(
             hostname=settings.host,
@@ -187,9 +196,16 @@ class SmtpChannel:
                     attempt.phase = "auth"
                     await client.login(settings.username, settings.password or "")
                 attempt.phase = "mail"
-                await client.mail(self.sender.addr_spec)
+                if international:
+                    if client.is_ehlo_or_helo_needed:
+                        await client.ehlo()
+                    if not client.supports_extension("smtputf8"):
+                        return SendResult(SendStatus.REJECTED, error=NO_SMTPUTF8)
+                    await client.mail(self.sender.addr_spec, options=["SMTPUTF8"])
+                else:
+                    await client.mail(self.sender.addr_spec)
                 attempt.phase = "rcpt"
-                await client.rcpt(to)
+                await client.rcpt(to, encoding="utf-8" if international else "ascii")
                 attempt.phase = "data"
                 reply = await client.data(content)
                 attempt.phase, attempt.reply = "done", reply.message
@@ -217,6 +233,23 @@ class SmtpChannel:
             runners, self._runners = self._runners, []
         for runner in runners:
             runner.close()
+
+
+def recipient(address: str) -> tuple[str, bool]:
+    """The address as it goes on the wire, and whether it needs SMTPUTF8 (a non-ASCII local
+    part). A non-ASCII domain becomes its IDNA (punycode) form, which every server takes."""
+    local, at, domain = address.strip().rpartition("@")
+    if not at or not local or not domain or any(c in address for c in "<>\r\n ,;"):
+        raise ValueError("to: not an email address")
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError("to: the domain is not a valid internationalised name") from None
+    return f"{local}@{domain}", not local.isascii()
+
+
+def _first(error: ValueError) -> str:
+    return str(error).splitlines()[0][:200]
 
 
 class _Attempt:
