@@ -224,7 +224,7 @@ def test_a_server_that_stalls_after_data_is_unknown_within_the_timeout(
     elapsed = time.monotonic() - started
     assert result.status is SendStatus.UNKNOWN
     assert "data" in (result.error or "")
-    assert elapsed < 1.0 + 0.5
+    assert elapsed < 1.0 + 1.0
 
 
 def test_nothing_listening_is_retryable(tmp_path: Path) -> None:
