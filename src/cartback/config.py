@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -53,6 +53,16 @@ class Settings:
     # Where the `webhook` channel POSTs each message of that kind.
     sms_webhook_url: str | None = None
     email_webhook_url: str | None = None
+    # The `smtp` email channel: one SMTP server for every store (a relay, a provider's
+    # submission port). STARTTLS unless `smtp_tls` asks for implicit TLS (port 465).
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_starttls: bool = True
+    smtp_tls: bool = False
+    smtp_from: str | None = None
+    smtp_from_name: str | None = None
 
 
 _BOUNDS: dict[str, tuple[float, float]] = {
@@ -69,8 +79,11 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "sms_rate": (0, 100_000),
     "email_rate": (0, 100_000),
     "future_skew_seconds": (0, 3600),
+    "smtp_port": (1, 65535),
 }
-CHANNELS = ("console", "jsonl", "null", "webhook")
+CHANNELS = ("console", "jsonl", "null", "webhook", "smtp")
+BOOLEANS = {"1": True, "true": True, "yes": True, "on": True}
+BOOLEANS |= {"0": False, "false": False, "no": False, "off": False}
 # A lease is this many provider timeouts long, so a slow call ends long before the lease does.
 LEASE_PER_TIMEOUT = 3
 
@@ -102,6 +115,10 @@ def _convert(name: str, raw: str, kind: object) -> object:
             return float(raw)
     except ValueError:
         raise ConfigError(env_name(name), f"expected a number, got {raw!r}") from None
+    if text == "bool":
+        if raw.strip().lower() not in BOOLEANS:
+            raise ConfigError(env_name(name), f"expected true or false, got {raw!r}")
+        return BOOLEANS[raw.strip().lower()]
     if "Path" in text:
         return Path(raw)
     return raw
@@ -130,6 +147,10 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(env_name(url_field), "must be set for the webhook channel")
         if url is not None and urlsplit(url).scheme not in ("http", "https"):
             raise ConfigError(env_name(url_field), f"must be an http(s) URL, got {url!r}")
+    if settings.sms_channel == "smtp":
+        raise ConfigError(env_name("sms_channel"), "smtp sends email only")
+    if settings.email_channel == "smtp":
+        _validate_smtp(settings)
     parts = urlsplit(settings.base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(
@@ -143,3 +164,29 @@ def _validate(settings: Settings) -> None:
         )
     if settings.flows_dir is not None and not settings.flows_dir.is_dir():
         raise ConfigError(env_name("flows_dir"), f"{settings.flows_dir} is not a directory")
+
+
+def smtp_options(settings: Settings) -> dict[str, str]:
+    """The `smtp` channel's options from CARTBACK_SMTP_* (the names a per-store config uses)."""
+    options = {
+        "host": settings.smtp_host or "",
+        "port": str(settings.smtp_port),
+        "starttls": str(settings.smtp_starttls and not settings.smtp_tls).lower(),
+        "tls": str(settings.smtp_tls).lower(),
+        "from": settings.smtp_from or "",
+        "from_name": settings.smtp_from_name or "",
+        "username": settings.smtp_username or "",
+        "password": settings.smtp_password or "",
+    }
+    return {name: value for name, value in options.items() if value}
+
+
+def _validate_smtp(settings: Settings) -> None:
+    # Imported here: the channel pulls in the SMTP client, which only this channel needs.
+    from cartback.channels.smtp import check_options
+
+    try:
+        check_options(smtp_options(settings))
+    except ValueError as error:
+        option, _, message = str(error).partition(": ")
+        raise ConfigError(env_name(f"smtp_{option}"), message) from None

@@ -1,12 +1,31 @@
-"""Build the configured channel for each kind of message."""
+"""Build the configured channel for each kind of message, and the providers by name."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from cartback.channels import postmark, smtp
 from cartback.channels.dev import ConsoleChannel, JsonlChannel, NullChannel
 from cartback.channels.webhook import WebhookChannel
-from cartback.config import Settings
+from cartback.config import Settings, smtp_options
 from cartback.core.model import Channel
-from cartback.ports import MessageChannel
+from cartback.ports import MessageChannel, ProviderChannel, ProviderConfig
+
+# Every real provider, by the name a store's settings use. One line per provider.
+PROVIDERS: dict[str, Callable[[ProviderConfig], ProviderChannel]] = {
+    "smtp": smtp.build,
+    "postmark": postmark.build,
+}
+
+
+def build_provider(config: ProviderConfig) -> ProviderChannel:
+    """The provider a store's settings name; ValueError for a name cartback does not know."""
+    try:
+        factory = PROVIDERS[config.provider]
+    except KeyError:
+        known = ", ".join(sorted(PROVIDERS))
+        raise ValueError(f"unknown provider {config.provider!r}; one of {known}") from None
+    return factory(config)
 
 
 def build_channel(name: str, kind: Channel, settings: Settings) -> MessageChannel:
@@ -23,6 +42,18 @@ def build_channel(name: str, kind: Channel, settings: Settings) -> MessageChanne
         if url is None:
             raise ValueError(f"the webhook channel for {kind} needs a URL")
         return WebhookChannel(kind, url, timeout=timeout)
+    if name == "smtp" and kind is Channel.EMAIL:
+        # The installation-wide SMTP server from CARTBACK_SMTP_*, for every store.
+        config = ProviderConfig(
+            provider="smtp",
+            kind=kind,
+            store="",
+            options=smtp_options(settings),
+            status_url="",
+            inbound_url="",
+            timeout=timeout,
+        )
+        return smtp.build(config)
     raise ValueError(f"unknown channel {name!r}")
 
 
