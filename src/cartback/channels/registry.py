@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cartback.channels.dev import ConsoleChannel, JsonlChannel, NullChannel
+from cartback.channels.inmobile import InMobileChannel
+from cartback.channels.linkmobility import LinkMobilityChannel
+from cartback.channels.sinch import SinchChannel
+from cartback.channels.vonage import VonageChannel
 from cartback.channels.webhook import WebhookChannel
 from cartback.config import Settings
 from cartback.core.model import Channel
-from cartback.ports import MessageChannel
+from cartback.ports import MessageChannel, ProviderChannel, ProviderConfig
+
+# Every real provider by the name used in store settings and in the callback routes
+# (`/hooks/channel/{provider}/{store}/...`). One line per provider.
+PROVIDERS: dict[str, Callable[[ProviderConfig], ProviderChannel]] = {
+    "vonage": VonageChannel,
+    "linkmobility": LinkMobilityChannel,
+    "inmobile": InMobileChannel,
+    "sinch": SinchChannel,
+}
+
+
+def build_provider(config: ProviderConfig) -> ProviderChannel:
+    """The adapter for one store's provider settings; `ValueError` for an unknown name or a
+    missing option (named in the message)."""
+    factory = PROVIDERS.get(config.provider)
+    if factory is None:
+        raise ValueError(f"unknown provider {config.provider!r}; one of {', '.join(PROVIDERS)}")
+    return factory(config)
 
 
 def build_channel(name: str, kind: Channel, settings: Settings) -> MessageChannel:
