@@ -124,3 +124,33 @@ def test_an_incoming_callback_is_read_like_a_pulled_message() -> None:
     replies = _channel().parse_inbound(incoming)
 
     assert [r.text for r in replies] == ["Afmeld", "Hello"]
+
+
+def test_one_unreadable_pulled_report_does_not_lose_the_others() -> None:
+    # Pulled reports are handed out once: dropping the batch for one bad item would lose them.
+    replay = Replay("inmobile", "reports_pull")
+    replay.exchange["response"]["json"]["reports"].insert(1, {"messageId": "cb-49"})
+
+    updates = _channel(replay).pull_reports()
+
+    assert [u.message_key for u in updates] == ["cb-42", "cb-47", "cb-48"]
+
+
+def test_one_unreadable_pulled_message_does_not_lose_the_others() -> None:
+    replay = Replay("inmobile", "incoming_pull")
+    replay.exchange["response"]["json"]["messages"].append({"text": "no sender"})
+
+    assert [r.text for r in _channel(replay).pull_inbound()] == ["Afmeld", "Hello"]
+
+
+def test_a_state_inmobile_does_not_publish_changes_nothing() -> None:
+    document = load("inmobile", "status_delivered")["json"]
+    document["reports"][0]["deliveryInfo"]["stateCode"] = 8
+    request = WebhookRequest("POST", "https://shop.example/s", {}, json.dumps(document).encode())
+
+    assert _channel().parse_status(request) == []
+
+
+def test_an_unreadable_validity_is_named() -> None:
+    with pytest.raises(ValueError, match="validity_seconds"):
+        InMobileChannel(provider_config("inmobile", validity_seconds="soon"))

@@ -119,3 +119,27 @@ def test_an_mo_without_text_names_the_field() -> None:
 
 def test_without_a_token_every_gate_call_passes() -> None:
     assert _channel().verify(callback("linkmobility", "report_delivered"))
+
+
+def test_an_unreadable_sms_count_does_not_undo_an_accepted_send() -> None:
+    replay = Replay("linkmobility", "send_accepted")
+    replay.exchange["response"]["json"]["smsCount"] = "two"
+
+    result = LinkMobilityChannel(provider_config("linkmobility"), replay.transport).send(MESSAGE)
+
+    assert result.status is SendStatus.ACCEPTED and result.segments is None
+
+
+def test_a_result_code_link_does_not_publish_changes_nothing() -> None:
+    request = callback("linkmobility", "report_delivered", extra={"resultCode": 9999})
+    assert _channel().parse_status(request) == []
+
+
+def test_a_send_answer_with_an_unpublished_code_is_unknown() -> None:
+    # It may have been taken: the report, which carries refId, settles it; no blind resend.
+    replay = Replay("linkmobility", "send_accepted")
+    replay.exchange["response"]["json"]["resultCode"] = 9999
+
+    result = LinkMobilityChannel(provider_config("linkmobility"), replay.transport).send(MESSAGE)
+
+    assert result.status is SendStatus.UNKNOWN

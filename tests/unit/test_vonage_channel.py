@@ -186,3 +186,12 @@ def test_signature_replaces_ampersands_and_equals_in_values() -> None:
 def test_an_unknown_signature_method_is_refused() -> None:
     with pytest.raises(ValueError, match="signature_method"):
         _channel(signature_secret="s", signature_method="crc32")
+
+
+def test_an_unreadable_price_does_not_undo_an_accepted_send() -> None:
+    replay = Replay("vonage", "send_accepted")
+    replay.exchange["response"]["json"]["messages"][0]["message-price"] = "n/a"
+
+    result = VonageChannel(provider_config("vonage"), replay.transport).send(MESSAGE)
+
+    assert result.status is SendStatus.ACCEPTED and result.cost is None

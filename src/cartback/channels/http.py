@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
@@ -34,6 +34,8 @@ from cartback.ports import (
 
 # Query parameter that carries the optional `callback_token` on callback URLs we hand out.
 TOKEN_PARAM = "cb_token"
+
+Value = TypeVar("Value")
 
 
 class ProviderHttp:
@@ -163,6 +165,27 @@ def response_json(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return None
+
+
+def lenient(read: Callable[[Mapping[str, Any], str], Value], data: Any, field: str) -> Value | None:
+    """A detail of a provider's answer to a send (a count, a price), or None when it cannot be
+    read: whether the message went out must not hinge on it."""
+    if not isinstance(data, Mapping):
+        return None
+    try:
+        return read(data, field)
+    except ValueError:
+        return None
+
+
+def int_option(config: ProviderConfig, name: str) -> int | None:
+    raw = config.options.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{config.provider}: option {name!r} must be a whole number") from None
 
 
 def required_option(config: ProviderConfig, name: str) -> str:

@@ -15,6 +15,7 @@ what it gets before anything else can fail.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -26,9 +27,11 @@ from cartback.channels.http import (
     digits_only,
     http_refusal,
     int_field,
+    int_option,
     json_body,
     json_list,
     json_object,
+    lenient,
     optional_int,
     optional_text,
     optional_time,
@@ -46,6 +49,8 @@ from cartback.ports import (
     SendStatus,
     WebhookRequest,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.inmobile.com"
 PULL_LIMIT = 250  # the most inMobile hands out per call
@@ -66,8 +71,7 @@ class InMobileChannel(HttpSmsChannel):
     name = "inmobile"
 
     def __init__(self, config: ProviderConfig, transport: httpx.BaseTransport | None = None):
-        validity = config.options.get("validity_seconds")
-        self.validity = int(validity) if validity else None
+        self.validity = int_option(config, "validity_seconds")
         self.base_url = config.options.get("base_url", DEFAULT_BASE_URL).rstrip("/") + "/v4"
         auth = ("", required_option(config, "api_key"))
         super().__init__(config, ProviderHttp(config, transport=transport, auth=auth))
@@ -95,40 +99,39 @@ class InMobileChannel(HttpSmsChannel):
             error = optional_text(body, "errorMessage") if isinstance(body, dict) else None
             return http_refusal(answer, error=error)
         results = body.get("results") if isinstance(body, dict) else None
-        first = results[0] if isinstance(results, list) and results else {}
-        if not isinstance(first, dict):
-            first = {}
+        first = results[0] if isinstance(results, list) and results else None
         return SendResult(
             SendStatus.ACCEPTED,
-            provider_id=optional_text(first, "messageId") or message.key,
-            segments=optional_int(first, "smsCount"),
+            provider_id=lenient(optional_text, first, "messageId") or message.key,
+            segments=lenient(optional_int, first, "smsCount"),
         )
 
     def parse_status(self, request: WebhookRequest) -> list[DeliveryUpdate]:
-        return _each(json_body(request), "reports", self._report)
+        return _each(json_body(request), "reports", self._report, strict=True)
 
     def parse_inbound(self, request: WebhookRequest) -> list[InboundReply]:
-        return _each(json_body(request), "messages", self._incoming)
+        return _each(json_body(request), "messages", self._incoming, strict=True)
 
     def pull_reports(self, limit: int = PULL_LIMIT) -> list[DeliveryUpdate]:
         """Collect the reports inMobile holds (each one is handed out only once).
 
         Raises `httpx.HTTPError` when inMobile cannot be reached or refuses, and `ValueError`
-        for an answer that is not a report list; the worker polls this hook on a timer."""
+        for an answer that is not a report list. One unreadable report is logged and skipped,
+        never allowed to lose the others. The worker polls this hook on a timer."""
         answer = self._http.fetch(f"{self.base_url}/sms/outgoing/reports", params={"limit": limit})
-        return _each(answer, "reports", self._report)
+        return _each(answer, "reports", self._report, strict=False)
 
     def pull_inbound(self, limit: int = PULL_LIMIT) -> list[InboundReply]:
         """Collect the incoming messages inMobile holds (each one handed out only once)."""
         answer = self._http.fetch(f"{self.base_url}/sms/incoming/messages", params={"limit": limit})
-        return _each(answer, "messages", self._incoming)
+        return _each(answer, "messages", self._incoming, strict=False)
 
-    def _report(self, report: dict[str, Any], prefix: str) -> DeliveryUpdate:
+    def _report(self, report: dict[str, Any], prefix: str) -> DeliveryUpdate | None:
         info = json_object(report.get("deliveryInfo"), f"{prefix}deliveryInfo")
         state = int_field(info, "stateCode", prefix=f"{prefix}deliveryInfo.")
         status = _STATES.get(state)
         if status is None:
-            raise ValueError(f"{prefix}deliveryInfo.stateCode: unknown value {state}")
+            return None  # a state inMobile has not published: not guessed at
         charge = report.get("chargeInfo")
         failed = status is DeliveryStatus.FAILED
         key = text_field(report, "messageId", prefix=prefix)
@@ -163,12 +166,30 @@ class InMobileChannel(HttpSmsChannel):
         )
 
 
-def _each(document: Any, envelope: str, read: Callable[[dict[str, Any], str], Item]) -> list[Item]:
-    """Read every item of `{envelope: [...]}`; a bare item is read as a list of one."""
+def _each(
+    document: Any,
+    envelope: str,
+    read: Callable[[dict[str, Any], str], Item | None],
+    *,
+    strict: bool,
+) -> list[Item]:
+    """Read every item of `{envelope: [...]}` (a bare item is a list of one). `strict` raises
+    for the first unreadable item (a callback, which inMobile can send again); otherwise it is
+    logged and skipped (a pull, whose items inMobile hands out only once)."""
     if isinstance(document, dict) and envelope not in document:
-        return [read(document, "")]
+        document = {envelope: [document]}
     items = json_list(json_object(document, "body").get(envelope), envelope)
-    return [
-        read(json_object(item, f"{envelope}[{i}]"), f"{envelope}[{i}].")
-        for i, item in enumerate(items)
-    ]
+    read_items: list[Item] = []
+    for index, item in enumerate(items):
+        where = f"{envelope}[{index}]"
+        try:
+            value = read(json_object(item, where), f"{where}.")
+        except ValueError as error:
+            if strict:
+                raise
+            # The error names the item and field only, never a number or a text.
+            log.warning("inmobile: skipped an unreadable pulled item: %s", error)
+            continue
+        if value is not None:
+            read_items.append(value)
+    return read_items

@@ -21,6 +21,7 @@ from cartback.channels.http import (
     int_field,
     json_body,
     json_object,
+    lenient,
     optional_int,
     optional_text,
     optional_time,
@@ -51,6 +52,17 @@ PERMANENT = frozenset({2100, 2101, 2102, 2104, 2105, 2106, 2205})
 OPTED_OUT = frozenset({2205})
 # Refusals at send time that may pass later: routing, throttling, timeouts, LINK-internal.
 RETRYABLE = frozenset({0, 1, 3, 4, 5, 6, 105, 2107})
+# Every other published failure (expired, deleted, mobile full, not delivered, charging,
+# encoding and content errors, configuration). A code outside the published list is not
+# guessed at: a report with one changes nothing, a send answer with one is unknown.
+FAILED = frozenset(
+    {0, 1, 2, 3, 4, 5, 6, 104, 105, 1002, 1003, 1004, 1006, 1009, 1010}
+    | set(range(2000, 2004))
+    | set(range(2100, 2108))
+    | set(range(2200, 2208))
+    | set(range(3000, 3003))
+    | set(range(4000, 4008))
+)
 
 
 class LinkMobilityChannel(HttpSmsChannel):
@@ -96,9 +108,11 @@ class LinkMobilityChannel(HttpSmsChannel):
         if code is None or code in IN_FLIGHT or code in DELIVERED:
             return SendResult(
                 SendStatus.ACCEPTED,
-                provider_id=optional_text(body, "messageId") if isinstance(body, dict) else None,
-                segments=optional_int(body, "smsCount") if isinstance(body, dict) else None,
+                provider_id=lenient(optional_text, body, "messageId"),
+                segments=lenient(optional_int, body, "smsCount"),
             )
+        if code not in FAILED:
+            return SendResult(SendStatus.UNKNOWN, error=f"resultCode {code} is not published")
         return SendResult(
             SendStatus.REJECTED,
             error=_description(body) or f"resultCode {code}",
@@ -114,8 +128,10 @@ class LinkMobilityChannel(HttpSmsChannel):
             status = DeliveryStatus.DELIVERED
         elif code in IN_FLIGHT:
             status = DeliveryStatus.SENT
-        else:
+        elif code in FAILED:
             status = DeliveryStatus.FAILED
+        else:
+            return []
         failed = status is DeliveryStatus.FAILED
         return [
             DeliveryUpdate(

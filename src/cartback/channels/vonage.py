@@ -28,6 +28,7 @@ from cartback.channels.http import (
     http_refusal,
     json_body,
     json_object,
+    lenient,
     optional_decimal,
     optional_text,
     optional_time,
@@ -186,9 +187,8 @@ def _read_answer(answer: Any) -> SendResult:
     parts = [part for part in answer["messages"] if isinstance(part, dict)]
     taken = [part for part in parts if str(part.get("status")) == "0"]
     if taken:
-        prices = [
-            p for p in (optional_decimal(part, "message-price") for part in taken) if p is not None
-        ]
+        read = (lenient(optional_decimal, part, "message-price") for part in taken)
+        prices = [price for price in read if price is not None]
         return SendResult(
             SendStatus.ACCEPTED,
             provider_id=optional_text(taken[0], "message-id"),
