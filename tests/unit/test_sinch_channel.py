@@ -39,7 +39,16 @@ def test_sends_the_recorded_batch_with_client_reference() -> None:
     assert replay.request.headers["authorization"] == "Bearer sinch-token"
     assert sent_fields(replay.request) == recorded["json"]
     assert result.status is SendStatus.ACCEPTED
-    assert result.provider_id == "01JDQ4XK9V2C7M3P5R8T0W6YZA"
+    assert result.provider_id == "01JDQ4XK9V2C7M3P5R8T0W6YZA" and result.segments == 1
+
+
+def test_a_long_message_counts_its_parts() -> None:
+    replay = Replay("sinch", "send_accepted")
+    long = OutboundMessage(key="cb-50", channel=Channel.SMS, to="+4740000001", body="x" * 200)
+
+    result = _channel(replay).send(long)
+
+    assert result.segments == 2  # 153 + 47
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from cartback.channels.http import (
     http_refusal,
     json_body,
     json_object,
+    lenient,
     optional_text,
     optional_time,
     plus_e164,
@@ -33,6 +34,7 @@ from cartback.channels.http import (
     with_token,
 )
 from cartback.core.events import DeliveryStatus, DeliveryUpdate, InboundReply
+from cartback.core.sms import count_segments
 from cartback.ports import (
     LookupResult,
     LookupStatus,
@@ -106,8 +108,13 @@ class SinchChannel(HttpSmsChannel):
                 error_code=optional_text(detail, "code"),
                 error=optional_text(detail, "text"),
             )
-        batch_id = optional_text(body, "id") if isinstance(body, dict) else None
-        return SendResult(SendStatus.ACCEPTED, provider_id=batch_id)
+        # Sinch's answer does not count parts; the split it makes follows the same GSM-7 and
+        # UCS-2 rules as core/sms.py, so the count is ours.
+        return SendResult(
+            SendStatus.ACCEPTED,
+            provider_id=lenient(optional_text, body, "id"),
+            segments=count_segments(message.body).segments,
+        )
 
     def lookup(self, key: str) -> LookupStatus | LookupResult:
         """SENT when a finished delivery report names our key; otherwise UNKNOWN (a report
