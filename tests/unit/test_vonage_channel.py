@@ -195,3 +195,9 @@ def test_an_unreadable_price_does_not_undo_an_accepted_send() -> None:
     result = VonageChannel(provider_config("vonage"), replay.transport).send(MESSAGE)
 
     assert result.status is SendStatus.ACCEPTED and result.cost is None
+
+
+def test_an_unreadable_body_fails_verification_instead_of_raising() -> None:
+    request = callback("vonage", "receipt_opted_out")
+    broken = request.__class__(request.method, request.url, request.headers, b"{not json")
+    assert not _channel(signature_secret="sig-s3cret").verify(broken)
