@@ -6,13 +6,22 @@ from collections.abc import Callable
 
 from cartback.channels import postmark, smtp
 from cartback.channels.dev import ConsoleChannel, JsonlChannel, NullChannel
+from cartback.channels.inmobile import InMobileChannel
+from cartback.channels.linkmobility import LinkMobilityChannel
+from cartback.channels.sinch import SinchChannel
+from cartback.channels.vonage import VonageChannel
 from cartback.channels.webhook import WebhookChannel
 from cartback.config import Settings, smtp_options
 from cartback.core.model import Channel
 from cartback.ports import MessageChannel, ProviderChannel, ProviderConfig
 
-# Every real provider, by the name a store's settings use. One line per provider.
+# Every real provider by the name used in store settings and in the callback routes
+# (`/hooks/channel/{provider}/{store}/...`). One line per provider.
 PROVIDERS: dict[str, Callable[[ProviderConfig], ProviderChannel]] = {
+    "vonage": VonageChannel,
+    "linkmobility": LinkMobilityChannel,
+    "inmobile": InMobileChannel,
+    "sinch": SinchChannel,
     "smtp": smtp.build,
     "postmark": postmark.build,
 }
