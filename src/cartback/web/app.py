@@ -45,6 +45,7 @@ from cartback.web.schemas import (
     ProblemOut,
     column_length,
 )
+from cartback.web.shop_hooks import shop_router
 
 log = logging.getLogger("cartback.web")
 # Events may be stamped up to this far ahead of the server's clock (ingest clamps them).
@@ -129,6 +130,8 @@ def create_app(app: App) -> FastAPI:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         return store
+
+    api.include_router(shop_router(app))
 
     @api.get("/healthz", tags=["ops"], responses=_problems(405, 503))
     def healthz() -> dict[str, str]:
@@ -257,7 +260,15 @@ def _ingest(app: App, store: Store, events: list[ShopEvent]) -> EventsOut:
     for attempt in range(3):
         try:
             with app.engine.begin() as conn:
-                results = ingest(conn, store, flow, events, now, future_skew=skew)
+                results = ingest(
+                    conn,
+                    store,
+                    flow,
+                    events,
+                    now,
+                    future_skew=skew,
+                    suppression_key=app.settings.suppression_key,
+                )
             break
         except (IntegrityError, OperationalError) as error:
             # Two requests raced on the same contact or cart; the whole batch is retried. An
