@@ -32,7 +32,7 @@ from cartback.core.events import (
 from cartback.core.flows import Flow
 from cartback.core.model import Store
 from cartback.services import erasure
-from cartback.services.ingest import EventResult, ingest
+from cartback.services.ingest import ERASED, EventResult, ingest
 from cartback.shops.base import Adapter, CartRef, CheckoutAlias, DeliveryMeta, ForCart, ShopItem
 from cartback.store import tables as t
 
@@ -207,10 +207,12 @@ def handle_delivery(
     if delivery_pk is None:
         return Outcome(duplicate=True, delivery_pk=None)
     outcome = apply_items(conn, ctx, platform, items)
+    values: dict[str, Any] = {"results": outcome.results}
+    if any(str(result.get("detail") or "").startswith(ERASED) for result in outcome.results):
+        # It names a shopper erased on request: the raw body is not kept either.
+        values["payload"] = None
     conn.execute(
-        update(t.shop_deliveries)
-        .where(t.shop_deliveries.c.id == delivery_pk)
-        .values(results=outcome.results)
+        update(t.shop_deliveries).where(t.shop_deliveries.c.id == delivery_pk).values(**values)
     )
     return replace(outcome, delivery_pk=delivery_pk)
 

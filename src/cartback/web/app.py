@@ -54,8 +54,8 @@ MAX_AHEAD = timedelta(days=1)
 _RACES = frozenset({"40001", "40P01"})
 _UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 _DESCRIPTIONS = {
-    401: "No API key, or an unknown or revoked one",
-    404: "No such cart, contact or route",
+    401: "No API key, or an unknown or revoked one; for shop hooks, a bad signature",
+    404: "No such cart, contact, store or route",
     405: "Method not allowed; the `Allow` header lists the methods this path takes",
     413: "Body over the size limit",
     422: "An invalid field, named in `field` and `errors`",
@@ -131,7 +131,7 @@ def create_app(app: App) -> FastAPI:
             )
         return store
 
-    api.include_router(shop_router(app))
+    api.include_router(shop_router(app, _problems(401, 404, 405, 413, 422, 503)))
 
     @api.get("/healthz", tags=["ops"], responses=_problems(405, 503))
     def healthz() -> dict[str, str]:

@@ -25,18 +25,14 @@ log = logging.getLogger("cartback.web.shops")
 _RACES = frozenset({"40001", "40P01"})
 
 
-def shop_router(app: App) -> APIRouter:
+def shop_router(app: App, responses: dict[int | str, dict[str, Any]]) -> APIRouter:
+    """`responses`: the problem+json answers, described as the app describes all of them."""
     router = APIRouter(tags=["shops"])
 
     @router.post(
         "/hooks/shop/{platform}/{store}",
         summary="A shop platform's webhook delivery (Shopify)",
-        responses={
-            401: {"description": "Bad or missing signature; nothing was recorded"},
-            404: {"description": "Unknown platform, store, or no connection for it"},
-            413: {"description": "Body over the size limit"},
-            422: {"description": "A required header or field is missing; named in `field`"},
-        },
+        responses=responses,
     )
     async def shop_hook(platform: str, store: str, request: Request) -> JSONResponse:
         adapter = find_adapter(platform)
