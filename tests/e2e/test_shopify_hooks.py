@@ -31,7 +31,6 @@ from tests.support.shopify import (
     headers_for,
 )
 
-
 STORE = ["store", "create", "test", "--name", "Test", "--brand", "TestShop"]
 CONNECT = ["shops", "connect", "shopify", "--store", "test"]
 
