@@ -1,5 +1,5 @@
 """The command line: serve · web · worker · migrate · demo · store · flows · why · consent ·
-enrollments."""
+enrollments · shops · contacts."""
 
 from __future__ import annotations
 
