@@ -76,7 +76,7 @@ def mask(reference: str | None) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Connection_:
+class ShopConnection:
     store_id: int
     platform: str
     shop_domain: str
@@ -119,14 +119,14 @@ def connect(
     return True
 
 
-def connection(conn: Connection, store_id: int, platform: str) -> Connection_ | None:
+def connection(conn: Connection, store_id: int, platform: str) -> ShopConnection | None:
     c = t.shop_connections.c
     row = conn.execute(
         select(t.shop_connections).where(c.store_id == store_id, c.platform == platform)
     ).first()
     if row is None:
         return None
-    return Connection_(
+    return ShopConnection(
         store_id=row.store_id,
         platform=row.platform,
         shop_domain=row.shop_domain,
@@ -147,7 +147,7 @@ def connections(conn: Connection) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
-def secrets_for(link: Connection_, environ: Mapping[str, str] | None = None) -> list[bytes]:
+def secrets_for(link: ShopConnection, environ: Mapping[str, str] | None = None) -> list[bytes]:
     """The current secret and, during a rotation, the previous one. A previous secret that can
     no longer be read is skipped; the current one must be readable."""
     found = [resolve(link.secret_ref, environ)]

@@ -116,31 +116,44 @@ def _apply(
         future_skew=timedelta(seconds=app.settings.future_skew_seconds),
         suppression_key=app.settings.suppression_key,
     )
-    outcome: Any = None
-    for attempt in range(3):
-        try:
-            with app.engine.begin() as conn:
-                outcome = shop_service.handle_delivery(conn, ctx, platform, meta, body, items)
-            break
-        except erasure.SuppressionKeyMissing as error:
-            log.error("store %s: %s", store.id, error)
-            raise Problem(
-                503,
-                "Erasure not configured",
-                "set CARTBACK_SUPPRESSION_KEY; nothing was applied",
-                slug="unavailable",
-                headers={"Retry-After": "600"},
-            ) from None
-        except (IntegrityError, OperationalError) as error:
-            # Two deliveries raced on one cart or contact; the whole delivery is retried.
-            raced = isinstance(error, IntegrityError) or (
-                getattr(error.orig, "sqlstate", None) in _RACES
-            )
-            if attempt == 2 or not raced:
-                raise
+    try:
+        outcome = _commit(app, ctx, platform, meta, body, items)
+    except erasure.SuppressionKeyMissing as error:
+        log.error("store %s: %s", store.id, error)
+        raise Problem(
+            503,
+            "Erasure not configured",
+            "set CARTBACK_SUPPRESSION_KEY; nothing was applied",
+            slug="unavailable",
+            headers={"Retry-After": "600"},
+        ) from None
     # Files are written after the commit: a failed write never undoes the delivery.
     try:
         shop_service.write_exports(app.settings.export_dir, outcome.exports)
     except OSError as error:
         log.error("store %s: cannot write a data-request export: %s", store.id, error.strerror)
-    return outcome  # type: ignore[no-any-return]
+    return outcome
+
+
+def _commit(
+    app: App,
+    ctx: shop_service.Context,
+    platform: str,
+    meta: DeliveryMeta,
+    body: bytes,
+    items: list[ShopItem],
+) -> shop_service.Outcome:
+    attempts = 3
+    for attempt in range(1, attempts + 1):
+        try:
+            with app.engine.begin() as conn:
+                return shop_service.handle_delivery(conn, ctx, platform, meta, body, items)
+        except (IntegrityError, OperationalError) as error:
+            # Two deliveries raced on one cart or contact; the whole delivery is retried. An
+            # outage is not: it answers 503 at once.
+            raced = isinstance(error, IntegrityError) or (
+                getattr(error.orig, "sqlstate", None) in _RACES
+            )
+            if attempt == attempts or not raced:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
