@@ -42,6 +42,8 @@ shops_cli = typer.Typer(
     no_args_is_help=True, help="Shop platform connections, webhook deliveries and replays."
 )
 contacts_cli = typer.Typer(no_args_is_help=True, help="Shoppers' data: erasure and export.")
+shopify_cli = typer.Typer(no_args_is_help=True, help="Shopify through its Admin API.")
+shops_cli.add_typer(shopify_cli, name="shopify")
 cli.add_typer(shops_cli, name="shops")
 cli.add_typer(contacts_cli, name="contacts")
 out = Console(soft_wrap=True)
@@ -522,6 +524,51 @@ def shops_prune() -> None:
         days = app.settings.shop_payload_retention_days
         count = shop_service.prune(conn, app.clock.now(), days)
     out.print(f"{count} payloads older than {days} days removed")
+
+
+@shopify_cli.command("subscribe")
+def shopify_subscribe(
+    store: Annotated[str, typer.Option(help="Store slug, connected with `shops connect`")],
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Where Shopify delivers; default CARTBACK_BASE_URL/hooks/shop/shopify/STORE"
+        ),
+    ] = None,
+    api_base: Annotated[
+        str | None, typer.Option(help="Admin API base URL; default https://SHOP_DOMAIN")
+    ] = None,
+) -> None:
+    """Register the webhook topics cartback maps, with the connection's --api-token. Topics
+    already registered for the address are left as they are."""
+    from cartback.services import admin
+    from cartback.services import shops as shop_service
+    from cartback.shops import shopify_admin
+
+    with running_app() as app:
+        with app.engine.connect() as conn:
+            found = admin.store_by_slug(conn, store)
+            link = shop_service.connection(conn, found.id, "shopify") if found else None
+        if link is None:
+            raise fail(f"--store: {store!r} is not connected to shopify; run `shops connect`")
+        if link.api_token_ref is None:
+            raise fail(f"{store}: the connection has no --api-token; connect again with one")
+        try:
+            token = shop_service.resolve(link.api_token_ref)
+        except shop_service.SecretError as error:
+            raise fail(f"--api-token: {error}") from None
+        target = address or f"{app.settings.base_url.rstrip('/')}/hooks/shop/shopify/{store}"
+        # No transaction is open while the Admin API is called.
+        with shopify_admin.client(api_base or f"https://{link.shop_domain}", token) as http:
+            try:
+                done = shopify_admin.subscribe(http, target)
+            except shopify_admin.AdminError as error:
+                raise fail(f"Shopify Admin API: {error}", code=1) from None
+    for topic in done.created:
+        out.print(f"subscribed {topic}", highlight=False)
+    for topic in done.existing:
+        out.print(f"already subscribed {topic}", highlight=False)
+    out.print(f"{len(done.created)} topics subscribed, {len(done.existing)} already were; {target}")
 
 
 def _shopper(who: str) -> Any:
