@@ -408,3 +408,25 @@ def test_prune_blanks_old_payloads_but_keeps_their_ids(client: TestClient, shop:
     assert kept["wh-old"] is None and kept["wh-new"] is not None
     again = post(client, "checkouts/create", fixture("checkouts_create"), webhook_id="wh-old")
     assert again.json()["status"] == "duplicate"
+
+
+def test_a_phone_that_is_not_a_number_is_dropped_not_refused(
+    client: TestClient, shop: World
+) -> None:
+    payload = fixture("checkouts_create") | {"sms_marketing_phone": "call me"}
+    payload["shipping_address"] = payload["shipping_address"] | {"phone": "12"}
+    payload["customer"] = {}
+    response = post(client, "checkouts/create", payload)
+    assert response.status_code == 200, response.text
+    with shop.app.engine.connect() as conn:
+        contact = conn.execute(select(t.contacts)).mappings().one()
+    assert (contact["phone"], contact["email"]) == (None, "ingrid.test@example.com")
+
+
+def test_the_worker_prunes_payloads_past_their_retention(client: TestClient, shop: World) -> None:
+    from cartback.worker import Worker
+
+    post(client, "checkouts/create", fixture("checkouts_create"))
+    shop.clock.advance(timedelta(days=30, minutes=1))
+    Worker(shop.app)._prune_payloads()
+    assert count(shop, t.shop_deliveries, t.shop_deliveries.c.payload.is_not(None)) == 0
