@@ -131,6 +131,8 @@ def test_customers_redact_removes_every_trace_and_suppresses_a_reimport(
     assert (result["status"], result["detail"]) == ("accepted", ERASED)
     assert traces_left(shop) == []
     assert count(shop, t.contacts) == 1 and count(shop, t.enrollments) == 1
+    resent = t.carts.c.token == "ck-after-erasure"
+    assert count(shop, t.carts, resent, t.carts.c.restore_url.is_(None)) == 1
 
 
 def test_the_event_api_also_keeps_an_erased_shopper_out(client: TestClient, shop: World) -> None:

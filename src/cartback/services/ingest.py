@@ -117,7 +117,8 @@ def _unless_erased(
     if contact is None or not suppressed(conn, store_id, key, contact):
         return event, False
     if isinstance(event, CheckoutUpdated):
-        return replace(event, contact=ContactInfo(), consent=None), True
+        # A restore link can carry the shopper's session key: it goes too.
+        return replace(event, contact=ContactInfo(), consent=None, restore_url=None), True
     if isinstance(event, OrderPlaced):
         return replace(event, contact=None), True
     return None, True
