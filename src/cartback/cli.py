@@ -1,5 +1,5 @@
 """The command line: serve · web · worker · migrate · demo · store · flows · why · consent ·
-enrollments."""
+enrollments · shops · contacts."""
 
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ cli.add_typer(store_cli, name="store")
 cli.add_typer(consent_cli, name="consent")
 cli.add_typer(discounts_cli, name="discounts")
 cli.add_typer(enrollments_cli, name="enrollments")
+shops_cli = typer.Typer(
+    no_args_is_help=True, help="Shop platform connections, webhook deliveries and replays."
+)
+contacts_cli = typer.Typer(no_args_is_help=True, help="Shoppers' data: erasure and export.")
+shopify_cli = typer.Typer(no_args_is_help=True, help="Shopify through its Admin API.")
+shops_cli.add_typer(shopify_cli, name="shopify")
+cli.add_typer(shops_cli, name="shops")
+cli.add_typer(contacts_cli, name="contacts")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -370,6 +378,243 @@ def discounts_list(store: Annotated[str, typer.Option(help="Store slug")]) -> No
     for pool, (unused, used) in sorted(sizes.items()):
         table.add_row(pool, str(unused), str(used))
     out.print(table if sizes else "no discount pools")
+
+
+SECRET_HELP = "env:NAME or file:PATH; the secret itself is never stored"
+
+
+@shops_cli.command("connect")
+def shops_connect(
+    platform: Annotated[str, typer.Argument(help="The shop platform: shopify")],
+    store: Annotated[str, typer.Option(help="Store slug")],
+    shop_domain: Annotated[str, typer.Option(help="The shop's domain, e.g. x.myshopify.com")],
+    secret: Annotated[str, typer.Option(help=f"Webhook signing secret: {SECRET_HELP}")],
+    previous_secret: Annotated[
+        str | None,
+        typer.Option(help=f"The secret before a rotation, still accepted: {SECRET_HELP}"),
+    ] = None,
+    api_token: Annotated[
+        str | None, typer.Option(help=f"Admin API access token: {SECRET_HELP}")
+    ] = None,
+) -> None:
+    """Connect a store to its shop: webhooks to /hooks/shop/PLATFORM/STORE are then accepted."""
+    from cartback.services import admin
+    from cartback.services import shops as shop_service
+    from cartback.shops.registry import ADAPTERS
+
+    if platform not in ADAPTERS:
+        raise fail(f"PLATFORM: one of {', '.join(sorted(ADAPTERS))}, not {platform!r}")
+    domain = shop_domain.strip().lower()
+    if not domain or "/" in domain or " " in domain:
+        raise fail(f"--shop-domain: a host name such as example.myshopify.com, not {shop_domain!r}")
+    try:
+        refs = [
+            shop_service.check_reference(value, option) if value is not None else None
+            for value, option in (
+                (secret, "--secret"),
+                (previous_secret, "--previous-secret"),
+                (api_token, "--api-token"),
+            )
+        ]
+    except shop_service.SecretError as error:
+        raise fail(str(error)) from None
+    with running_app() as app:
+        try:
+            shop_service.resolve(refs[0] or "")
+        except shop_service.SecretError as error:
+            err.print(f"[yellow]warning:[/yellow] --secret: {error}", highlight=False)
+        with app.engine.begin() as conn:
+            found = admin.store_by_slug(conn, store)
+            if found is None:
+                raise fail(f"--store: no store with slug {store!r}")
+            new = shop_service.connect(
+                conn, found.id, platform, domain, refs[0] or "", refs[1], refs[2], app.clock.now()
+            )
+        if app.settings.suppression_key is None:
+            err.print(
+                "[yellow]warning:[/yellow] CARTBACK_SUPPRESSION_KEY is not set: erasure "
+                "requests (customers/redact, shop/redact) are refused until it is",
+                highlight=False,
+            )
+    verb = "connected" if new else "connection updated"
+    out.print(
+        f"{store} {verb} to {platform} ({domain}); webhook path: /hooks/shop/{platform}/{store}"
+    )
+
+
+@shops_cli.command("list")
+def shops_list() -> None:
+    """Every store's shop connection; secrets shown only by where they come from."""
+    from cartback.services import shops as shop_service
+
+    with running_app() as app, app.engine.connect() as conn:
+        rows = shop_service.connections(conn)
+    table = Table()
+    for column in ("store", "platform", "shop domain", "secret", "previous", "api token"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            row["slug"],
+            row["platform"],
+            row["shop_domain"],
+            shop_service.mask(row["secret_ref"]),
+            shop_service.mask(row["previous_secret_ref"]),
+            shop_service.mask(row["api_token_ref"]),
+        )
+    out.print(table if rows else "no shop connections")
+
+
+@shops_cli.command("replay")
+def shops_replay(
+    delivery_id: Annotated[str, typer.Argument(help="The platform's delivery id (webhook id)")],
+    store: Annotated[str | None, typer.Option(help="Store slug, when several have the id")] = None,
+) -> None:
+    """Run a kept webhook payload through ingest again; what was applied before is a
+    duplicate, so a replay only fills in what was missed."""
+    from datetime import timedelta
+
+    from cartback.services import admin, erasure
+    from cartback.services import shops as shop_service
+    from cartback.shops.base import PayloadError
+    from cartback.shops.registry import adapter
+
+    with running_app() as app:
+        _flows_or_exit(app)
+        with app.engine.begin() as conn:
+            found = shop_service.kept_deliveries(conn, delivery_id)
+            if store is not None:
+                chosen = admin.store_by_slug(conn, store)
+                found = [row for row in found if chosen and row.store_id == chosen.id]
+            if not found:
+                raise fail(f"no delivery {delivery_id!r}")
+            if len(found) > 1:
+                raise fail(f"several stores have delivery {delivery_id!r}; pass --store")
+            delivery = found[0]
+            if delivery.payload is None:
+                raise fail(f"delivery {delivery_id!r}: its payload is past retention or erased")
+            shop = admin.get_store(conn, delivery.store_id)
+            platform = adapter(delivery.platform)
+            assert platform is not None
+            ctx = shop_service.Context(
+                store=shop,
+                flow=app.registry.current(shop.flow_name),
+                now=app.clock.now(),
+                future_skew=timedelta(seconds=app.settings.future_skew_seconds),
+                suppression_key=app.settings.suppression_key,
+            )
+            try:
+                outcome = shop_service.replay(conn, ctx, platform, delivery)
+            except PayloadError as error:
+                raise fail(f"delivery {delivery_id!r}: {error.field}: {error.message}") from None
+            except erasure.SuppressionKeyMissing as error:
+                raise fail(str(error)) from None
+        shop_service.write_exports(app.settings.export_dir, outcome.exports)
+    for result in outcome.results:
+        detail = f" ({result['detail']})" if result.get("detail") else ""
+        out.print(f"{result['id']}: {result['status']}{detail}", highlight=False, markup=False)
+    out.print(f"delivery {delivery_id} replayed: {len(outcome.results)} results")
+
+
+@shops_cli.command("prune")
+def shops_prune() -> None:
+    """Blank kept webhook payloads older than CARTBACK_SHOP_PAYLOAD_RETENTION_DAYS (30)."""
+    from cartback.services import shops as shop_service
+
+    with running_app() as app, app.engine.begin() as conn:
+        days = app.settings.shop_payload_retention_days
+        count = shop_service.prune(conn, app.clock.now(), days)
+    out.print(f"{count} payloads older than {days} days removed")
+
+
+@shopify_cli.command("subscribe")
+def shopify_subscribe(
+    store: Annotated[str, typer.Option(help="Store slug, connected with `shops connect`")],
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Where Shopify delivers; default CARTBACK_BASE_URL/hooks/shop/shopify/STORE"
+        ),
+    ] = None,
+    api_base: Annotated[
+        str | None, typer.Option(help="Admin API base URL; default https://SHOP_DOMAIN")
+    ] = None,
+) -> None:
+    """Register the webhook topics cartback maps, with the connection's --api-token. Topics
+    already registered for the address are left as they are."""
+    from cartback.services import admin
+    from cartback.services import shops as shop_service
+    from cartback.shops import shopify_admin
+
+    with running_app() as app:
+        with app.engine.connect() as conn:
+            found = admin.store_by_slug(conn, store)
+            link = shop_service.connection(conn, found.id, "shopify") if found else None
+        if link is None:
+            raise fail(f"--store: {store!r} is not connected to shopify; run `shops connect`")
+        if link.api_token_ref is None:
+            raise fail(f"{store}: the connection has no --api-token; connect again with one")
+        try:
+            token = shop_service.resolve(link.api_token_ref)
+        except shop_service.SecretError as error:
+            raise fail(f"--api-token: {error}") from None
+        target = address or f"{app.settings.base_url.rstrip('/')}/hooks/shop/shopify/{store}"
+        # No transaction is open while the Admin API is called.
+        with shopify_admin.client(api_base or f"https://{link.shop_domain}", token) as http:
+            try:
+                done = shopify_admin.subscribe(http, target)
+            except shopify_admin.AdminError as error:
+                raise fail(f"Shopify Admin API: {error}", code=1) from None
+    for topic in done.created:
+        out.print(f"subscribed {topic}", highlight=False)
+    for topic in done.existing:
+        out.print(f"already subscribed {topic}", highlight=False)
+    out.print(f"{len(done.created)} topics subscribed, {len(done.existing)} already were; {target}")
+
+
+def _shopper(who: str) -> Any:
+    from cartback.core.events import ContactInfo
+
+    key = who.strip()
+    if "@" in key:
+        return ContactInfo(email=key.lower())
+    return ContactInfo(phone=key.replace(" ", ""))
+
+
+@contacts_cli.command("erase")
+def contacts_erase(
+    who: Annotated[str, typer.Argument(metavar="PHONE|EMAIL", help="E.164 phone or email")],
+    store: Annotated[str, typer.Option(help="Store slug")],
+) -> None:
+    """Erase a shopper's data and keep only a keyed hash that blocks a re-import."""
+    from cartback.services import admin, erasure
+
+    with running_app() as app, app.engine.begin() as conn:
+        found = admin.store_by_slug(conn, store)
+        if found is None:
+            raise fail(f"--store: no store with slug {store!r}")
+        try:
+            count = erasure.erase_shopper(
+                conn, found.id, _shopper(who), app.settings.suppression_key, app.clock.now(), "cli"
+            )
+        except erasure.SuppressionKeyMissing as error:
+            raise fail(str(error)) from None
+    out.print(f"{count} contacts erased; the phone or email is suppressed in {store}")
+
+
+@contacts_cli.command("export")
+def contacts_export(
+    who: Annotated[str, typer.Argument(metavar="PHONE|EMAIL", help="E.164 phone or email")],
+    store: Annotated[str, typer.Option(help="Store slug")],
+) -> None:
+    """Print, as JSON, what is held about a shopper: consent, carts, messages, clicks, orders."""
+    from cartback.services import admin, erasure
+
+    with running_app() as app, app.engine.connect() as conn:
+        found = admin.store_by_slug(conn, store)
+        if found is None:
+            raise fail(f"--store: no store with slug {store!r}")
+        export = erasure.export_shopper(conn, found.id, _shopper(who))
+    sys.stdout.write(json.dumps(export, indent=2, sort_keys=True) + "\n")
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

@@ -63,6 +63,15 @@ class Settings:
     smtp_tls: bool = False
     smtp_from: str | None = None
     smtp_from_name: str | None = None
+    # Raw shop webhook bodies are kept this long for debugging and `cartback shops replay`.
+    shop_payload_retention_days: int = 30
+    # The key of the HMAC-SHA256 that erased shoppers' phones and emails are kept under in the
+    # suppression list. Erasure refuses to run without it: a plain hash of a phone number is
+    # reversible by trying every number.
+    suppression_key: str | None = field(default=None, repr=False)
+    # Where `customers/data_request` writes its JSON exports; unset: exports are only made on
+    # demand by `cartback contacts export`.
+    export_dir: Path | None = None
 
 
 _BOUNDS: dict[str, tuple[float, float]] = {
@@ -80,6 +89,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "email_rate": (0, 100_000),
     "future_skew_seconds": (0, 3600),
     "smtp_port": (1, 65535),
+    "shop_payload_retention_days": (0, 3650),
 }
 CHANNELS = ("console", "jsonl", "null", "webhook", "smtp")
 BOOLEANS = {"1": True, "true": True, "yes": True, "on": True}
@@ -162,6 +172,8 @@ def _validate(settings: Settings) -> None:
             env_name("database_url"),
             f"must start with sqlite:/// or postgresql+psycopg://, got {scheme!r}",
         )
+    if settings.suppression_key is not None and len(settings.suppression_key) < 16:
+        raise ConfigError(env_name("suppression_key"), "must be at least 16 characters")
     if settings.flows_dir is not None and not settings.flows_dir.is_dir():
         raise ConfigError(env_name("flows_dir"), f"{settings.flows_dir} is not a directory")
 

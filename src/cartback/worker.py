@@ -18,10 +18,13 @@ from cartback.channels.registry import build_channels
 from cartback.core.model import Channel
 from cartback.core.sandbox import RenderInterrupted, interrupt_renders_on
 from cartback.services.dispatch import Dispatcher
+from cartback.services.shops import prune
 from cartback.services.tick import tick
 
 log = logging.getLogger("cartback.worker")
 
+# How often the timer thread blanks shop webhook payloads past their retention.
+PRUNE_EVERY_SECONDS = 3600.0
 # Time for the last writes of a batch once its provider calls are done.
 SHUTDOWN_MARGIN_SECONDS = 5.0
 
@@ -88,7 +91,11 @@ class Worker:
     def _timer_loop(self) -> None:
         settings = self.app.settings
         interrupt_renders_on(self.stop)
+        next_prune = time.monotonic()
         while not self.stop.is_set():
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+                self._prune_payloads()
             try:
                 stats = tick(
                     self.app.engine,
@@ -107,6 +114,18 @@ class Worker:
                 continue
             if stats.claimed < settings.worker_batch:
                 self.stop.wait(settings.worker_poll_seconds)
+
+    def _prune_payloads(self) -> None:
+        try:
+            with self.app.engine.begin() as conn:
+                count = prune(
+                    conn, self.app.clock.now(), self.app.settings.shop_payload_retention_days
+                )
+        except Exception:
+            log.exception("pruning kept shop payloads failed; retrying in an hour")
+            return
+        if count:
+            log.info("removed %d shop webhook payloads past their retention", count)
 
     def _dispatch_loop(self, dispatcher: Dispatcher) -> None:
         settings = self.app.settings

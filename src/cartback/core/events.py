@@ -86,10 +86,46 @@ class ConsentChanged:
     ip: str | None = None
     user_agent: str | None = None
     double_opt_in: bool = False
+    # Where the shop says the consent came from (Shopify's `consent_collected_from`, its
+    # `opt_in_level`): kept in the ledger entry's evidence.
+    evidence: Mapping[str, str] | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 
 ShopEvent = CheckoutUpdated | OrderPlaced | CartEmptied | ConsentChanged
+
+
+@dataclass(frozen=True, slots=True)
+class ContactErasureRequested:
+    """The shop asks that everything held about one shopper be erased (GDPR art. 17)."""
+
+    event_id: str
+    occurred_at: datetime
+    contact: ContactInfo
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DataRequested:
+    """The shop asks for a copy of what is held about one shopper (GDPR art. 15)."""
+
+    event_id: str
+    occurred_at: datetime
+    contact: ContactInfo
+    request_id: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreErasureRequested:
+    """The shop has left: erase every shopper's data held for it."""
+
+    event_id: str
+    occurred_at: datetime
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+PrivacyRequest = ContactErasureRequested | DataRequested | StoreErasureRequested
 
 
 class DeliveryStatus(StrEnum):

@@ -100,6 +100,7 @@ def record_consent(
     basis: str | None = None,
     received_at: datetime | None = None,
     clamped_from: datetime | None = None,
+    evidence: Mapping[str, str] | None = None,
 ) -> ConsentView:
     """Append one event to the ledger and refresh the contact's cached consent from the fold.
 
@@ -109,13 +110,13 @@ def record_consent(
     `at` to the receive time: kept as evidence.
     """
     received_at = at if received_at is None else received_at
-    evidence: dict[str, Any] = {}
+    kept: dict[str, Any] = dict(evidence or {})
     if double_opt_in and granted:
-        evidence["double_opt_in_at"] = at.isoformat()
+        kept["double_opt_in_at"] = at.isoformat()
     if basis is not None:
-        evidence["basis"] = basis
+        kept["basis"] = basis
     if clamped_from is not None:
-        evidence["clamped_from"] = clamped_from.isoformat()
+        kept["clamped_from"] = clamped_from.isoformat()
     conn.execute(
         t.consent_events.insert().values(
             store_id=store_id,
@@ -128,7 +129,7 @@ def record_consent(
             wording_hash=wording_hash(wording) if wording else None,
             ip=ip,
             user_agent=user_agent,
-            evidence=evidence or None,
+            evidence=kept or None,
             at=at,
             received_at=received_at,
         )

@@ -39,6 +39,7 @@ from cartback.core.model import (
     Store,
 )
 from cartback.services.consent import record_consent
+from cartback.services.erasure import suppressed
 from cartback.store import tables as t
 from cartback.store.rows import (
     cart_from_row,
@@ -72,7 +73,10 @@ def ingest(
     *,
     source: str = "api",
     future_skew: timedelta = DEFAULT_FUTURE_SKEW,
+    suppression_key: str | None = None,
 ) -> list[EventResult]:
+    """`suppression_key` keys the hashes of erased shoppers (services.erasure): with it, a
+    shopper erased on request is never stored again."""
     results = []
     latest = now + future_skew
     for event in events:
@@ -84,12 +88,40 @@ def ingest(
         if not _first_receipt(conn, store.id, source, event.event_id, now, ahead):
             results.append(EventResult(event.event_id, EventStatus.DUPLICATE, "already received"))
             continue
-        result = _apply(conn, store, flow, event, now, shop_time)
+        applied, erased = _unless_erased(conn, store.id, suppression_key, event)
+        if applied is None:
+            results.append(EventResult(event.event_id, EventStatus.STALE, ERASED))
+            continue
+        result = _apply(conn, store, flow, applied, now, shop_time)
+        if erased:
+            result = replace(result, detail=ERASED)
         if ahead is not None:
             clamped = f"occurred_at was {ahead} s ahead of the receive time; clamped"
             result = replace(result, detail="; ".join(filter(None, [result.detail, clamped])))
         results.append(result)
     return results
+
+
+ERASED = "the shopper's data was erased on request; their details were not stored"
+
+
+def _unless_erased(
+    conn: Connection, store_id: int, key: str | None, event: ShopEvent
+) -> tuple[ShopEvent | None, bool]:
+    """(the event to apply, whether it named a shopper erased on request). A checkout
+    or order of an erased shopper is kept without them (an order still ends its cart's
+    enrollment); their consent change is not recorded at all."""
+    if key is None or isinstance(event, CartEmptied):
+        return event, False
+    contact = event.contact
+    if contact is None or not suppressed(conn, store_id, key, contact):
+        return event, False
+    if isinstance(event, CheckoutUpdated):
+        # A restore link can carry the shopper's session key: it goes too.
+        return replace(event, contact=ContactInfo(), consent=None, restore_url=None), True
+    if isinstance(event, OrderPlaced):
+        return replace(event, contact=None), True
+    return None, True
 
 
 def _insert_or_nothing(conn: Connection, table: Table, values: Mapping[str, Any]) -> Any:
@@ -564,5 +596,6 @@ def _consent_changed(
         ip=event.ip,
         user_agent=event.user_agent,
         double_opt_in=event.double_opt_in,
+        evidence=event.evidence,
     )
     return EventResult(event.event_id, EventStatus.ACCEPTED)

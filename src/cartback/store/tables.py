@@ -324,3 +324,71 @@ discount_codes = Table(
     UniqueConstraint("store_id", "pool", "code"),
     Index("ix_discount_codes_free", "store_id", "pool", "assigned_at"),
 )
+
+# A store's link to its shop platform. Secrets are references (`env:NAME`, `file:PATH`) resolved
+# when used, never the secret itself.
+shop_connections = Table(
+    "shop_connections",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("platform", String(20), nullable=False),
+    Column("shop_domain", String(255), nullable=False),
+    Column("secret_ref", String(400), nullable=False),
+    # Accepted beside the current secret while a rotation settles.
+    Column("previous_secret_ref", String(400)),
+    Column("api_token_ref", String(400)),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("store_id", "platform"),
+)
+
+# Each webhook delivery once, by the platform's delivery id, with its raw body for replay until
+# the retention prune blanks it.
+shop_deliveries = Table(
+    "shop_deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("platform", String(20), nullable=False),
+    Column("delivery_id", String(200), nullable=False),
+    # Shared by every delivery of one shop action (Shopify X-Shopify-Event-Id).
+    Column("event_id", String(200)),
+    Column("topic", String(100), nullable=False),
+    Column("payload", Text),
+    Column("results", JSON),
+    Column("received_at", UtcDateTime, nullable=False),
+    Column("replayed_at", UtcDateTime),
+    UniqueConstraint("store_id", "platform", "delivery_id"),
+    Index("ix_shop_deliveries_received_at", "received_at"),
+)
+
+# How a platform's thin payloads name a cart: Shopify's checkouts/delete carries the checkout
+# id and cart_token but not the checkout token the cart is keyed by.
+shop_checkouts = Table(
+    "shop_checkouts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("platform", String(20), nullable=False),
+    Column("token", String(200), nullable=False),
+    Column("checkout_id", String(100)),
+    Column("cart_token", String(200)),
+    UniqueConstraint("store_id", "platform", "token"),
+    Index("ix_shop_checkouts_checkout_id", "store_id", "checkout_id"),
+    Index("ix_shop_checkouts_cart_token", "store_id", "cart_token"),
+)
+
+# Erased shoppers, as keyed hashes (HMAC-SHA256) of their phone and email: a re-import of the
+# same person is recognised without keeping who they were.
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("reason", String(40), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("store_id", "kind", "digest"),
+)

@@ -45,6 +45,7 @@ from cartback.web.schemas import (
     ProblemOut,
     column_length,
 )
+from cartback.web.shop_hooks import shop_router
 
 log = logging.getLogger("cartback.web")
 # Events may be stamped up to this far ahead of the server's clock (ingest clamps them).
@@ -53,8 +54,8 @@ MAX_AHEAD = timedelta(days=1)
 _RACES = frozenset({"40001", "40P01"})
 _UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 _DESCRIPTIONS = {
-    401: "No API key, or an unknown or revoked one",
-    404: "No such cart, contact or route",
+    401: "No API key, or an unknown or revoked one; for shop hooks, a bad signature",
+    404: "No such cart, contact, store or route",
     405: "Method not allowed; the `Allow` header lists the methods this path takes",
     413: "Body over the size limit",
     422: "An invalid field, named in `field` and `errors`",
@@ -129,6 +130,8 @@ def create_app(app: App) -> FastAPI:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         return store
+
+    api.include_router(shop_router(app, _problems(401, 404, 405, 413, 422, 503)))
 
     @api.get("/healthz", tags=["ops"], responses=_problems(405, 503))
     def healthz() -> dict[str, str]:
@@ -257,7 +260,15 @@ def _ingest(app: App, store: Store, events: list[ShopEvent]) -> EventsOut:
     for attempt in range(3):
         try:
             with app.engine.begin() as conn:
-                results = ingest(conn, store, flow, events, now, future_skew=skew)
+                results = ingest(
+                    conn,
+                    store,
+                    flow,
+                    events,
+                    now,
+                    future_skew=skew,
+                    suppression_key=app.settings.suppression_key,
+                )
             break
         except (IntegrityError, OperationalError) as error:
             # Two requests raced on the same contact or cart; the whole batch is retried. An

@@ -11,12 +11,18 @@ from cartback.web import problems
 from cartback.web.problems import Problem
 
 EVENTS_BODY_BYTES = 8 * 1024 * 1024
+# A shop webhook: Shopify checkouts with many lines run to a few hundred KiB.
+SHOP_HOOK_BODY_BYTES = 2 * 1024 * 1024
 # Unsubscribe posts and anything else: a one-click form is a few dozen bytes.
 OTHER_BODY_BYTES = 64 * 1024
 
 
 def body_limit(path: str) -> int:
-    return EVENTS_BODY_BYTES if path.startswith("/v1/events") else OTHER_BODY_BYTES
+    if path.startswith("/v1/events"):
+        return EVENTS_BODY_BYTES
+    if path.startswith("/hooks/shop/"):
+        return SHOP_HOOK_BODY_BYTES
+    return OTHER_BODY_BYTES
 
 
 class BodyTooLarge(Problem):

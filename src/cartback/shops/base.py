@@ -1,0 +1,164 @@
+"""What every shop adapter shares: the module shape, signature checks, and the few items a
+platform's payload carries besides normalised events."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Protocol
+
+from cartback.core.events import CartEmptied, OrderPlaced, PrivacyRequest, ShopEvent
+from cartback.web.convert import FieldError
+
+Headers = Mapping[str, str]
+
+
+class PayloadError(FieldError):
+    """A payload the adapter cannot map: names the field (422)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CartRef:
+    """How a platform names a cart. Carts are keyed by `token` (Shopify's checkout token); thin
+    payloads carry only the checkout id or the cart token, so the pairs are remembered."""
+
+    token: str | None = None
+    checkout_id: str | None = None
+    cart_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutAlias:
+    """Remember that `ref.checkout_id` and `ref.cart_token` name the cart `ref.token`."""
+
+    ref: CartRef
+
+
+@dataclass(frozen=True, slots=True)
+class ForCart:
+    """An order or a deleted checkout whose cart token is found from `ref` before ingest."""
+
+    event: OrderPlaced | CartEmptied
+    ref: CartRef
+
+
+ShopItem = ShopEvent | CheckoutAlias | ForCart | PrivacyRequest
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryMeta:
+    """The transport facts of one delivery, from its headers."""
+
+    delivery_id: str
+    topic: str
+    event_id: str | None = None
+    shop_domain: str | None = None
+
+
+class Adapter(Protocol):
+    PLATFORM: str
+    # A topic outside this set is answered 200 and otherwise ignored.
+    TOPICS: frozenset[str]
+
+    def verify(self, headers: Headers, raw_body: bytes, secrets: Sequence[bytes]) -> bool: ...
+
+    def meta(self, headers: Headers) -> DeliveryMeta: ...
+
+    def parse(self, headers: Headers, raw_body: bytes) -> list[ShopItem]: ...
+
+    def replay_headers(self, topic: str, received_at: datetime) -> dict[str, str]: ...
+
+
+def header(headers: Headers, name: str) -> str | None:
+    """A header by name, whatever its case (HTTP/2 lower-cases them all)."""
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            return value
+    return None
+
+
+def base64_hmac_matches(secrets: Sequence[bytes], raw_body: bytes, signature: str | None) -> bool:
+    """base64(HMAC-SHA256(secret, raw body)) against the header, in constant time, for each
+    accepted secret (the current one and, during a rotation, the previous one)."""
+    if not signature:
+        return False
+    try:
+        given = base64.b64decode(signature.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    matched = False
+    for secret in secrets:
+        expected = hmac.new(secret, raw_body, hashlib.sha256).digest()
+        # Every secret is tried, so the time taken does not say which one matched.
+        matched = hmac.compare_digest(expected, given) or matched
+    return matched
+
+
+def sign_base64(secret: bytes, raw_body: bytes) -> str:
+    return base64.b64encode(hmac.new(secret, raw_body, hashlib.sha256).digest()).decode()
+
+
+# Field readers: a missing or malformed required field names itself.
+
+
+def obj(data: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise PayloadError(_join(path, key), "must be an object")
+    return value
+
+
+def text(
+    data: Mapping[str, Any], key: str, path: str = "", *, required: bool = False
+) -> str | None:
+    value = data.get(key)
+    if value is None or value == "":
+        if required:
+            raise PayloadError(_join(path, key), "is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise PayloadError(_join(path, key), "must be a string")
+    return str(value)
+
+
+def decimal(
+    data: Mapping[str, Any], key: str, path: str = "", *, required: bool = False
+) -> Decimal:
+    raw = text(data, key, path, required=required)
+    if raw is None:
+        return Decimal(0)
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise PayloadError(_join(path, key), f"{raw[:40]!r} is not a decimal amount") from None
+    if not value.is_finite() or value < 0:
+        raise PayloadError(_join(path, key), "must be a non-negative amount")
+    return value
+
+
+def timestamp(
+    data: Mapping[str, Any], key: str, path: str = "", *, required: bool = False
+) -> datetime | None:
+    raw = text(data, key, path, required=required)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise PayloadError(_join(path, key), f"{raw[:40]!r} is not an ISO 8601 time") from None
+    if value.tzinfo is None:
+        raise PayloadError(_join(path, key), "needs a UTC offset")
+    return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key

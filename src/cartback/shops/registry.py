@@ -1,0 +1,14 @@
+"""The adapters by platform name, as the route and the CLI name them."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from cartback.shops import shopify
+from cartback.shops.base import Adapter
+
+ADAPTERS: dict[str, Adapter] = {"shopify": cast(Adapter, shopify)}
+
+
+def adapter(platform: str) -> Adapter | None:
+    return ADAPTERS.get(platform)

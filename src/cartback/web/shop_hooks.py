@@ -1,0 +1,159 @@
+"""POST /hooks/shop/{platform}/{store}: shop webhooks, verified, recorded once, and applied
+through ingest before the answer."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError, OperationalError
+from starlette.concurrency import run_in_threadpool
+
+from cartback.app import App
+from cartback.core.model import Store
+from cartback.services import admin, erasure
+from cartback.services import shops as shop_service
+from cartback.shops.base import Adapter, DeliveryMeta, PayloadError, ShopItem
+from cartback.shops.registry import adapter as find_adapter
+from cartback.web.problems import Problem, invalid
+
+log = logging.getLogger("cartback.web.shops")
+# PostgreSQL's serialization failure and deadlock: two deliveries raced; a retry will pass.
+_RACES = frozenset({"40001", "40P01"})
+
+
+def shop_router(app: App, responses: dict[int | str, dict[str, Any]]) -> APIRouter:
+    """`responses`: the problem+json answers, described as the app describes all of them."""
+    router = APIRouter(tags=["shops"])
+
+    @router.post(
+        "/hooks/shop/{platform}/{store}",
+        summary="A shop platform's webhook delivery (Shopify)",
+        responses=responses,
+    )
+    async def shop_hook(platform: str, store: str, request: Request) -> JSONResponse:
+        adapter = find_adapter(platform)
+        if adapter is None:
+            raise Problem(404, "Unknown platform", f"no adapter for {platform!r}", slug="not-found")
+        found, secrets, domain = await run_in_threadpool(_connection, app, platform, store)
+        body = await request.body()
+        headers = dict(request.headers)
+        if not adapter.verify(headers, body, secrets):
+            raise Problem(
+                401,
+                "Bad signature",
+                "the signature does not match the store's webhook secret",
+                slug="unauthorized",
+            )
+        meta = _meta(adapter, headers)
+        if meta.shop_domain and meta.shop_domain != domain:
+            raise Problem(
+                401,
+                "Wrong shop",
+                "the delivery is for another shop than this store is connected to",
+                slug="unauthorized",
+            )
+        if meta.topic not in adapter.TOPICS:
+            return JSONResponse({"status": "ignored", "topic": meta.topic})
+        try:
+            items = adapter.parse(headers, body)
+        except PayloadError as error:
+            raise invalid([{"field": error.field, "message": error.message}]) from None
+        outcome = await run_in_threadpool(_apply, app, found, platform, meta, body, items)
+        if outcome.duplicate:
+            return JSONResponse({"status": "duplicate", "delivery_id": meta.delivery_id})
+        return JSONResponse(
+            {"status": "accepted", "delivery_id": meta.delivery_id, "results": outcome.results}
+        )
+
+    return router
+
+
+def _meta(adapter: Adapter, headers: dict[str, str]) -> DeliveryMeta:
+    try:
+        return adapter.meta(headers)
+    except PayloadError as error:
+        raise invalid([{"field": error.field, "message": error.message}]) from None
+
+
+def _connection(app: App, platform: str, slug: str) -> tuple[Store, list[bytes], str]:
+    with app.engine.connect() as conn:
+        store = admin.store_by_slug(conn, slug)
+        link = shop_service.connection(conn, store.id, platform) if store is not None else None
+    if store is None or link is None:
+        raise Problem(
+            404, "Unknown store", f"no store {slug!r} connected to {platform}", slug="not-found"
+        )
+    try:
+        secrets = shop_service.secrets_for(link)
+    except shop_service.SecretError as error:
+        log.error("store %s: the %s webhook secret is unreadable: %s", slug, platform, error)
+        raise Problem(
+            503,
+            "Secret unavailable",
+            "the store's webhook secret cannot be read; nothing was applied",
+            slug="unavailable",
+            headers={"Retry-After": "60"},
+        ) from None
+    return store, secrets, link.shop_domain
+
+
+def _apply(
+    app: App,
+    store: Store,
+    platform: str,
+    meta: DeliveryMeta,
+    body: bytes,
+    items: list[ShopItem],
+) -> shop_service.Outcome:
+    ctx = shop_service.Context(
+        store=store,
+        flow=app.registry.current(store.flow_name),
+        now=app.clock.now(),
+        future_skew=timedelta(seconds=app.settings.future_skew_seconds),
+        suppression_key=app.settings.suppression_key,
+    )
+    try:
+        outcome = _commit(app, ctx, platform, meta, body, items)
+    except erasure.SuppressionKeyMissing as error:
+        log.error("store %s: %s", store.id, error)
+        raise Problem(
+            503,
+            "Erasure not configured",
+            "set CARTBACK_SUPPRESSION_KEY; nothing was applied",
+            slug="unavailable",
+            headers={"Retry-After": "600"},
+        ) from None
+    # Files are written after the commit: a failed write never undoes the delivery.
+    try:
+        shop_service.write_exports(app.settings.export_dir, outcome.exports)
+    except OSError as error:
+        log.error("store %s: cannot write a data-request export: %s", store.id, error.strerror)
+    return outcome
+
+
+def _commit(
+    app: App,
+    ctx: shop_service.Context,
+    platform: str,
+    meta: DeliveryMeta,
+    body: bytes,
+    items: list[ShopItem],
+) -> shop_service.Outcome:
+    attempts = 3
+    for attempt in range(1, attempts + 1):
+        try:
+            with app.engine.begin() as conn:
+                return shop_service.handle_delivery(conn, ctx, platform, meta, body, items)
+        except (IntegrityError, OperationalError) as error:
+            # Two deliveries raced on one cart or contact; the whole delivery is retried. An
+            # outage is not: it answers 503 at once.
+            raced = isinstance(error, IntegrityError) or (
+                getattr(error.orig, "sqlstate", None) in _RACES
+            )
+            if attempt == attempts or not raced:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
