@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cartback.channels.dev import ConsoleChannel, JsonlChannel, NullChannel
+from cartback.channels.kannel import KannelChannel
 from cartback.channels.webhook import WebhookChannel
 from cartback.config import Settings
 from cartback.core.model import Channel
-from cartback.ports import MessageChannel
+from cartback.ports import MessageChannel, ProviderChannel, ProviderConfig
+
+# Real providers, each built from one store's settings for it.
+PROVIDERS: dict[str, Callable[[ProviderConfig], ProviderChannel]] = {
+    "kannel": KannelChannel,
+}
 
 
 def build_channel(name: str, kind: Channel, settings: Settings) -> MessageChannel:
