@@ -217,7 +217,7 @@ max-messages = 0
 
     def _start(self, args: list[str], log: str, **kwargs: object) -> subprocess.Popen[bytes]:
         handle = (self.workdir / log).open("wb")
-        process = subprocess.Popen(
+        process: subprocess.Popen[bytes] = subprocess.Popen(
             args,
             cwd=self.workdir,
             stdout=handle,

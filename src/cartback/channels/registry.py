@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from cartback.channels.dev import ConsoleChannel, JsonlChannel, NullChannel
 from cartback.channels.kannel import KannelChannel
+from cartback.channels.smpp import SmppChannel
 from cartback.channels.webhook import WebhookChannel
 from cartback.config import Settings
 from cartback.core.model import Channel
@@ -14,6 +15,8 @@ from cartback.ports import MessageChannel, ProviderChannel, ProviderConfig
 # Real providers, each built from one store's settings for it.
 PROVIDERS: dict[str, Callable[[ProviderConfig], ProviderChannel]] = {
     "kannel": KannelChannel,
+    # Receipts and replies arrive on the bind: drain `SmppChannel.events` (see docs/providers.md).
+    "smpp": SmppChannel,
 }
 
 
