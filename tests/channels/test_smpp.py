@@ -210,6 +210,29 @@ def test_the_channel_binds_again_after_the_smsc_drops_it(
     assert isinstance(update, DeliveryUpdate) and update.message_key == "cb-14"
 
 
+def test_a_receipt_the_application_cannot_take_is_answered_with_a_temporary_error(
+    smsc: SmscSimulator, tap: PduTap
+) -> None:
+    taken: list[DeliveryUpdate] = []
+
+    def refuse_once(update: DeliveryUpdate) -> None:
+        if not taken:
+            taken.append(update)
+            raise RuntimeError("database unavailable")
+
+    channel = SmppChannel(_config(tap.port), on_update=refuse_once)
+    try:
+        assert channel.wait_bound(WAIT)
+        before = len(smsc.receipt_answers)
+        assert _send(channel, "hello", key="cb-16").status is SendStatus.ACCEPTED
+        wait_until(lambda: len(smsc.receipt_answers) > before, WAIT, "the receipt's answer")
+        assert smsc.receipt_answers[before] == 0x64
+        assert taken[0].message_key == "cb-16"
+        assert channel.events.empty()
+    finally:
+        channel.close()
+
+
 def test_no_submit_sm_resp_in_time_is_unknown(smsc: SmscSimulator, tap: PduTap) -> None:
     channel = SmppChannel(_config(tap.port, timeout=0.5))
     try:

@@ -56,6 +56,7 @@ class SmscSimulator:
     port: int = field(default_factory=free_port)
     submitted: list[Submitted] = field(default_factory=list)
     receipts_sent: int = 0
+    receipt_answers: list[int] = field(default_factory=list)  # deliver_sm_resp statuses
     # Faults: `silent` leaves submits unanswered; `reject_with` refuses them with a status.
     silent: bool = False
     reject_with: int | None = None
@@ -142,7 +143,7 @@ class SmscSimulator:
             f"id:{message_id} sub:001 dlvrd:{dlvrd} submit date:2601011200 "
             f"done date:2601011201 stat:{stat} err:{err} text:"
         ).encode()
-        await esme.deliver_sm(
+        answer = await esme.deliver_sm(
             event.source_addr,
             text,
             source_addr=event.destination_addr,
@@ -154,6 +155,7 @@ class SmscSimulator:
         )
         with self._lock:
             self.receipts_sent += 1
+            self.receipt_answers.append(answer.command_status)
 
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         assert self._loop is not None
