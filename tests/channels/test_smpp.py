@@ -71,7 +71,7 @@ def _config(port: int, timeout: float = 3.0, **options: str) -> ProviderConfig:
 
 @pytest.fixture
 def channel(smsc: SmscSimulator, tap: PduTap) -> Iterator[SmppChannel]:
-    smsc.silent, smsc.reject_with = False, None
+    smsc.silent, smsc.reject_with, smsc.receipt_first = False, None, False
     made = SmppChannel(_config(tap.port))
     assert made.wait_bound(WAIT)
     yield made
@@ -110,6 +110,20 @@ def test_a_gsm_message_is_submitted_and_its_delivered_receipt_recorded(
     assert (update.message_key, update.provider_id) == ("cb-11", submitted.message_id)
     assert update.error_code is None and update.at is not None
     assert channel.lookup("cb-11") == LookupResult(LookupStatus.SENT, submitted.message_id)
+
+
+def test_a_receipt_that_overtakes_its_submit_sm_resp_still_carries_the_key(
+    smsc: SmscSimulator, channel: SmppChannel
+) -> None:
+    smsc.receipt_first = True
+    try:
+        result = _send(channel, "Your cart", key="cb-17")
+    finally:
+        smsc.receipt_first = False
+    assert result.status is SendStatus.ACCEPTED
+    [update] = _wait_events(channel, 1)
+    assert isinstance(update, DeliveryUpdate)
+    assert (update.message_key, update.provider_id) == ("cb-17", result.provider_id)
 
 
 def test_an_undelivered_receipt_is_recorded_as_failed(channel: SmppChannel) -> None:

@@ -163,6 +163,8 @@ class KannelRig:
     smsbox_port: int = field(default_factory=free_port)
     sendsms_port: int = field(default_factory=free_port)
     smsc_port: int = field(default_factory=free_port)
+    # With an SMPP port, bearerbox binds to that SMSC instead of running the fake SMSC.
+    smpp_port: int | None = None
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _fakesmsc: subprocess.Popen[bytes] | None = None
 
@@ -186,11 +188,7 @@ dlr-storage = internal
 log-file = "{self.workdir}/bearerbox.log"
 log-level = 1
 
-group = smsc
-smsc = fake
-smsc-id = FAKE
-port = {self.smsc_port}
-connect-allow-ip = 127.0.0.1
+{self._smsc_group()}
 
 group = smsbox
 bearerbox-host = 127.0.0.1
@@ -213,6 +211,30 @@ catch-all = true
 post-url = "{self.mo_url}"
 send-sender = true
 max-messages = 0
+"""
+
+    def _smsc_group(self) -> str:
+        if self.smpp_port is None:
+            return f"""group = smsc
+smsc = fake
+smsc-id = FAKE
+port = {self.smsc_port}
+connect-allow-ip = 127.0.0.1
+"""
+        return f"""group = smsc
+smsc = smpp
+smsc-id = SMPP
+host = 127.0.0.1
+port = {self.smpp_port}
+transceiver-mode = true
+smsc-username = kannel
+smsc-password = {PASSWORD}
+source-addr-ton = 1
+source-addr-npi = 1
+dest-addr-ton = 1
+dest-addr-npi = 1
+system-type = "cartback"
+reconnect-delay = 1
 """
 
     def _start(self, args: list[str], log: str, **kwargs: object) -> subprocess.Popen[bytes]:
@@ -243,17 +265,14 @@ max-messages = 0
         wait_until(lambda: _listening(self.smsbox_port), 20, "bearerbox to listen")
         self._start(["smsbox", "-v", "1", str(conf)], "smsbox.out")
         wait_until(lambda: _listening(self.sendsms_port), 20, "smsbox to listen")
-        # -v 0: fakesmsc logs each MT it receives at debug level in interactive mode.
-        self._fakesmsc = self._start(
-            [str(FAKESMSC), "-v", "0", "-H", "127.0.0.1", "-r", str(self.smsc_port)],
-            "fakesmsc.log",
-            stdin=subprocess.PIPE,
-        )
-        wait_until(
-            lambda: "(online " in self._admin_status(),
-            20,
-            "the fake SMSC to come online",
-        )
+        if self.smpp_port is None:
+            # -v 0: fakesmsc logs each MT it receives at debug level in interactive mode.
+            self._fakesmsc = self._start(
+                [str(FAKESMSC), "-v", "0", "-H", "127.0.0.1", "-r", str(self.smsc_port)],
+                "fakesmsc.log",
+                stdin=subprocess.PIPE,
+            )
+        wait_until(lambda: "(online " in self._admin_status(), 20, "the SMSC to come online")
 
     def type_mo(self, sender: str, receiver: str, text: str) -> None:
         """Type one MO into fakesmsc, as a phone sending `text` would."""
@@ -272,7 +291,8 @@ max-messages = 0
             if process.poll() is None:
                 process.terminate()
                 try:
-                    process.wait(timeout=10)
+                    # bearerbox behind an SMPP bind lingers ~10 s after SIGTERM: don't wait it out.
+                    process.wait(timeout=3)
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()

@@ -18,6 +18,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Coroutine
 from concurrent.futures import Future
@@ -60,6 +61,7 @@ class SmscSimulator:
     # Faults: `silent` leaves submits unanswered; `reject_with` refuses them with a status.
     silent: bool = False
     reject_with: int | None = None
+    receipt_first: bool = False
     held: list[Any] = field(default_factory=list)
     _esmes: dict[str, Any] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
@@ -129,11 +131,21 @@ class SmscSimulator:
                 )
             )
             esme = self._esmes.get(event.session_id)
+        if self.receipt_first and esme is not None:
+            # Some SMSCs report before they answer the submit.
+            async def report_then_answer() -> None:
+                await self._receipt(esme, event, message_id)
+                event.accept(message_id)
+
+            self._keep(asyncio.ensure_future(report_then_answer()))
+            return
         event.accept(message_id)
         if event.registered_delivery & 0x01 and esme is not None:
-            task = asyncio.ensure_future(self._receipt(esme, event, message_id))
-            self._receipts.add(task)  # held until done, or the loop may drop it
-            task.add_done_callback(self._receipts.discard)
+            self._keep(asyncio.ensure_future(self._receipt(esme, event, message_id)))
+
+    def _keep(self, task: asyncio.Future[None]) -> None:
+        self._receipts.add(task)  # held until done, or the loop may drop it
+        task.add_done_callback(self._receipts.discard)
 
     async def _receipt(self, esme: Any, event: Any, message_id: str) -> None:
         failed = event.destination_addr.endswith("0")
@@ -166,6 +178,16 @@ class SmscSimulator:
         with self._lock:
             return len(self._esmes)
 
+    def _single_session(self, timeout: float = 10.0) -> Any:
+        """The one bound ESME, once the server has seen its bind and every earlier unbind."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self._esmes) == 1:
+                    return next(iter(self._esmes.values()))
+            time.sleep(0.02)
+        raise AssertionError(f"expected one bound ESME, have {len(self._esmes)}")
+
     def send_mo(
         self,
         sender: str,
@@ -175,8 +197,7 @@ class SmscSimulator:
         data_coding: int = 0,
         esm_class: int = 0,
     ) -> None:
-        with self._lock:
-            esme = list(self._esmes.values())[-1]  # the latest bind
+        esme = self._single_session()
 
         async def deliver() -> None:
             await esme.deliver_sm(

@@ -34,7 +34,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from smpplib import client as smpp_client
@@ -150,6 +150,8 @@ class SmppChannel:
         # SMSC id of each part (every form of it) -> (our key, the first part's id).
         self._ids: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._sent: OrderedDict[str, str] = OrderedDict()  # our key -> first part's id
+        # Receipts that arrived before their submit_sm_resp: id -> (update, when).
+        self._early: dict[str, tuple[DeliveryUpdate, float]] = {}
         self._concat: OrderedDict[tuple[str, int], _Concat] = OrderedDict()
         self.binds = 0
         self.enquire_links_answered = 0
@@ -232,6 +234,8 @@ class SmppChannel:
         while not self._stopping.is_set():
             readable, _, _ = select.select([client._socket], [], [], _POLL_SECONDS)
             now = time.monotonic()
+            if self._early:
+                self._release_stale(now)
             if readable:
                 pdu = client.read_pdu()
                 last_traffic = now
@@ -272,6 +276,7 @@ class SmppChannel:
                     # Known before the receipt can arrive, which may be the next PDU.
                     first = waiting.first_id or waiting.message_id
                     self._remember(waiting.key, first, [waiting.message_id])
+                    self._release_early(waiting.message_id, waiting.key, first)
                 waiting.done.set()
         elif pdu.command == "deliver_sm":
             status = smpp_consts.SMPP_ESME_ROK
@@ -299,7 +304,15 @@ class SmppChannel:
                 message_state=getattr(pdu, "message_state", None),
                 network_error=getattr(pdu, "network_error_code", None),
             )
-            if update is not None:
+            if update is None:
+                return
+            with self._state_lock:
+                racing = update.message_key is None and bool(self._pending)
+                if racing:
+                    # SMSCs may report before they answer the submit: hold the receipt until
+                    # the submit_sm_resp names the id (or for one timeout at most).
+                    self._early[update.raw["id"]] = (update, time.monotonic())
+            if not racing:
                 self._on_update(update)
             return
         if esm_class & ESM_CLASS_TYPE_MASK:
@@ -314,6 +327,38 @@ class SmppChannel:
         )
         if reply is not None:
             self._on_reply(reply)
+
+    def _release_early(self, message_id: str, key: str, first_id: str) -> None:
+        forms = set(id_forms(message_id))
+        with self._state_lock:
+            held = [
+                (held_id, update)
+                for held_id, (update, _) in self._early.items()
+                if forms & set(id_forms(held_id))
+            ]
+            for held_id, _ in held:
+                del self._early[held_id]
+        for _, update in held:
+            self._hand_on(replace(update, message_key=key, provider_id=first_id))
+
+    def _release_stale(self, now: float) -> None:
+        with self._state_lock:
+            stale = [
+                (held_id, update)
+                for held_id, (update, since) in self._early.items()
+                if now - since > self._timeout
+            ]
+            for held_id, _ in stale:
+                del self._early[held_id]
+        for _, update in stale:
+            self._hand_on(update)  # matched by provider id alone, if at all
+
+    def _hand_on(self, update: DeliveryUpdate) -> None:
+        # A held receipt was already acknowledged to the SMSC: nothing to refuse any more.
+        try:
+            self._on_update(update)
+        except Exception:
+            log.exception("smpp receipt could not be handed on")
 
     def receipt_update(
         self,
