@@ -316,3 +316,17 @@ def test_smpp_takes_no_http_callbacks() -> None:
     request = WebhookRequest(method="POST", url="https://cb.example/x", headers={}, body=b"")
     assert not channel.verify(request)
     assert channel.parse_status(request) == [] and channel.parse_inbound(request) == []
+
+
+def test_the_bind_opens_on_first_use_only(smsc: SmscSimulator, tap: PduTap) -> None:
+    channel = SmppChannel(_config(tap.port))
+    try:
+        request = WebhookRequest(method="POST", url="https://cb.example/x", headers={}, body=b"")
+        channel.verify(request)
+        channel.parse_status(request)
+        time.sleep(0.3)  # long enough for a bind to show, were one started
+        assert tap.connections == 0 and not channel.bound
+        assert channel.drain() == []
+        assert channel.wait_bound(WAIT) and tap.connections == 1
+    finally:
+        channel.close()

@@ -19,7 +19,9 @@ UNKNOWN; no bind within the timeout is a retryable refusal (nothing went out).
 Receipts and replies arrive on the bind as `deliver_sm`, not over HTTP: each becomes a
 `DeliveryUpdate` (receipt bit in `esm_class`, `receipted_message_id` / `message_state` TLVs
 or the `id:… stat:… err:…` text) or an `InboundReply`, handed to `on_update` / `on_reply`,
-or by default put on `events` for the worker to drain (`drain`). The SMSC's ids of a
+or by default put on `events` for the worker to drain (`drain`). The bind opens on the first
+`send`, `drain` or `wait_bound` (or `start`), so the worker draining `events` keeps it open
+even when it has nothing to send. The SMSC's ids of a
 message's parts are remembered (in memory) so a receipt for any part carries our key; after
 a restart a receipt is matched by `provider_id` alone.
 """
@@ -119,7 +121,7 @@ class SmppChannel:
         *,
         on_update: Callable[[DeliveryUpdate], None] | None = None,
         on_reply: Callable[[InboundReply], None] | None = None,
-        start: bool = True,
+        start: bool = False,
     ) -> None:
         options = config.options
         missing = [key for key in ("host", "system_id") if not options.get(key)]
@@ -156,8 +158,9 @@ class SmppChannel:
         self.binds = 0
         self.enquire_links_answered = 0
         self._thread = threading.Thread(target=self._run, name="smpp-bind", daemon=True)
+        self._start_lock = threading.Lock()
         if start:
-            self._thread.start()
+            self.start()
 
     # -- the bind --------------------------------------------------------------------------
 
@@ -165,7 +168,15 @@ class SmppChannel:
     def bound(self) -> bool:
         return self._bound.is_set()
 
+    def start(self) -> None:
+        """Open the bind (once). `send`, `drain` and `wait_bound` call it, so a channel built
+        only to answer an HTTP callback never connects."""
+        with self._start_lock:
+            if self._thread.ident is None and not self._stopping.is_set():
+                self._thread.start()
+
     def wait_bound(self, timeout: float) -> bool:
+        self.start()
         return self._bound.wait(timeout)
 
     def _run(self) -> None:
@@ -430,6 +441,7 @@ class SmppChannel:
 
     def drain(self, limit: int = 1000, wait: float = 0.0) -> list[Event]:
         """Receipts and replies received since the last call (when no callbacks were given)."""
+        self.start()
         taken: list[Event] = []
         try:
             taken.append(self.events.get(timeout=wait) if wait > 0 else self.events.get_nowait())
@@ -447,6 +459,7 @@ class SmppChannel:
             encoded = encode_text(message.body, message.key)
         except ValueError as error:
             return SendResult(SendStatus.REJECTED, error=str(error))
+        self.start()
         if not self._bound.wait(self._timeout):
             return SendResult(SendStatus.REJECTED, error="not bound to the SMSC", retryable=True)
         sender = message.sender or self._sender or ""
