@@ -135,6 +135,8 @@ def test_options_are_checked() -> None:
         _channel(callback_token="")
     with pytest.raises(ValueError, match="callback_token"):
         _channel(callback_token="has%escape")
+    with pytest.raises(ValueError, match="dlr_mask"):
+        _channel(dlr_mask="all")
 
 
 def _dlr(**query: str) -> WebhookRequest:

@@ -330,3 +330,12 @@ def test_the_bind_opens_on_first_use_only(smsc: SmscSimulator, tap: PduTap) -> N
         assert channel.wait_bound(WAIT) and tap.connections == 1
     finally:
         channel.close()
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="system_id"):
+        SmppChannel(_config(2775, system_id=""))
+    with pytest.raises(ValueError, match="enquire_link_seconds"):
+        SmppChannel(_config(2775, enquire_link_seconds="often"))
+    with pytest.raises(ValueError, match="source_ton"):
+        SmppChannel(_config(2775, source_ton="five"))

@@ -88,7 +88,10 @@ class KannelChannel:
         self._token = options["callback_token"]
         self._sender = options.get("from") or None
         self._smsc = options.get("smsc") or None
-        self._dlr_mask = int(options.get("dlr_mask") or 31)
+        dlr_mask = options.get("dlr_mask") or "31"
+        if not dlr_mask.isdigit() or not 0 < int(dlr_mask) < 32:
+            raise ValueError(f"kannel: option dlr_mask must be 1-31, not {dlr_mask!r}")
+        self._dlr_mask = int(dlr_mask)
         self._validity = options.get("validity") or None
         self._client = httpx.Client(timeout=httpx.Timeout(config.timeout), transport=transport)
 

@@ -35,7 +35,7 @@ import select
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -130,15 +130,15 @@ class SmppChannel:
         self.kind = config.kind
         self.config = config
         self._host = options["host"]
-        self._port = int(options.get("port") or 2775)
+        self._port = int(_number(options, "port", 2775))
         self._system_id = options["system_id"]
         self._password = options.get("password", "")
         self._system_type = options.get("system_type", "")
         self._sender = options.get("from") or None
-        self._source_ton = _optional_int(options.get("source_ton"))
-        self._source_npi = _optional_int(options.get("source_npi"))
-        self._enquire_every = float(options.get("enquire_link_seconds") or 30)
-        self._reconnect_max = float(options.get("reconnect_max_seconds") or 30)
+        self._source_ton = _optional_int(options, "source_ton")
+        self._source_npi = _optional_int(options, "source_npi")
+        self._enquire_every = _number(options, "enquire_link_seconds", 30)
+        self._reconnect_max = _number(options, "reconnect_max_seconds", 30)
         self._timeout = config.timeout
         self.events: queue.Queue[Event] = queue.Queue()
         self._on_update = on_update or self.events.put
@@ -590,5 +590,23 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def _optional_int(value: str | None) -> int | None:
-    return int(value) if value not in (None, "") else None
+def _number(options: Mapping[str, str], name: str, default: float) -> float:
+    raw = options.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"smpp: option {name} must be a number, not {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"smpp: option {name} must be positive")
+    return value
+
+
+def _optional_int(options: Mapping[str, str], name: str) -> int | None:
+    raw = options.get(name)
+    if raw in (None, ""):
+        return None
+    if not raw.isdigit():
+        raise ValueError(f"smpp: option {name} must be a whole number, not {raw!r}")
+    return int(raw)
