@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -96,8 +96,7 @@ class CallbackSink:
             return [c for c in self.received if c.path == path]
 
 
-def _latin1_query(raw: str) -> dict[str, str]:
-    # Kannel escapes bytes, not UTF-8 text: keep them readable without guessing a charset.
+def _query(raw: str) -> dict[str, str]:
     return dict(parse_qsl(raw, keep_blank_values=True, encoding="utf-8", errors="replace"))
 
 
@@ -114,7 +113,7 @@ def callback_sink() -> Iterator[CallbackSink]:
                 Callback(
                     method=self.command,
                     path=parts.path,
-                    query=_latin1_query(parts.query),
+                    query=_query(parts.query),
                     headers={k.lower(): v for k, v in self.headers.items()},
                     body=body,
                 )
@@ -296,8 +295,3 @@ reconnect-delay = 1
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-
-
-def decode_fakesmsc_ucs2(field_value: str) -> str:
-    """fakesmsc shows UCS-2 payloads URL-encoded as UTF-16BE."""
-    return unquote_to_bytes(field_value).decode("utf-16-be")
