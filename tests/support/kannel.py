@@ -238,13 +238,14 @@ reconnect-delay = 1
 
     def _start(self, args: list[str], log: str, **kwargs: object) -> subprocess.Popen[bytes]:
         handle = (self.workdir / log).open("wb")
-        process: subprocess.Popen[bytes] = subprocess.Popen(
-            args,
-            cwd=self.workdir,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            **kwargs,  # type: ignore[call-overload]
-        )
+        with handle:  # the child keeps its own copy of the descriptor
+            process: subprocess.Popen[bytes] = subprocess.Popen(
+                args,
+                cwd=self.workdir,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                **kwargs,  # type: ignore[call-overload]
+            )
         self.processes.append(process)
         return process
 
@@ -295,3 +296,5 @@ reconnect-delay = 1
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+            if process.stdin is not None:
+                process.stdin.close()

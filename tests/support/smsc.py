@@ -226,6 +226,8 @@ class SmscSimulator:
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if not self._loop.is_running():
+            self._loop.close()
 
 
 @dataclass

@@ -213,12 +213,16 @@ class SmppChannel:
             logger_name=_WIRE_LOG,
             allow_unknown_opt_params=True,
         )
-        client.connect()
-        client.bind_transceiver(
-            system_id=self._system_id,
-            password=self._password,
-            system_type=self._system_type,
-        )
+        try:
+            client.connect()
+            client.bind_transceiver(
+                system_id=self._system_id,
+                password=self._password,
+                system_type=self._system_type,
+            )
+        except BaseException:
+            client.disconnect()  # a refused bind must not leave its socket open
+            raise
         with self._state_lock:
             self._client = client
             self.binds += 1
