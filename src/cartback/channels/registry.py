@@ -7,8 +7,10 @@ from collections.abc import Callable
 from cartback.channels import postmark, smtp
 from cartback.channels.dev import ConsoleChannel, JsonlChannel, NullChannel
 from cartback.channels.inmobile import InMobileChannel
+from cartback.channels.kannel import KannelChannel
 from cartback.channels.linkmobility import LinkMobilityChannel
 from cartback.channels.sinch import SinchChannel
+from cartback.channels.smpp import SmppChannel
 from cartback.channels.vonage import VonageChannel
 from cartback.channels.webhook import WebhookChannel
 from cartback.config import Settings, smtp_options
@@ -24,6 +26,9 @@ PROVIDERS: dict[str, Callable[[ProviderConfig], ProviderChannel]] = {
     "sinch": SinchChannel,
     "smtp": smtp.build,
     "postmark": postmark.build,
+    "kannel": KannelChannel,
+    # Receipts and replies arrive on the bind: drain `SmppChannel.events` (docs/providers.md).
+    "smpp": SmppChannel,
 }
 
 
