@@ -1,12 +1,25 @@
-"""Build the configured channel for each kind of message."""
+"""Build the configured channel for each kind of message.
+
+`build_channel` builds the global channels (`CARTBACK_SMS_CHANNEL`, `CARTBACK_EMAIL_CHANNEL`),
+the default for stores without a provider of their own. `PROVIDERS` names the real providers a
+store can choose (`cartback channels set`): each factory takes the store's `ProviderConfig`,
+secrets resolved, and returns a `ProviderChannel`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cartback.channels.dev import ConsoleChannel, JsonlChannel, NullChannel
+from cartback.channels.twilio import TwilioChannel
 from cartback.channels.webhook import WebhookChannel
 from cartback.config import Settings
 from cartback.core.model import Channel
-from cartback.ports import MessageChannel
+from cartback.ports import MessageChannel, ProviderChannel, ProviderConfig
+
+PROVIDERS: dict[str, Callable[[ProviderConfig], ProviderChannel]] = {
+    "twilio": TwilioChannel,
+}
 
 
 def build_channel(name: str, kind: Channel, settings: Settings) -> MessageChannel:
