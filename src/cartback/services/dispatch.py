@@ -154,6 +154,7 @@ class Dispatcher:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self.resolver.close()
 
     def run_once(self, now: datetime, limit: int = 200) -> DispatchStats:
         stats = DispatchStats()
