@@ -10,11 +10,6 @@ from urllib.parse import parse_qsl
 
 import httpx
 import pytest
-
-from cartback.channels.twilio import TwilioChannel, signature
-from cartback.core.events import DeliveryStatus
-from cartback.core.model import Channel
-from cartback.ports import OutboundMessage, ProviderConfig, SendStatus, WebhookRequest
 from tests.support.twilio import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -24,6 +19,11 @@ from tests.support.twilio import (
     fixture,
     sign,
 )
+
+from cartback.channels.twilio import TwilioChannel, signature
+from cartback.core.events import DeliveryStatus
+from cartback.core.model import Channel
+from cartback.ports import OutboundMessage, ProviderConfig, SendStatus, WebhookRequest
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 STATUS_URL = "https://cartback.example/hooks/channel/twilio/shop/status"
