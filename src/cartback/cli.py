@@ -1,10 +1,11 @@
-"""The command line: serve · web · worker · migrate · demo · store · flows · why · consent ·
-enrollments · shops · contacts."""
+"""The command line: serve · web · worker · migrate · demo · store · channels · flows · why ·
+consent · enrollments · shops · contacts."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -46,6 +47,11 @@ shopify_cli = typer.Typer(no_args_is_help=True, help="Shopify through its Admin 
 shops_cli.add_typer(shopify_cli, name="shopify")
 cli.add_typer(shops_cli, name="shops")
 cli.add_typer(contacts_cli, name="contacts")
+channels_cli = typer.Typer(
+    no_args_is_help=True,
+    help="Per-store SMS and email providers; secrets are references (env:NAME, file:/path).",
+)
+cli.add_typer(channels_cli, name="channels")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -212,6 +218,148 @@ def _policy_file_or_exit(file: Path) -> dict[str, Any]:
         for issue in error.issues:
             err.print(str(issue), highlight=False, markup=False)
         raise typer.Exit(USAGE_ERROR) from None
+
+
+@store_cli.command("support-webhook")
+def store_support_webhook(
+    slug: str,
+    url: Annotated[str | None, typer.Argument(help="http(s) URL; omit to clear")] = None,
+) -> None:
+    """Where replies that are not STOP/START/HELP are forwarded (a JSON POST)."""
+    from urllib.parse import urlsplit
+
+    from sqlalchemy import update
+
+    from cartback.services import admin
+    from cartback.store import tables as t
+
+    if url is not None and (
+        urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc
+    ):
+        raise fail(f"url: must be an http(s) URL, got {url!r}")
+    with running_app() as app, app.engine.begin() as conn:
+        store = admin.store_by_slug(conn, slug)
+        if store is None:
+            raise fail(f"no store with slug {slug!r}")
+        conn.execute(
+            update(t.stores).where(t.stores.c.id == store.id).values(support_webhook_url=url)
+        )
+    out.print(f"support webhook of {slug}: {url or 'none'}")
+
+
+def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in values or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise fail(f"{flag} {item!r}: expected NAME=VALUE")
+        pairs[name.strip()] = value
+    return pairs
+
+
+@channels_cli.command("set")
+def channels_set(
+    store: Annotated[str, typer.Argument(help="Store slug")],
+    kind: Annotated[str, typer.Argument(help="sms or email")],
+    provider: Annotated[str, typer.Argument(help="Provider name, e.g. twilio")],
+    option: Annotated[
+        list[str] | None, typer.Option(help="NAME=VALUE, stored as given (repeatable)")
+    ] = None,
+    secret: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=env:VARIABLE or NAME=file:/path, never the value (repeatable)"),
+    ] = None,
+) -> None:
+    """Choose a store's provider for one kind of message, with its options and secrets."""
+    from cartback.core.model import Channel
+    from cartback.services import admin
+    from cartback.services.providers import ProviderSettingsError, set_provider
+
+    if kind not in ("sms", "email"):
+        raise fail(f"kind: sms or email, not {kind!r}")
+    options, secrets = _pairs(option, "--option"), _pairs(secret, "--secret")
+    with running_app() as app, app.engine.begin() as conn:
+        found = admin.store_by_slug(conn, store)
+        if found is None:
+            raise fail(f"no store with slug {store!r}")
+        try:
+            version = set_provider(
+                conn,
+                store_id=found.id,
+                kind=Channel(kind),
+                provider=provider,
+                options=options,
+                secrets=secrets,
+                now=app.clock.now(),
+            )
+        except ProviderSettingsError as error:
+            raise fail(str(error)) from None
+    out.print(f"{store} sends {kind} through {provider} (settings version {version})")
+
+
+@channels_cli.command("remove")
+def channels_remove(
+    store: Annotated[str, typer.Argument(help="Store slug")],
+    kind: Annotated[str, typer.Argument(help="sms or email")],
+) -> None:
+    """Go back to the global channel for one kind of message."""
+    from cartback.core.model import Channel
+    from cartback.services import admin
+    from cartback.services.providers import remove_provider
+
+    if kind not in ("sms", "email"):
+        raise fail(f"kind: sms or email, not {kind!r}")
+    with running_app() as app, app.engine.begin() as conn:
+        found = admin.store_by_slug(conn, store)
+        if found is None:
+            raise fail(f"no store with slug {store!r}")
+        removed = remove_provider(conn, found.id, Channel(kind))
+    out.print(f"{store} {kind}: " + ("global channel again" if removed else "had no provider"))
+
+
+@channels_cli.command("list")
+def channels_list() -> None:
+    """Each store's providers, options, secret references (masked) and callback URLs.
+    Exit code 2 when a secret does not resolve here, naming it."""
+    from cartback.services.providers import (
+        SecretUnavailable,
+        callback_urls,
+        list_providers,
+        resolve_secret,
+    )
+
+    with running_app() as app, app.engine.connect() as conn:
+        found = list_providers(conn)
+        settings = app.settings
+    table = Table(title="store providers")
+    for column in ("store", "kind", "provider", "options", "secrets", "callbacks"):
+        table.add_column(column, overflow="fold")
+    broken: list[str] = []
+    for item in found:
+        secrets = []
+        for name, ref in sorted(item.secrets.items()):
+            try:
+                resolve_secret(name, ref, os.environ)
+                state = "ok"
+            except SecretUnavailable as error:
+                state = "UNRESOLVED"
+                broken.append(f"{item.store_slug} {item.kind} {item.provider}: {error}")
+            secrets.append(f"{name}={ref.partition(':')[0]}:*** ({state})")
+        status_url, inbound_url = callback_urls(settings.base_url, item.store_slug, item.provider)
+        table.add_row(
+            item.store_slug,
+            str(item.kind),
+            item.provider,
+            " ".join(f"{k}={v}" for k, v in sorted(item.options.items())),
+            " ".join(secrets),
+            f"{status_url}\n{inbound_url}",
+        )
+    out.print(f"default: sms={settings.sms_channel} email={settings.email_channel}")
+    out.print(table if found else "no store has a provider of its own")
+    if broken:
+        for line in broken:
+            err.print(f"[red]error:[/red] {line}", highlight=False, markup=True)
+        raise typer.Exit(USAGE_ERROR)
 
 
 @store_cli.command("key")

@@ -35,6 +35,9 @@ class OutboundMessage:
     html: str | None = None
     sender: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    # Quiet hours or the rule's deadline begin here: a provider that can drop a message still
+    # queued by then (Twilio's ValidityPeriod, an SMPP validity period) is told so.
+    send_before: datetime | None = None
 
 
 class SendStatus(StrEnum):

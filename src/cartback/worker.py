@@ -18,6 +18,7 @@ from cartback.channels.registry import build_channels
 from cartback.core.model import Channel
 from cartback.core.sandbox import RenderInterrupted, interrupt_renders_on
 from cartback.services.dispatch import Dispatcher
+from cartback.services.providers import ChannelResolver
 from cartback.services.shops import prune
 from cartback.services.tick import tick
 
@@ -49,9 +50,14 @@ class Worker:
         ended within `shutdown_seconds` of the stop; False when a batch was still running then
         (the caller ends the process; its rows are recovered by lease, as after a crash)."""
         settings = self.app.settings
+        defaults = build_channels(settings)
         dispatcher = Dispatcher(
             self.app.engine,
-            build_channels(settings),
+            defaults,
+            # Stores with a provider of their own send through it; the others through defaults.
+            resolver=ChannelResolver(
+                defaults, base_url=settings.base_url, timeout=settings.send_timeout_seconds
+            ),
             lease=timedelta(seconds=settings.lease_seconds),
             send_timeout=timedelta(seconds=settings.send_timeout_seconds),
             concurrency=settings.dispatch_concurrency,

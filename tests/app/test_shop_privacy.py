@@ -16,8 +16,11 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from cartback.cli import cli
+from cartback.core.events import InboundReply
+from cartback.core.model import Channel
 from cartback.services import shops as shop_service
 from cartback.services.ingest import ERASED
+from cartback.services.replies import on_reply
 from cartback.services.tick import tick
 from cartback.store import tables as t
 from cartback.web.app import create_app
@@ -100,6 +103,22 @@ def a_shopper_with_history(client: TestClient, shop: World) -> None:
         fixture("customers_email_marketing_consent_update"),
     )
     post(client, "orders/create", fixture("orders_create"))
+    # A text reply from the shopper, kept for the cart's timeline.
+    with shop.app.engine.begin() as conn:
+        on_reply(
+            conn,
+            shop.store,
+            InboundReply(
+                provider="twilio",
+                channel=Channel.SMS,
+                sender=PHONE,
+                text="Is the blue one back, Ingrid here?",
+                provider_id="SM-reply-1",
+                at=shop.now,
+            ),
+            shop.now,
+        )
+    assert count(shop, t.replies) == 1
     assert traces_left(shop) != []
 
 

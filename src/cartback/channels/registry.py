@@ -1,4 +1,10 @@
-"""Build the configured channel for each kind of message, and the providers by name."""
+"""Build the configured channel for each kind of message.
+
+`build_channel` builds the global channels (`CARTBACK_SMS_CHANNEL`, `CARTBACK_EMAIL_CHANNEL`),
+the default for stores without a provider of their own. `PROVIDERS` names the real providers a
+store can choose (`cartback channels set`): each factory takes the store's `ProviderConfig`,
+secrets resolved, and returns a `ProviderChannel`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from cartback.channels.kannel import KannelChannel
 from cartback.channels.linkmobility import LinkMobilityChannel
 from cartback.channels.sinch import SinchChannel
 from cartback.channels.smpp import SmppChannel
+from cartback.channels.twilio import TwilioChannel
 from cartback.channels.vonage import VonageChannel
 from cartback.channels.webhook import WebhookChannel
 from cartback.config import Settings, smtp_options
@@ -20,6 +27,7 @@ from cartback.ports import MessageChannel, ProviderChannel, ProviderConfig
 # Every real provider by the name used in store settings and in the callback routes
 # (`/hooks/channel/{provider}/{store}/...`). One line per provider.
 PROVIDERS: dict[str, Callable[[ProviderConfig], ProviderChannel]] = {
+    "twilio": TwilioChannel,
     "vonage": VonageChannel,
     "linkmobility": LinkMobilityChannel,
     "inmobile": InMobileChannel,

@@ -13,6 +13,11 @@ their lease expires. `sending` rows (at most the calls in flight) are reconciled
 provider's records where the channel can look them up; otherwise they become `unknown` and
 are never sent again: a missed reminder is better than a duplicate marketing text. No
 provider call is ever made inside a database transaction.
+
+Each message goes out on its store's own provider where the store has one, else on the global
+channel of its kind (`ChannelResolver`, settings read in the claim's transaction). A provider
+that says the recipient opted out with it (Twilio 21610) fails the message for good and
+suppresses the address for marketing in the consent ledger.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    Integer,
     RowMapping,
     String,
     and_,
@@ -41,7 +47,8 @@ from sqlalchemy import (
     update,
 )
 
-from cartback.core.model import CartStatus, Channel
+from cartback.core.consent import ConsentSource
+from cartback.core.model import CartStatus, Channel, Purpose
 from cartback.ports import (
     LookupResult,
     LookupStatus,
@@ -50,6 +57,8 @@ from cartback.ports import (
     SendResult,
     SendStatus,
 )
+from cartback.services.consent import record_consent
+from cartback.services.providers import ChannelResolver, ProviderUnavailable
 from cartback.services.ratelimit import TokenBucket
 from cartback.store import tables as t
 from cartback.store.db import is_sqlite
@@ -90,6 +99,8 @@ class _Claimed:
     attempts: int
     available_at: datetime
     claim_until: datetime
+    store_id: int = 0
+    contact_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +109,8 @@ class _Handed:
 
     result: SendResult
     at: datetime
+    # The name of the channel that sent it; None when no channel could be built.
+    provider: str | None = None
 
 
 class Dispatcher:
@@ -113,11 +126,16 @@ class Dispatcher:
         rates: Mapping[Channel, float] | None = None,
         clock: Callable[[], datetime] | None = None,
         stopping: threading.Event | None = None,
+        resolver: ChannelResolver | None = None,
     ) -> None:
         if lease <= send_timeout:
             raise ValueError("the lease must be longer than the provider timeout")
         self.engine = engine
         self.channels = dict(channels)
+        # Per (store, kind): the store's own provider, else the channel of that kind above.
+        self.resolver = resolver or ChannelResolver(
+            self.channels, base_url="", timeout=send_timeout.total_seconds(), per_store=False
+        )
         # Messages a second per channel, for this dispatcher; a channel not named is unlimited.
         self.buckets = {
             channel: TokenBucket(rate) for channel, rate in (rates or {}).items() if rate > 0
@@ -136,6 +154,7 @@ class Dispatcher:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self.resolver.close()
 
     def run_once(self, now: datetime, limit: int = 200) -> DispatchStats:
         stats = DispatchStats()
@@ -193,14 +212,18 @@ class Dispatcher:
         if self._now() + self.send_timeout >= at + self.lease:
             self._release(item.id)
             return None
-        channel = self.channels[item.message.channel]
         try:
-            return _Handed(channel.send(item.message), at)
+            channel = self.resolver.channel(item.store_id, item.message.channel)
+        except ProviderUnavailable as error:
+            # Nothing went out: retried later, when the secret or setting may be fixed.
+            return _Handed(SendResult(SendStatus.REJECTED, error=str(error), retryable=True), at)
+        try:
+            return _Handed(channel.send(item.message), at, channel.name)
         except Exception as error:
             # A channel that raises broke its contract; whether the provider took the message
             # cannot be known, so it is never retried blindly.
             result = SendResult(SendStatus.UNKNOWN, error=f"{type(error).__name__}: {error}")
-            return _Handed(result, at)
+            return _Handed(result, at, channel.name)
 
     def _mark_sending(self, row_id: int, at: datetime) -> bool:
         """The fence: this one row becomes `sending` only while this dispatcher holds it."""
@@ -251,6 +274,7 @@ class Dispatcher:
                 stats.expired += stop[row["id"]][0] == "expired"
                 stats.cancelled += stop[row["id"]][0] == "cancelled"
             live = [row for row in rows if row["id"] not in stop]
+            self.resolver.refresh(conn, {row["store_id"] for row in live})
             if live:
                 conn.execute(
                     update(t.outbox)
@@ -272,6 +296,8 @@ class Dispatcher:
                 attempts=row["attempts"] + 1,
                 available_at=row["available_at"],
                 claim_until=claim_until,
+                store_id=row["store_id"],
+                contact_id=row["contact_id"],
             )
             for row in live
         ]
@@ -296,35 +322,40 @@ class Dispatcher:
                 "b_id": item.id,
                 "b_owner": self.owner,
                 "error": result.error,
-                "provider": self.channels[item.message.channel].name,
+                "error_code": result.error_code,
+                "provider": handed.provider,
                 "provider_id": None,
                 "sent_at": None,
-                "cost": None,
+                "failed_at": None,
+                "cost": result.cost,
+                "segments": result.segments,
                 "available_at": None,
                 "updated_at": now,
             }
             if result.status is SendStatus.ACCEPTED:
-                outcome.update(
-                    status="sent",
-                    provider_id=result.provider_id,
-                    sent_at=handed.at,
-                    cost=result.cost,
-                )
+                outcome.update(status="sent", provider_id=result.provider_id, sent_at=handed.at)
                 stats.sent += 1
                 stats.send_delays.append((handed.at - item.available_at).total_seconds())
             elif result.status is SendStatus.UNKNOWN:
                 outcome["status"] = "unknown"
                 stats.unknown += 1
-            elif result.retryable and item.attempts < MAX_ATTEMPTS:
+            elif result.retryable and not result.opted_out and item.attempts < MAX_ATTEMPTS:
                 backoff = timedelta(seconds=min(3600, 30 * 2 ** (item.attempts - 1)))
                 outcome.update(status="pending", available_at=now + backoff)
                 stats.retried += 1
             else:
-                outcome["status"] = "failed"
+                outcome.update(status="failed", failed_at=now)
                 stats.failed += 1
             outcomes.append(outcome)
+        opted_out = [
+            (item, handed)
+            for item, handed in done
+            if handed.result.opted_out and item.contact_id is not None
+        ]
         with self.engine.begin() as conn:
             conn.execute(_RECORD_OUTCOME, outcomes)
+            for item, handed in opted_out:
+                _suppress_opted_out(conn, item, handed, now)
 
     def recover_expired(self, now: datetime, stats: DispatchStats) -> None:
         """Rows whose lease expired: a dispatcher died or stalled. Never resend without proof.
@@ -335,6 +366,8 @@ class Dispatcher:
         with self.engine.begin() as conn:
             stats.released += conn.execute(_RELEASE_EXPIRED, {"b_now": now}).rowcount
             expired = conn.execute(_EXPIRED_SENDING, {"b_now": now}).all()
+            if expired:
+                self.resolver.refresh(conn, {row.store_id for row in expired})
         if not expired:
             return
         answers = list(self._pool.map(self._lookup, [row.channel for row in expired], expired))
@@ -360,8 +393,9 @@ class Dispatcher:
             stats.recovered += conn.execute(_RECONCILE, writes).rowcount
 
     def _lookup(self, kind: str, row: Any) -> tuple[str | None, LookupResult]:
-        channel = self.channels.get(Channel(kind))
-        if channel is None:
+        try:
+            channel = self.resolver.channel(row.store_id, Channel(kind))
+        except ProviderUnavailable:
             return None, LookupResult(LookupStatus.UNKNOWN)
         try:
             found = channel.lookup(message_key(row.id))
@@ -444,7 +478,7 @@ _RELEASE_EXPIRED = (
 )
 
 _EXPIRED_SENDING = (
-    select(_o.id, _o.channel, _o.lease_owner)
+    select(_o.id, _o.store_id, _o.channel, _o.lease_owner)
     .where(_o.status == "sending", _o.lease_until < bindparam("b_now", type_=UtcDateTime))
     .order_by(_o.lease_until, _o.id)
     .limit(RECOVERY_STEP)
@@ -490,10 +524,13 @@ _RECORD_OUTCOME = (
     .values(
         status=bindparam("status"),
         error=bindparam("error"),
-        provider=bindparam("provider"),
+        error_code=bindparam("error_code", type_=String),
+        provider=bindparam("provider", type_=String),
         provider_id=func.coalesce(bindparam("provider_id", type_=String), _o.provider_id),
         sent_at=func.coalesce(bindparam("sent_at", type_=UtcDateTime), _o.sent_at),
+        failed_at=func.coalesce(bindparam("failed_at", type_=UtcDateTime), _o.failed_at),
         cost=func.coalesce(bindparam("cost", type_=Money), _o.cost),
+        segments=func.coalesce(bindparam("segments", type_=Integer), _o.segments),
         available_at=func.coalesce(bindparam("available_at", type_=UtcDateTime), _o.available_at),
         lease_owner=None,
         lease_until=None,
@@ -524,6 +561,25 @@ def _message(row: Mapping[Any, Any]) -> OutboundMessage:
         subject=row["subject"],
         html=row["html"],
         headers=tuple(sorted((row["headers"] or {}).items())),
+        send_before=row["send_before"],
+    )
+
+
+def _suppress_opted_out(conn: Connection, item: _Claimed, handed: _Handed, now: datetime) -> None:
+    """The provider refused because the recipient opted out with it: the ledger records it,
+    so no later marketing message is even composed for that address."""
+    assert item.contact_id is not None
+    record_consent(
+        conn,
+        store_id=item.store_id,
+        contact_id=item.contact_id,
+        channel=item.message.channel,
+        purpose=Purpose.MARKETING,
+        granted=False,
+        source=ConsentSource.PROVIDER,
+        at=now,
+        wording=f"delivery.opted_out: {handed.provider} refused the message "
+        f"({handed.result.error_code or 'opted out'}): the recipient opted out with the provider",
     )
 
 
@@ -543,7 +599,7 @@ def _too_late(rows: Sequence[Mapping[Any, Any]], now: datetime) -> dict[int, tup
 
 def _enrollment_facts(conn: Connection, rows: Sequence[Mapping[Any, Any]]) -> dict[int, Any]:
     """What may stop each row's send, read again in the claim, just before the send."""
-    enrollment_ids = {row["enrollment_id"] for row in rows}
+    enrollment_ids = {row["enrollment_id"] for row in rows if row["enrollment_id"] is not None}
     e, c, k = t.enrollments.c, t.carts.c, t.contacts.c
     found = conn.execute(
         select(
@@ -572,6 +628,10 @@ def _stopped(
     after the timer decided."""
     stop: dict[int, tuple[str, str]] = {}
     for row in rows:
+        if row["service_key"] is not None:
+            # A service message (a STOP confirmation, a HELP answer) is transactional: it goes
+            # to a shopper who opted out too, and belongs to no enrollment.
+            continue
         reason = _stop_reason(row, facts.get(row["enrollment_id"]))
         if reason is not None:
             stop[row["id"]] = ("cancelled", reason)

@@ -208,6 +208,20 @@ def erase_contact(conn: Connection, store_id: int, contact_id: int, now: datetim
     )
     links = select(t.links.c.id).where(t.links.c.contact_id == contact_id)
     conn.execute(update(t.clicks).where(t.clicks.c.link_id.in_(links)).values(user_agent=None))
+    # The shopper's own words: replies keep their classification and action, not the text.
+    r = t.replies.c
+    conn.execute(
+        update(t.replies)
+        .where(r.contact_id == contact_id)
+        .values(sender="", recipient=None, text="", provider_id=None)
+    )
+    if carts:
+        d = t.decisions.c
+        conn.execute(
+            update(t.decisions)
+            .where(d.cart_id.in_(carts), d.outcome == "reply")
+            .values(reason="the shopper replied (text erased)")
+        )
     _blank_payloads(conn, store_id, tokens)
 
 

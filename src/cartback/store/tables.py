@@ -73,7 +73,27 @@ stores = Table(
     Column("platform", String(20), nullable=False, server_default="generic"),
     # The store's checked send policy (cooldowns, caps, stricter rules); NULL for the defaults.
     Column("policy", JSON),
+    # Replies that are not STOP/START/HELP are POSTed here as JSON (a helpdesk, a relay).
+    Column("support_webhook_url", Text),
     Column("created_at", UtcDateTime, nullable=False),
+)
+
+# A store's own SMS or email provider. `secrets` holds references only (`env:NAME`,
+# `file:/path`), resolved when the channel is built: never a secret in clear. `version` moves
+# on every change, so workers rebuild the channel they cached.
+store_providers = Table(
+    "store_providers",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("options", JSON, nullable=False),
+    Column("secrets", JSON, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("store_id", "kind"),
 )
 
 api_keys = Table(
@@ -216,9 +236,13 @@ outbox = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
-    Column("enrollment_id", ForeignKey("enrollments.id", ondelete="CASCADE"), nullable=False),
+    # NULL for a service message (a STOP confirmation, a HELP answer), which has `service_key`.
+    Column("enrollment_id", ForeignKey("enrollments.id", ondelete="CASCADE")),
     Column("contact_id", ForeignKey("contacts.id", ondelete="SET NULL")),
     Column("step_id", String(64), nullable=False),
+    # `reply:<reply id>` for a transactional answer to a shopper's reply: at most one each, and
+    # sent even to a shopper who opted out (it is no marketing).
+    Column("service_key", String(64), unique=True),
     Column("channel", String(8), nullable=False),
     Column("to_address", String(320), nullable=False),
     Column("subject", Text),
@@ -238,10 +262,13 @@ outbox = Table(
     Column("provider", String(32)),
     Column("provider_id", String(128)),
     Column("error", Text),
+    # The provider's or carrier's own code for a refusal or a failed delivery (Twilio 30003).
+    Column("error_code", String(32)),
     Column("cost", Money),
     Column("created_at", UtcDateTime, nullable=False),
     Column("sent_at", UtcDateTime),
     Column("delivered_at", UtcDateTime),
+    Column("failed_at", UtcDateTime),
     Column("opened_at", UtcDateTime),
     Column("clicked_at", UtcDateTime),
     Column("updated_at", UtcDateTime, nullable=False),
@@ -250,6 +277,40 @@ outbox = Table(
     Index("ix_outbox_status_available_at", "status", "available_at"),
     # Cooldowns and caps read a contact's recent sends for every message the timer composes.
     Index("ix_outbox_contact_id_created_at", "contact_id", "created_at"),
+    # Delivery reports that carry only the provider's id find their message by it.
+    Index("ix_outbox_provider_provider_id", "provider", "provider_id"),
+)
+
+# Every message a shopper sent us (an SMS reply), with what cartback did about it.
+replies = Table(
+    "replies",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("contact_id", ForeignKey("contacts.id", ondelete="SET NULL"), index=True),
+    # The contact's most recent cart and enrollment, for the cart's timeline.
+    Column("cart_id", ForeignKey("carts.id", ondelete="SET NULL")),
+    Column("enrollment_id", ForeignKey("enrollments.id", ondelete="SET NULL")),
+    Column("provider", String(32), nullable=False),
+    Column("channel", String(8), nullable=False),
+    # The provider's message id, or a digest of sender, text and time when it gives none: a
+    # webhook delivered twice is recorded (and answered) once.
+    Column("dedup_key", String(128), nullable=False),
+    Column("provider_id", String(128)),
+    Column("sender", String(320), nullable=False),
+    Column("recipient", String(320)),
+    Column("text", Text, nullable=False),
+    # stop, start, help or other (core.replies), the keyword, and whether a person should look.
+    Column("kind", String(8), nullable=False),
+    Column("keyword", String(64)),
+    Column("needs_review", Boolean, nullable=False),
+    # What was done: opted_out, resubscribed, help_sent, forwarded, ...
+    Column("action", String(20), nullable=False),
+    Column("forwarded_at", UtcDateTime),
+    Column("forward_error", Text),
+    Column("at", UtcDateTime),
+    Column("received_at", UtcDateTime, nullable=False),
+    UniqueConstraint("store_id", "provider", "dedup_key"),
 )
 
 decisions = Table(

@@ -29,8 +29,10 @@ from cartback.core.model import Store
 from cartback.services import admin, tracking
 from cartback.services import consent as consent_service
 from cartback.services.ingest import EventStatus, ingest
+from cartback.services.providers import ChannelResolver
 from cartback.store import tables as t
 from cartback.web import pages, problems
+from cartback.web.channel_hooks import channel_hooks
 from cartback.web.intake import parse_event_document
 from cartback.web.limits import BodyLimit
 from cartback.web.problems import Problem
@@ -105,6 +107,13 @@ def create_app(app: App) -> FastAPI:
     api.add_middleware(BodyLimit)
     _install_error_handlers(api)
     _publish_schemas(api)
+    # Provider callbacks build each store's provider channel (no global default: a store
+    # without its own provider has no callback routes).
+    resolver = ChannelResolver(
+        {}, base_url=app.settings.base_url, timeout=app.settings.send_timeout_seconds
+    )
+    api.state.channel_resolver = resolver
+    api.include_router(channel_hooks(app, resolver))
     bearer = HTTPBearer(auto_error=False, description="The store's API key")
 
     def current_store(
