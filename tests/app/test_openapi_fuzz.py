@@ -21,6 +21,7 @@ from schemathesis.checks import (
 )
 
 from cartback.app import App
+from cartback.config import load_settings
 from cartback.web.app import create_app
 from tests.support.world import World
 
@@ -31,7 +32,7 @@ AUTH = {"Authorization": "Bearer cbk_test_key"}
 
 def _document() -> dict[str, Any]:
     """The OpenAPI document as served; producing it touches no database."""
-    served = create_app(cast(App, SimpleNamespace()))
+    served = create_app(cast(App, SimpleNamespace(settings=load_settings({}))))
     return cast(dict[str, Any], TestClient(served).get("/openapi.json").json())
 
 

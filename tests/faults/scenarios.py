@@ -48,7 +48,7 @@ def sigstop(rig: Rig) -> Counts:
     rig.wait_running("w1")
     tokens = rig.seed_carts(30, "stall", sms=False)
     wait_until(lambda: rig.provider.count() >= 1, 30, "w1 to start sending", every=0.02)
-    rig.signal("w1", signal.SIGSTOP)
+    _stop_outside_a_write(rig, "w1")
     rig.provider.switch("normal")
     rig.start_worker("w2")
     # w1 holds the first email of every cart; w2 records them all only once it has taken over.
@@ -59,6 +59,34 @@ def sigstop(rig: Rig) -> Counts:
     )
     rig.signal("w1", signal.SIGCONT)
     return rig.counts("sigstop", rig.settle(60))
+
+
+def _stop_outside_a_write(rig: Rig, name: str) -> None:
+    """Stop a worker while it waits on its provider. On SQLite one writer holds the database
+    lock at a time: a worker stopped inside a write transaction stalls every process until it
+    resumes, which no lease can change. So on SQLite the worker is stopped at a moment it holds
+    no write lock (stopped again until then); on PostgreSQL wherever it is."""
+    for _ in range(100):
+        rig.signal(name, signal.SIGSTOP)
+        if rig.backend != "sqlite" or _write_lock_free(rig):
+            return
+        rig.signal(name, signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError(f"{name} never stopped outside a write transaction")
+
+
+def _write_lock_free(rig: Rig) -> bool:
+    database = rig.engine.url.database
+    assert database is not None
+    probe = sqlite3.connect(database, timeout=0.2, isolation_level=None)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        probe.close()
 
 
 def _recorded_sent(rig: Rig, step: str) -> int:
