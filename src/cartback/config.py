@@ -39,6 +39,9 @@ class Settings:
     worker_poll_seconds: float = 0.5
     dispatch_batch: int = 200
     dispatch_concurrency: int = 8
+    # Provider calls for one message before a temporary refusal is given up on (`failed`,
+    # "gave up after N attempts", a `dispatch.gave_up` decision).
+    dispatch_max_attempts: int = 5
     lease_seconds: int = 60
     # How long one provider call may take before it is abandoned as `unknown`. A lease must
     # outlast it comfortably, so that recovery never takes over a row still being sent.
@@ -64,6 +67,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "worker_poll_seconds": (0.01, 60),
     "dispatch_batch": (1, 10_000),
     "dispatch_concurrency": (1, 256),
+    "dispatch_max_attempts": (1, 100),
     "lease_seconds": (5, 3600),
     "send_timeout_seconds": (0.5, 300),
     "sms_rate": (0, 100_000),

@@ -18,6 +18,7 @@ from cartback.channels.registry import build_channels
 from cartback.core.model import Channel
 from cartback.core.sandbox import RenderInterrupted, interrupt_renders_on
 from cartback.services.dispatch import Dispatcher
+from cartback.services.retry import RetryPolicy
 from cartback.services.tick import tick
 
 log = logging.getLogger("cartback.worker")
@@ -55,6 +56,7 @@ class Worker:
             rates={Channel.SMS: settings.sms_rate, Channel.EMAIL: settings.email_rate},
             clock=self.app.clock.now,
             stopping=self.stop,
+            retry=RetryPolicy(max_attempts=settings.dispatch_max_attempts),
         )
         threads = [
             threading.Thread(target=self._timer_loop, name="timer", daemon=True),

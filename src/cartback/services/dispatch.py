@@ -51,13 +51,14 @@ from cartback.ports import (
     SendStatus,
 )
 from cartback.services.ratelimit import TokenBucket
+from cartback.services.retry import RetryPolicy, gave_up_reason, record_gave_up
 from cartback.store import tables as t
 from cartback.store.db import is_sqlite
 from cartback.store.tables import Money, UtcDateTime
 
 log = logging.getLogger("cartback.dispatch")
 
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = RetryPolicy().max_attempts
 # Expired `sending` rows looked up per run: one committed step, so a slow provider's lookups
 # never hold up new work for long and what was reconciled survives a crash.
 RECOVERY_STEP = 20
@@ -113,6 +114,7 @@ class Dispatcher:
         rates: Mapping[Channel, float] | None = None,
         clock: Callable[[], datetime] | None = None,
         stopping: threading.Event | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if lease <= send_timeout:
             raise ValueError("the lease must be longer than the provider timeout")
@@ -122,6 +124,7 @@ class Dispatcher:
         self.buckets = {
             channel: TokenBucket(rate) for channel, rate in (rates or {}).items() if rate > 0
         }
+        self.retry = retry or RetryPolicy()
         self.lease = lease
         self.send_timeout = send_timeout
         self.owner = owner or uuid.uuid4().hex[:16]
@@ -290,6 +293,7 @@ class Dispatcher:
     def _record(self, done: list[tuple[_Claimed, _Handed]], stats: DispatchStats) -> None:
         now = self._now()
         outcomes = []
+        gave_up: list[int] = []
         for item, handed in done:
             result = handed.result
             outcome: dict[str, Any] = {
@@ -315,16 +319,22 @@ class Dispatcher:
             elif result.status is SendStatus.UNKNOWN:
                 outcome["status"] = "unknown"
                 stats.unknown += 1
-            elif result.retryable and item.attempts < MAX_ATTEMPTS:
-                backoff = timedelta(seconds=min(3600, 30 * 2 ** (item.attempts - 1)))
+            elif result.retryable and not self.retry.gives_up(item.attempts):
+                backoff = self.retry.backoff(item.id, item.attempts)
                 outcome.update(status="pending", available_at=now + backoff)
                 stats.retried += 1
+            elif result.retryable:
+                outcome.update(status="failed", error=gave_up_reason(item.attempts, result.error))
+                gave_up.append(item.id)
+                stats.failed += 1
             else:
                 outcome["status"] = "failed"
                 stats.failed += 1
             outcomes.append(outcome)
         with self.engine.begin() as conn:
             conn.execute(_RECORD_OUTCOME, outcomes)
+            if gave_up:
+                record_gave_up(conn, gave_up, now)
 
     def recover_expired(self, now: datetime, stats: DispatchStats) -> None:
         """Rows whose lease expired: a dispatcher died or stalled. Never resend without proof.
