@@ -46,10 +46,13 @@ class Settings:
     # How long one provider call may take before it is abandoned as `unknown`. A lease must
     # outlast it comfortably, so that recovery never takes over a row still being sent.
     send_timeout_seconds: float = 10.0
-    # Messages a second each worker sends per channel, to stay inside the provider account's
-    # throughput; 0 for no limit.
+    # Messages (or SMS segments, see below) a second per provider account and sender, shared
+    # by all workers on the database (a `send_rates` row), to stay inside what the provider
+    # account allows; 0 for no limit.
     sms_rate: float = 0
     email_rate: float = 0
+    # What CARTBACK_SMS_RATE counts: "messages", or "segments" (a 3-part SMS costs three).
+    sms_rate_unit: str = "messages"
     # An event stamped more than this far ahead of its receive time is clamped to the receive
     # time and marked: a shop clock running ahead must not outrank what is received later.
     future_skew_seconds: int = DEFAULT_FUTURE_SKEW_SECONDS
@@ -75,6 +78,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "future_skew_seconds": (0, 3600),
 }
 CHANNELS = ("console", "jsonl", "null", "webhook")
+RATE_UNITS = ("messages", "segments")
 # A lease is this many provider timeouts long, so a slow call ends long before the lease does.
 LEASE_PER_TIMEOUT = 3
 
@@ -121,6 +125,11 @@ def _validate(settings: Settings) -> None:
             env_name("lease_seconds"),
             f"must be at least {LEASE_PER_TIMEOUT}x {env_name('send_timeout_seconds')} "
             f"({settings.send_timeout_seconds:g} s), got {settings.lease_seconds}",
+        )
+    if settings.sms_rate_unit not in RATE_UNITS:
+        raise ConfigError(
+            env_name("sms_rate_unit"),
+            f"must be one of {', '.join(RATE_UNITS)}, got {settings.sms_rate_unit!r}",
         )
     for name in ("sms_channel", "email_channel"):
         value = getattr(settings, name)

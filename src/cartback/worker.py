@@ -15,10 +15,10 @@ from datetime import timedelta
 
 from cartback.app import App
 from cartback.channels.registry import build_channels
-from cartback.core.model import Channel
 from cartback.core.sandbox import RenderInterrupted, interrupt_renders_on
 from cartback.services.dispatch import Dispatcher
 from cartback.services.retry import RetryPolicy
+from cartback.services.sendrate import shared_rates
 from cartback.services.tick import tick
 
 log = logging.getLogger("cartback.worker")
@@ -47,13 +47,14 @@ class Worker:
         ended within `shutdown_seconds` of the stop; False when a batch was still running then
         (the caller ends the process; its rows are recovered by lease, as after a crash)."""
         settings = self.app.settings
+        channels = build_channels(settings)
         dispatcher = Dispatcher(
             self.app.engine,
-            build_channels(settings),
+            channels,
             lease=timedelta(seconds=settings.lease_seconds),
             send_timeout=timedelta(seconds=settings.send_timeout_seconds),
             concurrency=settings.dispatch_concurrency,
-            rates={Channel.SMS: settings.sms_rate, Channel.EMAIL: settings.email_rate},
+            rates=shared_rates(self.app.engine, channels, settings),
             clock=self.app.clock.now,
             stopping=self.stop,
             retry=RetryPolicy(max_attempts=settings.dispatch_max_attempts),

@@ -52,6 +52,7 @@ from cartback.ports import (
 )
 from cartback.services.ratelimit import TokenBucket
 from cartback.services.retry import RetryPolicy, gave_up_reason, record_gave_up
+from cartback.services.sendrate import RateBucket, RateUnit, within_grant
 from cartback.store import tables as t
 from cartback.store.db import is_sqlite
 from cartback.store.tables import Money, UtcDateTime
@@ -111,7 +112,7 @@ class Dispatcher:
         send_timeout: timedelta = timedelta(seconds=10),
         concurrency: int = 8,
         owner: str | None = None,
-        rates: Mapping[Channel, float] | None = None,
+        rates: Mapping[Channel, float | RateBucket] | None = None,
         clock: Callable[[], datetime] | None = None,
         stopping: threading.Event | None = None,
         retry: RetryPolicy | None = None,
@@ -120,9 +121,13 @@ class Dispatcher:
             raise ValueError("the lease must be longer than the provider timeout")
         self.engine = engine
         self.channels = dict(channels)
-        # Messages a second per channel, for this dispatcher; a channel not named is unlimited.
-        self.buckets = {
-            channel: TokenBucket(rate) for channel, rate in (rates or {}).items() if rate > 0
+        # A rate per channel: a number is messages a second for this dispatcher alone, a
+        # bucket (services.sendrate.SharedBucket) is shared by every worker. A channel not
+        # named is unlimited.
+        self.buckets: dict[Channel, RateBucket] = {
+            channel: TokenBucket(rate) if isinstance(rate, int | float) else rate
+            for channel, rate in (rates or {}).items()
+            if not isinstance(rate, int | float) or rate > 0
         }
         self.retry = retry or RetryPolicy()
         self.lease = lease
@@ -223,7 +228,25 @@ class Dispatcher:
             conn.execute(_RELEASE, {"b_id": row_id, "b_owner": self.owner, "b_now": self._now()})
 
     def _claim(self, now: datetime, limit: int, stats: DispatchStats) -> list[_Claimed]:
-        allowance = self._allowance(now, limit)
+        # Tokens are reserved before the claim's transaction and settled after it, whatever
+        # happens: the claim takes at most what the rate granted.
+        granted = self._reserve(now, limit)
+        used: dict[Channel, int] = {}
+        try:
+            return self._claim_within(now, limit, granted, used, stats)
+        finally:
+            for channel, reserved in granted.items():
+                self.buckets[channel].settle(reserved, used.get(channel, 0))
+
+    def _claim_within(
+        self,
+        now: datetime,
+        limit: int,
+        granted: Mapping[Channel, int],
+        used: dict[Channel, int],
+        stats: DispatchStats,
+    ) -> list[_Claimed]:
+        allowance = self._allowance(limit, granted)
         if not allowance:
             return []
         o = t.outbox.c
@@ -253,7 +276,9 @@ class Dispatcher:
             for row in withdrawn:
                 stats.expired += stop[row["id"]][0] == "expired"
                 stats.cancelled += stop[row["id"]][0] == "cancelled"
-            live = [row for row in rows if row["id"] not in stop]
+            live = within_grant(
+                [row for row in rows if row["id"] not in stop], granted, self._units, used
+            )
             if live:
                 conn.execute(
                     update(t.outbox)
@@ -266,8 +291,6 @@ class Dispatcher:
                     )
                 )
         stats.claimed = len(live)
-        for channel, bucket in self.buckets.items():
-            bucket.take(sum(1 for row in live if row["channel"] == channel))
         return [
             _Claimed(
                 id=row["id"],
@@ -279,16 +302,28 @@ class Dispatcher:
             for row in live
         ]
 
-    def _allowance(self, now: datetime, limit: int) -> list[tuple[list[Channel], int]]:
+    def _reserve(self, now: datetime, limit: int) -> dict[Channel, int]:
+        return {
+            channel: bucket.reserve(now, limit)
+            for channel, bucket in self.buckets.items()
+            if channel in self.channels
+        }
+
+    def _allowance(
+        self, limit: int, granted: Mapping[Channel, int]
+    ) -> list[tuple[list[Channel], int]]:
         """How many rows to claim, per group of channels: the unlimited ones together."""
         unlimited = [channel for channel in self.channels if channel not in self.buckets]
         groups = [(unlimited, limit)] if unlimited else []
-        for channel, bucket in self.buckets.items():
-            if channel in self.channels:
-                most = min(limit, bucket.available(now))
-                if most > 0:
-                    groups.append(([channel], most))
+        groups.extend(([channel], most) for channel, most in granted.items() if most > 0)
         return groups
+
+    @property
+    def _units(self) -> dict[Channel, RateUnit]:
+        return {
+            channel: getattr(bucket, "unit", RateUnit.MESSAGES)
+            for channel, bucket in self.buckets.items()
+        }
 
     def _record(self, done: list[tuple[_Claimed, _Handed]], stats: DispatchStats) -> None:
         now = self._now()
