@@ -59,6 +59,16 @@ class Settings:
     # Where the `webhook` channel POSTs each message of that kind.
     sms_webhook_url: str | None = None
     email_webhook_url: str | None = None
+    # A secondary channel per kind, used while the primary refuses (channels/failover.py):
+    # after `failover_failures` refusals in a row or within `failover_window_seconds`, the
+    # primary's circuit opens for `failover_cooldown_seconds`, then one message tries it again.
+    sms_failover_channel: str | None = None
+    email_failover_channel: str | None = None
+    sms_failover_webhook_url: str | None = None
+    email_failover_webhook_url: str | None = None
+    failover_failures: int = 5
+    failover_window_seconds: float = 60.0
+    failover_cooldown_seconds: float = 30.0
 
 
 _BOUNDS: dict[str, tuple[float, float]] = {
@@ -76,6 +86,9 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "sms_rate": (0, 100_000),
     "email_rate": (0, 100_000),
     "future_skew_seconds": (0, 3600),
+    "failover_failures": (1, 1000),
+    "failover_window_seconds": (1, 86400),
+    "failover_cooldown_seconds": (1, 86400),
 }
 CHANNELS = ("console", "jsonl", "null", "webhook")
 RATE_UNITS = ("messages", "segments")
@@ -131,8 +144,10 @@ def _validate(settings: Settings) -> None:
             env_name("sms_rate_unit"),
             f"must be one of {', '.join(RATE_UNITS)}, got {settings.sms_rate_unit!r}",
         )
-    for name in ("sms_channel", "email_channel"):
+    for name in ("sms_channel", "email_channel", "sms_failover_channel", "email_failover_channel"):
         value = getattr(settings, name)
+        if value is None:
+            continue
         if value not in CHANNELS:
             raise ConfigError(
                 env_name(name), f"unknown channel {value!r}; one of {', '.join(CHANNELS)}"

@@ -335,7 +335,7 @@ class Dispatcher:
                 "b_id": item.id,
                 "b_owner": self.owner,
                 "error": result.error,
-                "provider": self.channels[item.message.channel].name,
+                "provider": result.provider or self.channels[item.message.channel].name,
                 "provider_id": None,
                 "sent_at": None,
                 "cost": None,
