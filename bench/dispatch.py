@@ -52,8 +52,10 @@ BODY = (
 
 def sink_app() -> Callable[..., Any]:
     """A bare ASGI app: POST takes a message (200 with an id), GET /count tells how many
-    messages and repeated keys it saw, any other GET is a lookup that finds nothing (404)."""
-    seen: set[bytes] = set()
+    messages and repeated keys it saw, any other GET is a lookup that finds nothing (404).
+    Keys are counted per path: each run posts to its own path, since every run's fresh
+    database numbers its rows (and so its keys) from 1 again."""
+    seen: set[tuple[str, bytes]] = set()
     counts = {"messages": 0, "repeated": 0}
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -69,7 +71,7 @@ def sink_app() -> Callable[..., Any]:
         while more:
             more = (await receive()).get("more_body", False)
         if scope["method"] == "POST":
-            key = dict(scope["headers"]).get(b"idempotency-key", b"")
+            key = (scope["path"], dict(scope["headers"]).get(b"idempotency-key", b""))
             counts["repeated" if key in seen else "messages"] += 1
             seen.add(key)
             status, body = 200, b'{"id": "sink-%d"}' % counts["messages"]
@@ -106,7 +108,7 @@ def sink() -> Iterator[str]:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise SystemExit("the sink did not start") from None
                 time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/messages"
+        yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -379,7 +381,7 @@ def run_backend(backend: str, args: argparse.Namespace, url_of_sink: str) -> lis
         lines.append({"backend": backend, "run": "null", **result})
     before = sink_counts(url_of_sink)
     with database(backend, args.n) as url:
-        channel = WebhookChannel(Channel.SMS, url_of_sink, timeout=10.0)
+        channel = WebhookChannel(Channel.SMS, f"{url_of_sink}/{backend}", timeout=10.0)
         result = drain(url, channel, args.n, args.batch, args.concurrency)
         channel.close()
         after = sink_counts(url_of_sink)
@@ -407,7 +409,8 @@ def main() -> None:
         run_sink(args.sink)
         return
     with sink() as url:
-        print(json.dumps({"run": "raw_httpx", **raw_httpx(url, args.n, args.concurrency)}))
+        ceiling = raw_httpx(f"{url}/raw", args.n, args.concurrency)
+        print(json.dumps({"run": "raw_httpx", **ceiling}))
         for backend in args.backend or ["sqlite", "postgres"]:
             for line in run_backend(backend, args, url):
                 print(json.dumps(line), flush=True)
