@@ -39,14 +39,20 @@ class Settings:
     worker_poll_seconds: float = 0.5
     dispatch_batch: int = 200
     dispatch_concurrency: int = 8
+    # Provider calls for one message before a temporary refusal is given up on (`failed`,
+    # "gave up after N attempts", a `dispatch.gave_up` decision).
+    dispatch_max_attempts: int = 5
     lease_seconds: int = 60
     # How long one provider call may take before it is abandoned as `unknown`. A lease must
     # outlast it comfortably, so that recovery never takes over a row still being sent.
     send_timeout_seconds: float = 10.0
-    # Messages a second each worker sends per channel, to stay inside the provider account's
-    # throughput; 0 for no limit.
+    # Messages (or SMS segments, see below) a second per provider account and sender, shared
+    # by all workers on the database (a `send_rates` row), to stay inside what the provider
+    # account allows; 0 for no limit.
     sms_rate: float = 0
     email_rate: float = 0
+    # What CARTBACK_SMS_RATE counts: "messages", or "segments" (a 3-part SMS costs three).
+    sms_rate_unit: str = "messages"
     # An event stamped more than this far ahead of its receive time is clamped to the receive
     # time and marked: a shop clock running ahead must not outrank what is received later.
     future_skew_seconds: int = DEFAULT_FUTURE_SKEW_SECONDS
@@ -72,6 +78,16 @@ class Settings:
     # Where `customers/data_request` writes its JSON exports; unset: exports are only made on
     # demand by `cartback contacts export`.
     export_dir: Path | None = None
+    # A secondary channel per kind, used while the primary refuses (channels/failover.py):
+    # after `failover_failures` refusals in a row or within `failover_window_seconds`, the
+    # primary's circuit opens for `failover_cooldown_seconds`, then one message tries it again.
+    sms_failover_channel: str | None = None
+    email_failover_channel: str | None = None
+    sms_failover_webhook_url: str | None = None
+    email_failover_webhook_url: str | None = None
+    failover_failures: int = 5
+    failover_window_seconds: float = 60.0
+    failover_cooldown_seconds: float = 30.0
 
 
 _BOUNDS: dict[str, tuple[float, float]] = {
@@ -83,6 +99,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "worker_poll_seconds": (0.01, 60),
     "dispatch_batch": (1, 10_000),
     "dispatch_concurrency": (1, 256),
+    "dispatch_max_attempts": (1, 100),
     "lease_seconds": (5, 3600),
     "send_timeout_seconds": (0.5, 300),
     "sms_rate": (0, 100_000),
@@ -90,8 +107,12 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "future_skew_seconds": (0, 3600),
     "smtp_port": (1, 65535),
     "shop_payload_retention_days": (0, 3650),
+    "failover_failures": (1, 1000),
+    "failover_window_seconds": (1, 86400),
+    "failover_cooldown_seconds": (1, 86400),
 }
 CHANNELS = ("console", "jsonl", "null", "webhook", "smtp")
+RATE_UNITS = ("messages", "segments")
 BOOLEANS = {"1": True, "true": True, "yes": True, "on": True}
 BOOLEANS |= {"0": False, "false": False, "no": False, "off": False}
 # A lease is this many provider timeouts long, so a slow call ends long before the lease does.
@@ -145,8 +166,15 @@ def _validate(settings: Settings) -> None:
             f"must be at least {LEASE_PER_TIMEOUT}x {env_name('send_timeout_seconds')} "
             f"({settings.send_timeout_seconds:g} s), got {settings.lease_seconds}",
         )
-    for name in ("sms_channel", "email_channel"):
+    if settings.sms_rate_unit not in RATE_UNITS:
+        raise ConfigError(
+            env_name("sms_rate_unit"),
+            f"must be one of {', '.join(RATE_UNITS)}, got {settings.sms_rate_unit!r}",
+        )
+    for name in ("sms_channel", "email_channel", "sms_failover_channel", "email_failover_channel"):
         value = getattr(settings, name)
+        if value is None:
+            continue
         if value not in CHANNELS:
             raise ConfigError(
                 env_name(name), f"unknown channel {value!r}; one of {', '.join(CHANNELS)}"

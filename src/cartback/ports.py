@@ -61,6 +61,9 @@ class SendResult:
     # The provider refused because the recipient opted out with it (Twilio 21610): never
     # retried, and the address is suppressed for marketing.
     opted_out: bool = False
+    # The provider that answered, when a channel can send through more than one (failover);
+    # None means the channel's own `name`.
+    provider: str | None = None
 
 
 class LookupStatus(StrEnum):

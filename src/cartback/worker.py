@@ -15,10 +15,11 @@ from datetime import timedelta
 
 from cartback.app import App
 from cartback.channels.registry import build_channels
-from cartback.core.model import Channel
 from cartback.core.sandbox import RenderInterrupted, interrupt_renders_on
 from cartback.services.dispatch import Dispatcher
 from cartback.services.providers import ChannelResolver
+from cartback.services.retry import RetryPolicy
+from cartback.services.sendrate import shared_rates
 from cartback.services.shops import prune
 from cartback.services.tick import tick
 
@@ -61,9 +62,10 @@ class Worker:
             lease=timedelta(seconds=settings.lease_seconds),
             send_timeout=timedelta(seconds=settings.send_timeout_seconds),
             concurrency=settings.dispatch_concurrency,
-            rates={Channel.SMS: settings.sms_rate, Channel.EMAIL: settings.email_rate},
+            rates=shared_rates(self.app.engine, defaults, settings),
             clock=self.app.clock.now,
             stopping=self.stop,
+            retry=RetryPolicy(max_attempts=settings.dispatch_max_attempts),
         )
         threads = [
             threading.Thread(target=self._timer_loop, name="timer", daemon=True),

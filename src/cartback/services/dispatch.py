@@ -60,13 +60,15 @@ from cartback.ports import (
 from cartback.services.consent import record_consent
 from cartback.services.providers import ChannelResolver, ProviderUnavailable
 from cartback.services.ratelimit import TokenBucket
+from cartback.services.retry import RetryPolicy, gave_up_reason, record_gave_up
+from cartback.services.sendrate import RateBucket, RateUnit, within_grant
 from cartback.store import tables as t
 from cartback.store.db import is_sqlite
 from cartback.store.tables import Money, UtcDateTime
 
 log = logging.getLogger("cartback.dispatch")
 
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = RetryPolicy().max_attempts
 # Expired `sending` rows looked up per run: one committed step, so a slow provider's lookups
 # never hold up new work for long and what was reconciled survives a crash.
 RECOVERY_STEP = 20
@@ -123,10 +125,11 @@ class Dispatcher:
         send_timeout: timedelta = timedelta(seconds=10),
         concurrency: int = 8,
         owner: str | None = None,
-        rates: Mapping[Channel, float] | None = None,
+        rates: Mapping[Channel, float | RateBucket] | None = None,
         clock: Callable[[], datetime] | None = None,
         stopping: threading.Event | None = None,
         resolver: ChannelResolver | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if lease <= send_timeout:
             raise ValueError("the lease must be longer than the provider timeout")
@@ -136,10 +139,15 @@ class Dispatcher:
         self.resolver = resolver or ChannelResolver(
             self.channels, base_url="", timeout=send_timeout.total_seconds(), per_store=False
         )
-        # Messages a second per channel, for this dispatcher; a channel not named is unlimited.
-        self.buckets = {
-            channel: TokenBucket(rate) for channel, rate in (rates or {}).items() if rate > 0
+        # A rate per channel: a number is messages a second for this dispatcher alone, a
+        # bucket (services.sendrate.SharedBucket) is shared by every worker. A channel not
+        # named is unlimited.
+        self.buckets: dict[Channel, RateBucket] = {
+            channel: TokenBucket(rate) if isinstance(rate, int | float) else rate
+            for channel, rate in (rates or {}).items()
+            if not isinstance(rate, int | float) or rate > 0
         }
+        self.retry = retry or RetryPolicy()
         self.lease = lease
         self.send_timeout = send_timeout
         self.owner = owner or uuid.uuid4().hex[:16]
@@ -243,7 +251,25 @@ class Dispatcher:
             conn.execute(_RELEASE, {"b_id": row_id, "b_owner": self.owner, "b_now": self._now()})
 
     def _claim(self, now: datetime, limit: int, stats: DispatchStats) -> list[_Claimed]:
-        allowance = self._allowance(now, limit)
+        # Tokens are reserved before the claim's transaction and settled after it, whatever
+        # happens: the claim takes at most what the rate granted.
+        granted = self._reserve(now, limit)
+        used: dict[Channel, int] = {}
+        try:
+            return self._claim_within(now, limit, granted, used, stats)
+        finally:
+            for channel, reserved in granted.items():
+                self.buckets[channel].settle(reserved, used.get(channel, 0))
+
+    def _claim_within(
+        self,
+        now: datetime,
+        limit: int,
+        granted: Mapping[Channel, int],
+        used: dict[Channel, int],
+        stats: DispatchStats,
+    ) -> list[_Claimed]:
+        allowance = self._allowance(limit, granted)
         if not allowance:
             return []
         o = t.outbox.c
@@ -273,7 +299,9 @@ class Dispatcher:
             for row in withdrawn:
                 stats.expired += stop[row["id"]][0] == "expired"
                 stats.cancelled += stop[row["id"]][0] == "cancelled"
-            live = [row for row in rows if row["id"] not in stop]
+            live = within_grant(
+                [row for row in rows if row["id"] not in stop], granted, self._units, used
+            )
             self.resolver.refresh(conn, {row["store_id"] for row in live})
             if live:
                 conn.execute(
@@ -287,8 +315,6 @@ class Dispatcher:
                     )
                 )
         stats.claimed = len(live)
-        for channel, bucket in self.buckets.items():
-            bucket.take(sum(1 for row in live if row["channel"] == channel))
         return [
             _Claimed(
                 id=row["id"],
@@ -302,20 +328,33 @@ class Dispatcher:
             for row in live
         ]
 
-    def _allowance(self, now: datetime, limit: int) -> list[tuple[list[Channel], int]]:
+    def _reserve(self, now: datetime, limit: int) -> dict[Channel, int]:
+        return {
+            channel: bucket.reserve(now, limit)
+            for channel, bucket in self.buckets.items()
+            if channel in self.channels
+        }
+
+    def _allowance(
+        self, limit: int, granted: Mapping[Channel, int]
+    ) -> list[tuple[list[Channel], int]]:
         """How many rows to claim, per group of channels: the unlimited ones together."""
         unlimited = [channel for channel in self.channels if channel not in self.buckets]
         groups = [(unlimited, limit)] if unlimited else []
-        for channel, bucket in self.buckets.items():
-            if channel in self.channels:
-                most = min(limit, bucket.available(now))
-                if most > 0:
-                    groups.append(([channel], most))
+        groups.extend(([channel], most) for channel, most in granted.items() if most > 0)
         return groups
+
+    @property
+    def _units(self) -> dict[Channel, RateUnit]:
+        return {
+            channel: getattr(bucket, "unit", RateUnit.MESSAGES)
+            for channel, bucket in self.buckets.items()
+        }
 
     def _record(self, done: list[tuple[_Claimed, _Handed]], stats: DispatchStats) -> None:
         now = self._now()
         outcomes = []
+        gave_up: list[int] = []
         for item, handed in done:
             result = handed.result
             outcome: dict[str, Any] = {
@@ -323,7 +362,7 @@ class Dispatcher:
                 "b_owner": self.owner,
                 "error": result.error,
                 "error_code": result.error_code,
-                "provider": handed.provider,
+                "provider": result.provider or handed.provider,
                 "provider_id": None,
                 "sent_at": None,
                 "failed_at": None,
@@ -339,10 +378,20 @@ class Dispatcher:
             elif result.status is SendStatus.UNKNOWN:
                 outcome["status"] = "unknown"
                 stats.unknown += 1
-            elif result.retryable and not result.opted_out and item.attempts < MAX_ATTEMPTS:
-                backoff = timedelta(seconds=min(3600, 30 * 2 ** (item.attempts - 1)))
+            elif (
+                result.retryable and not result.opted_out and not self.retry.gives_up(item.attempts)
+            ):
+                backoff = self.retry.backoff(item.id, item.attempts)
                 outcome.update(status="pending", available_at=now + backoff)
                 stats.retried += 1
+            elif result.retryable and not result.opted_out:
+                outcome.update(
+                    status="failed",
+                    failed_at=now,
+                    error=gave_up_reason(item.attempts, result.error),
+                )
+                gave_up.append(item.id)
+                stats.failed += 1
             else:
                 outcome.update(status="failed", failed_at=now)
                 stats.failed += 1
@@ -356,6 +405,8 @@ class Dispatcher:
             conn.execute(_RECORD_OUTCOME, outcomes)
             for item, handed in opted_out:
                 _suppress_opted_out(conn, item, handed, now)
+            if gave_up:
+                record_gave_up(conn, gave_up, now)
 
     def recover_expired(self, now: datetime, stats: DispatchStats) -> None:
         """Rows whose lease expired: a dispatcher died or stalled. Never resend without proof.

@@ -1,6 +1,8 @@
-"""A token bucket per channel: the dispatcher sends no faster than the provider account allows.
+"""A token bucket in one process: the dispatcher sends no faster than it allows.
 
 Time is an argument, like everywhere in the services, so tests drive it with a manual clock.
+The bucket shared by every worker (a database row) is `services.sendrate.SharedBucket`; both
+answer `reserve` and `settle`, which is all the dispatcher uses.
 """
 
 from __future__ import annotations
@@ -31,3 +33,13 @@ class TokenBucket:
 
     def take(self, count: int) -> None:
         self._tokens -= count
+
+    def reserve(self, now: datetime, most: int) -> int:
+        """Take up to `most` whole tokens at `now`; the answer is how many were taken."""
+        granted = max(0, min(most, self.available(now)))
+        self.take(granted)
+        return granted
+
+    def settle(self, reserved: int, used: int) -> None:
+        """Give back what a reservation did not use, or charge what it used beyond it."""
+        self._tokens = min(self.capacity, self._tokens + reserved - used)

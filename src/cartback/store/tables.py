@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -452,4 +453,15 @@ suppressions = Table(
     Column("reason", String(40), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     UniqueConstraint("store_id", "kind", "digest"),
+)
+
+# One shared token bucket per provider account and sender, so a send rate holds across all the
+# workers (services/sendrate.py). The rate itself comes from the settings, not from here.
+send_rates = Table(
+    "send_rates",
+    metadata,
+    Column("account", String(128), primary_key=True),
+    Column("sender", String(64), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
 )
