@@ -319,3 +319,15 @@ def test_the_progress_bar_renders_on_a_terminal_and_off_one(terminal: bool) -> N
     assert "importing" in output
     assert "3/3" in output
     assert ("\x1b[" in output) is terminal
+
+
+def test_an_unreadable_row_exits_2_with_its_line(world: World, tmp_path: Path) -> None:
+    path = _write(tmp_path / "c.csv", SHOPIFY_HEADER, _checkout_rows(1, 2, datetime.now(UTC)))
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write('31,"#9",x' + "y" * 200_000 + "\n")
+
+    result = runner.invoke(cli, ["import", "checkouts", str(path)], env=_env(world))
+
+    assert result.exit_code == 2, result.output
+    assert f"{path}:4: row: " in " ".join(result.output.split())
+    assert _count(world, t.carts) == 0

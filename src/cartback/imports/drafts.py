@@ -86,6 +86,10 @@ def read_rows(handle: TextIO, required: tuple[str, ...]) -> tuple[list[str], Ite
                 record = next(reader)
             except StopIteration:
                 return
+            except csv.Error as error:
+                raise FormatError(start, "row", f"not readable as CSV: {error}") from None
+            except UnicodeDecodeError as error:
+                raise FormatError(start, "file", f"not UTF-8 text: {error.reason}") from None
             if not any(cell.strip() for cell in record):
                 continue
             if len(record) > len(header):
