@@ -1,5 +1,5 @@
 """The command line: serve · web · worker · migrate · demo · store · channels · flows · why ·
-consent · enrollments · shops · contacts."""
+consent · enrollments · shops · contacts · import."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ shops_cli = typer.Typer(
     no_args_is_help=True, help="Shop platform connections, webhook deliveries and replays."
 )
 contacts_cli = typer.Typer(no_args_is_help=True, help="Shoppers' data: erasure and export.")
+import_cli = typer.Typer(no_args_is_help=True, help="Import checkouts from CSV files.")
 shopify_cli = typer.Typer(no_args_is_help=True, help="Shopify through its Admin API.")
 shops_cli.add_typer(shopify_cli, name="shopify")
 cli.add_typer(shops_cli, name="shops")
@@ -52,6 +53,7 @@ channels_cli = typer.Typer(
     help="Per-store SMS and email providers; secrets are references (env:NAME, file:/path).",
 )
 cli.add_typer(channels_cli, name="channels")
+cli.add_typer(import_cli, name="import")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -763,6 +765,86 @@ def contacts_export(
             raise fail(f"--store: no store with slug {store!r}")
         export = erasure.export_shopper(conn, found.id, _shopper(who))
     sys.stdout.write(json.dumps(export, indent=2, sort_keys=True) + "\n")
+
+
+@import_cli.command("checkouts")
+def import_checkouts(
+    file: Annotated[Path, typer.Argument(metavar="FILE.csv", help="The CSV file")],
+    store: Annotated[
+        str | None, typer.Option(help="Store slug; may be left out when there is one store")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="shopify (abandoned-checkout export) or events")
+    ] = "shopify",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and count, keep nothing")
+    ] = False,
+) -> None:
+    """Import checkouts: Shopify's abandoned-checkout export, or one event per row. Running it
+    twice adds nothing. Exit code 0: all imported or skipped; 1: some rejected (listed, with
+    their lines, in FILE.rejects.csv); 2: the file cannot be read as the format."""
+    from datetime import timedelta
+
+    from cartback.imports import console as screen
+    from cartback.imports import run as importer
+    from cartback.imports.drafts import FormatError
+    from cartback.web.app import MAX_AHEAD
+
+    if fmt not in importer.FORMATS:
+        raise fail(f"--format: one of {', '.join(importer.FORMATS)}, not {fmt!r}")
+    if not file.is_file():
+        raise fail(f"{file}: no such file")
+    try:
+        rows, drafts = importer.load(file, fmt)
+    except FormatError as error:
+        raise fail(f"{file}:{error.line}: {error.column}: {error.message}") from None
+    with running_app() as app:
+        _flows_or_exit(app)
+        with app.engine.connect() as conn:
+            chosen = _import_store(conn, store)
+        settings = app.settings
+        report = screen.with_progress(
+            err,
+            rows,
+            lambda advance: importer.run(
+                app.engine,
+                chosen,
+                app.registry.current(chosen.flow_name),
+                drafts,
+                now=app.clock.now(),
+                max_age=timedelta(days=settings.event_max_age_days),
+                max_ahead=MAX_AHEAD,
+                future_skew=timedelta(seconds=settings.future_skew_seconds),
+                suppression_key=settings.suppression_key,
+                dry_run=dry_run,
+                advance=advance,
+            ),
+        )
+    report.rows = rows
+    rejects = None
+    if report.rejections:
+        rejects = file.with_name(file.stem + ".rejects.csv")
+        importer.write_rejects(rejects, report.rejections)
+    screen.print_report(out, report, rejects, dry_run)
+    if report.rejections:
+        raise typer.Exit(1)
+
+
+def _import_store(conn: Any, slug: str | None) -> Store:
+    from sqlalchemy import select
+
+    from cartback.services import admin
+    from cartback.store import tables as t
+
+    if slug is not None:
+        found = admin.store_by_slug(conn, slug)
+        if found is None:
+            raise fail(f"--store: no store with slug {slug!r}")
+        return found
+    ids = conn.execute(select(t.stores.c.id).limit(2)).scalars().all()
+    if len(ids) != 1:
+        raise fail("--store: give the store's slug" if ids else "no store yet: create one first")
+    return admin.get_store(conn, ids[0])
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

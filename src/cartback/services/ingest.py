@@ -74,9 +74,12 @@ def ingest(
     source: str = "api",
     future_skew: timedelta = DEFAULT_FUTURE_SKEW,
     suppression_key: str | None = None,
+    history_before: datetime | None = None,
 ) -> list[EventResult]:
     """`suppression_key` keys the hashes of erased shoppers (services.erasure): with it, a
-    shopper erased on request is never stored again."""
+    shopper erased on request is never stored again. `history_before` (imports): a checkout
+    whose first message would have been due before this time is stored as history, without
+    enrolling, so importing old checkouts never sends a recovery message for them."""
     results = []
     latest = now + future_skew
     for event in events:
@@ -92,7 +95,7 @@ def ingest(
         if applied is None:
             results.append(EventResult(event.event_id, EventStatus.STALE, ERASED))
             continue
-        result = _apply(conn, store, flow, applied, now, shop_time)
+        result = _apply(conn, store, flow, applied, now, shop_time, history_before)
         if erased:
             result = replace(result, detail=ERASED)
         if ahead is not None:
@@ -158,9 +161,10 @@ def _apply(
     event: ShopEvent,
     now: datetime,
     clamped_from: datetime | None,
+    history_before: datetime | None = None,
 ) -> EventResult:
     if isinstance(event, CheckoutUpdated):
-        return _checkout_updated(conn, store, flow, event, now, clamped_from)
+        return _checkout_updated(conn, store, flow, event, now, clamped_from, history_before)
     if isinstance(event, OrderPlaced):
         return _order_placed(conn, store, event, now)
     if isinstance(event, CartEmptied):
@@ -330,6 +334,7 @@ def _checkout_updated(
     event: CheckoutUpdated,
     now: datetime,
     clamped_from: datetime | None,
+    history_before: datetime | None = None,
 ) -> EventResult:
     contact_id = upsert_contact(conn, store.id, event.contact, now)
     status = CartStatus.OPEN if event.lines else CartStatus.EMPTIED
@@ -360,8 +365,8 @@ def _checkout_updated(
         _checkout_consent(conn, store.id, contact_id, event, now, clamped_from)
     if status is CartStatus.EMPTIED:
         _end_enrollments(conn, cart_id, "cart_emptied", "exit: the cart was emptied", now)
-    else:
-        _enroll_or_touch(conn, store, flow, cart_id, event.occurred_at, now)
+    elif not _enroll_or_touch(conn, store, flow, cart_id, event.occurred_at, now, history_before):
+        return EventResult(event.event_id, EventStatus.ACCEPTED, HISTORY)
     return EventResult(event.event_id, EventStatus.ACCEPTED)
 
 
@@ -397,9 +402,20 @@ def _stale(conn: Connection, store_id: int, event: CheckoutUpdated) -> EventResu
     return EventResult(event.event_id, EventStatus.STALE, "an event as new or newer was applied")
 
 
+HISTORY = "kept as history: its first message would have been due before the import"
+
+
 def _enroll_or_touch(
-    conn: Connection, store: Store, flow: Flow, cart_id: int, activity: datetime, now: datetime
-) -> None:
+    conn: Connection,
+    store: Store,
+    flow: Flow,
+    cart_id: int,
+    activity: datetime,
+    now: datetime,
+    history_before: datetime | None = None,
+) -> bool:
+    """Enroll the cart, or move a waiting enrollment's abandonment later. False only when a
+    new enrollment was withheld because its first step falls before `history_before`."""
     e = t.enrollments.c
     existing = conn.execute(
         select(e.id, e.state, e.step_index, e.abandoned_at).where(
@@ -424,7 +440,7 @@ def _enroll_or_touch(
                         updated_at=now,
                     )
                 )
-        return
+        return True
     cart_row = conn.execute(select(t.carts).where(t.carts.c.id == cart_id)).mappings().one()
     cart = cart_from_row(cart_row)
     contact = None
@@ -436,8 +452,10 @@ def _enroll_or_touch(
         )
         contact = contact_from_row(contact_row)
     if not may_enroll(flow, cart, contact):
-        return
+        return True
     plan = plan_enrollment(flow, cart.token, activity)
+    if history_before is not None and plan.wake_at < history_before:
+        return False
     conn.execute(
         t.enrollments.insert().values(
             store_id=store.id,
@@ -454,6 +472,7 @@ def _enroll_or_touch(
             updated_at=now,
         )
     )
+    return True
 
 
 def _end_enrollments(conn: Connection, cart_id: int, reason: str, text: str, now: datetime) -> None:
