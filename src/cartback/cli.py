@@ -385,7 +385,10 @@ SECRET_HELP = "env:NAME or file:PATH; the secret itself is never stored"
 
 @shops_cli.command("connect")
 def shops_connect(
-    platform: Annotated[str, typer.Argument(help="The shop platform: shopify")],
+    platform: Annotated[
+        str,
+        typer.Argument(help="shopify, woocommerce, cartflows, bigcommerce or generic"),
+    ],
     store: Annotated[str, typer.Option(help="Store slug")],
     shop_domain: Annotated[str, typer.Option(help="The shop's domain, e.g. x.myshopify.com")],
     secret: Annotated[str, typer.Option(help=f"Webhook signing secret: {SECRET_HELP}")],
@@ -475,12 +478,12 @@ def shops_replay(
 
     from cartback.services import admin, erasure
     from cartback.services import shops as shop_service
-    from cartback.shops.base import PayloadError
+    from cartback.shops.base import LinkError, PayloadError, ShopLink
     from cartback.shops.registry import adapter
 
     with running_app() as app:
         _flows_or_exit(app)
-        with app.engine.begin() as conn:
+        with app.engine.connect() as conn:
             found = shop_service.kept_deliveries(conn, delivery_id)
             if store is not None:
                 chosen = admin.store_by_slug(conn, store)
@@ -493,21 +496,39 @@ def shops_replay(
             if delivery.payload is None:
                 raise fail(f"delivery {delivery_id!r}: its payload is past retention or erased")
             shop = admin.get_store(conn, delivery.store_id)
-            platform = adapter(delivery.platform)
-            assert platform is not None
-            ctx = shop_service.Context(
-                store=shop,
-                flow=app.registry.current(shop.flow_name),
-                now=app.clock.now(),
-                future_skew=timedelta(seconds=app.settings.future_skew_seconds),
-                suppression_key=app.settings.suppression_key,
+            link = shop_service.connection(conn, shop.id, delivery.platform)
+        platform = adapter(delivery.platform)
+        assert platform is not None
+        try:
+            document = (
+                shop_service.resolve(link.api_token_ref)
+                if platform.USES_DOCUMENT and link is not None and link.api_token_ref
+                else None
             )
-            try:
-                outcome = shop_service.replay(conn, ctx, platform, delivery)
-            except PayloadError as error:
-                raise fail(f"delivery {delivery_id!r}: {error.field}: {error.message}") from None
-            except erasure.SuppressionKeyMissing as error:
-                raise fail(str(error)) from None
+            # Parsed before the transaction: an adapter may call its platform's API.
+            items = shop_service.parse_kept(
+                platform,
+                delivery,
+                ShopLink(
+                    link.shop_domain if link else "", shop.currency, document, delivery.received_at
+                ),
+            )
+        except PayloadError as error:
+            raise fail(f"delivery {delivery_id!r}: {error.field}: {error.message}") from None
+        except (shop_service.SecretError, LinkError) as error:
+            raise fail(f"delivery {delivery_id!r}: {error}", code=1) from None
+        ctx = shop_service.Context(
+            store=shop,
+            flow=app.registry.current(shop.flow_name),
+            now=app.clock.now(),
+            future_skew=timedelta(seconds=app.settings.future_skew_seconds),
+            suppression_key=app.settings.suppression_key,
+        )
+        try:
+            with app.engine.begin() as conn:
+                outcome = shop_service.replay(conn, ctx, platform, delivery, items)
+        except erasure.SuppressionKeyMissing as error:
+            raise fail(str(error)) from None
         shop_service.write_exports(app.settings.export_dir, outcome.exports)
     for result in outcome.results:
         detail = f" ({result['detail']})" if result.get("detail") else ""

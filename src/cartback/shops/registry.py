@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import cast
 
-from cartback.shops import shopify
+from cartback.shops import cartflows, shopify, woocommerce
 from cartback.shops.base import Adapter
 
-ADAPTERS: dict[str, Adapter] = {"shopify": cast(Adapter, shopify)}
+ADAPTERS: dict[str, Adapter] = {
+    "shopify": cast(Adapter, shopify),
+    "woocommerce": cast(Adapter, woocommerce),
+    "cartflows": cast(Adapter, cartflows),
+}
 
 
 def adapter(platform: str) -> Adapter | None:
