@@ -408,8 +408,13 @@ def shops_connect(
     if platform not in ADAPTERS:
         raise fail(f"PLATFORM: one of {', '.join(sorted(ADAPTERS))}, not {platform!r}")
     domain = shop_domain.strip().lower()
-    if not domain or "/" in domain or " " in domain:
-        raise fail(f"--shop-domain: a host name such as example.myshopify.com, not {shop_domain!r}")
+    # BigCommerce's may be its API root (another host, a test server) ending in the store hash.
+    api_root = platform == "bigcommerce" and domain.startswith(("https://", "http://"))
+    if not domain or " " in domain or ("/" in domain and not api_root):
+        raise fail(
+            f"--shop-domain: a host name such as example.myshopify.com (BigCommerce: the store "
+            f"hash or the API root URL), not {shop_domain!r}"
+        )
     try:
         refs = [
             shop_service.check_reference(value, option) if value is not None else None

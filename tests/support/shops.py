@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -54,3 +55,32 @@ def woo_headers(
 
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+BC_STORE_HASH = "t3sth4sh"
+BC_TOKEN = "bc-made-up-api-token"
+BC_TOKEN_ENV = "TEST_BC_API_TOKEN"
+BC_CART = "0d4f5a7e-9b2c-4e1d-8f3a-6c5b4a392817"
+
+
+def bc_headers(*, secret: str = SECRET) -> dict[str, str]:
+    return {"Content-Type": "application/json", "X-Cartback-Token": secret}
+
+
+def bc_api(
+    checkout: dict[str, Any] | None = None, *, status: int = 200
+) -> Callable[[str, str, Any], tuple[int, Any]]:
+    """The BigCommerce API as recorded: the checkout, its redirect URLs and the order."""
+
+    def answer(method: str, path: str, body: Any) -> tuple[int, Any]:
+        if status != 200:
+            return status, {"status": status, "title": "made-up failure"}
+        if method == "GET" and path.endswith(f"/v3/checkouts/{BC_CART}"):
+            return 200, checkout or fixture("bigcommerce", "api_checkout")
+        if method == "POST" and path.endswith(f"/v3/carts/{BC_CART}/redirect_urls"):
+            return 201, fixture("bigcommerce", "api_redirect_urls")
+        if method == "GET" and path.endswith("/v2/orders/250"):
+            return 200, fixture("bigcommerce", "api_order")
+        return 404, {"status": 404, "title": "not found"}
+
+    return answer

@@ -149,6 +149,14 @@ def token_matches(secrets: Sequence[bytes], given: str | None) -> bool:
     return matched
 
 
+def shop_name(shop_domain: str) -> str:
+    """The name a delivery gives its shop, from the connection's shop domain: the domain
+    itself, or the last part of a URL (BigCommerce's API root ends in the store hash)."""
+    if "://" in shop_domain:
+        return shop_domain.rstrip("/").rsplit("/", 1)[-1].lower()
+    return shop_domain
+
+
 def body_digest(raw_body: bytes) -> str:
     """A delivery id for platforms that send none: the same body twice is one delivery."""
     return "sha256:" + hashlib.sha256(raw_body).hexdigest()
@@ -196,6 +204,14 @@ def decimal(
     if not value.is_finite() or value < 0:
         raise PayloadError(_join(path, key), "must be a non-negative amount")
     return value
+
+
+def amount(data: Mapping[str, Any], key: str, path: str = "", *, required: bool = False) -> Decimal:
+    """A money amount an API gives as a JSON number (BigCommerce's 598.5) or a string."""
+    value = data.get(key)
+    if isinstance(value, float):
+        value = repr(value)
+    return decimal({key: value}, key, path, required=required)
 
 
 def timestamp(

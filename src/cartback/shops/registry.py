@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import cast
 
-from cartback.shops import cartflows, shopify, woocommerce
+from cartback.shops import bigcommerce, cartflows, shopify, woocommerce
 from cartback.shops.base import Adapter
 
 ADAPTERS: dict[str, Adapter] = {
     "shopify": cast(Adapter, shopify),
     "woocommerce": cast(Adapter, woocommerce),
     "cartflows": cast(Adapter, cartflows),
+    "bigcommerce": cast(Adapter, bigcommerce),
 }
 
 

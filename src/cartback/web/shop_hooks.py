@@ -16,7 +16,15 @@ from cartback.app import App
 from cartback.core.model import Store
 from cartback.services import admin, erasure
 from cartback.services import shops as shop_service
-from cartback.shops.base import Adapter, DeliveryMeta, LinkError, PayloadError, ShopItem, ShopLink
+from cartback.shops.base import (
+    Adapter,
+    DeliveryMeta,
+    LinkError,
+    PayloadError,
+    ShopItem,
+    ShopLink,
+    shop_name,
+)
 from cartback.shops.registry import adapter as find_adapter
 from cartback.web.problems import Problem, invalid
 
@@ -52,7 +60,7 @@ def shop_router(app: App, responses: dict[int | str, dict[str, Any]]) -> APIRout
                 slug="unauthorized",
             )
         meta = _meta(adapter, headers, body)
-        if meta.shop_domain and meta.shop_domain != link.shop_domain:
+        if meta.shop_domain and meta.shop_domain != shop_name(link.shop_domain):
             raise Problem(
                 401,
                 "Wrong shop",
