@@ -399,6 +399,10 @@ def shops_connect(
     api_token: Annotated[
         str | None, typer.Option(help=f"Admin API access token: {SECRET_HELP}")
     ] = None,
+    mapping: Annotated[
+        Path | None,
+        typer.Option(help="generic only: a YAML or JSON file mapping cartback's fields to paths"),
+    ] = None,
 ) -> None:
     """Connect a store to its shop: webhooks to /hooks/shop/PLATFORM/STORE are then accepted."""
     from cartback.services import admin
@@ -426,6 +430,12 @@ def shops_connect(
         ]
     except shop_service.SecretError as error:
         raise fail(str(error)) from None
+    if mapping is not None or platform == "generic":
+        if platform != "generic":
+            raise fail("--mapping: only the generic webhook takes a field mapping")
+        if api_token is not None:
+            raise fail("--api-token: the generic webhook calls no API; give --mapping instead")
+        refs[2] = _mapping_reference_or_exit(mapping) if mapping is not None else None
     with running_app() as app:
         try:
             shop_service.resolve(refs[0] or "")
@@ -450,6 +460,24 @@ def shops_connect(
     )
 
 
+def _mapping_reference_or_exit(file: Path) -> str:
+    """Check a generic webhook's field mapping; the connection keeps a reference to the file,
+    read again with each delivery."""
+    from rich.markup import escape
+
+    from cartback.shops import generic
+
+    try:
+        source = file.read_bytes()
+    except OSError as error:
+        raise fail(f"{file}: cannot read: {error.strerror}") from None
+    try:
+        generic.load_mapping(source)
+    except generic.MappingError as error:
+        raise fail(escape(f"{file}:{error.line}: {error.field}: {error.message}")) from None
+    return f"file:{file.resolve()}"
+
+
 @shops_cli.command("list")
 def shops_list() -> None:
     """Every store's shop connection; secrets shown only by where they come from."""
@@ -458,7 +486,7 @@ def shops_list() -> None:
     with running_app() as app, app.engine.connect() as conn:
         rows = shop_service.connections(conn)
     table = Table()
-    for column in ("store", "platform", "shop domain", "secret", "previous", "api token"):
+    for column in ("store", "platform", "shop domain", "secret", "previous", "api token/mapping"):
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(

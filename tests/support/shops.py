@@ -3,6 +3,9 @@ authenticated as each platform does it."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import uuid
 from collections.abc import Callable
@@ -84,3 +87,14 @@ def bc_api(
         return 404, {"status": 404, "title": "not found"}
 
     return answer
+
+
+def generic_headers(
+    body: bytes, *, secret: str = SECRET, encoding: str = "hex", delivery_id: str | None = None
+) -> dict[str, str]:
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+    value = digest.hex() if encoding == "hex" else base64.b64encode(digest).decode()
+    headers = {"Content-Type": "application/json", "X-Cartback-Signature": f"sha256={value}"}
+    if delivery_id:
+        headers["X-Cartback-Delivery-Id"] = delivery_id
+    return headers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from cartback.shops import bigcommerce, cartflows, shopify, woocommerce
+from cartback.shops import bigcommerce, cartflows, generic, shopify, woocommerce
 from cartback.shops.base import Adapter
 
 ADAPTERS: dict[str, Adapter] = {
@@ -12,6 +12,7 @@ ADAPTERS: dict[str, Adapter] = {
     "woocommerce": cast(Adapter, woocommerce),
     "cartflows": cast(Adapter, cartflows),
     "bigcommerce": cast(Adapter, bigcommerce),
+    "generic": cast(Adapter, generic),
 }
 
 
