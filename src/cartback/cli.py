@@ -44,13 +44,15 @@ shops_cli = typer.Typer(
 contacts_cli = typer.Typer(no_args_is_help=True, help="Shoppers' data: erasure and export.")
 shopify_cli = typer.Typer(no_args_is_help=True, help="Shopify through its Admin API.")
 shops_cli.add_typer(shopify_cli, name="shopify")
+magento_cli = typer.Typer(no_args_is_help=True, help="Magento 2 through its REST API.")
+shops_cli.add_typer(magento_cli, name="magento")
 cli.add_typer(shops_cli, name="shops")
 cli.add_typer(contacts_cli, name="contacts")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 DEMO_KEY = "cbk_demo_local_only"
-PLATFORMS = ("generic", "shopify", "woocommerce", "bigcommerce")
+PLATFORMS = ("generic", "shopify", "woocommerce", "bigcommerce", "magento")
 USAGE_ERROR = 2
 
 
@@ -138,7 +140,7 @@ def store_create(
     ] = None,
     support: Annotated[str | None, typer.Option(help="Support contact for HELP replies")] = None,
     platform: Annotated[
-        str, typer.Option(help="generic, shopify, woocommerce or bigcommerce")
+        str, typer.Option(help="generic, shopify, woocommerce, bigcommerce or magento")
     ] = "generic",
 ) -> None:
     """Create a store and print its first API key (shown once)."""
@@ -387,11 +389,14 @@ SECRET_HELP = "env:NAME or file:PATH; the secret itself is never stored"
 def shops_connect(
     platform: Annotated[
         str,
-        typer.Argument(help="shopify, woocommerce, cartflows, bigcommerce or generic"),
+        typer.Argument(help="shopify, woocommerce, cartflows, bigcommerce, generic or magento"),
     ],
     store: Annotated[str, typer.Option(help="Store slug")],
     shop_domain: Annotated[str, typer.Option(help="The shop's domain, e.g. x.myshopify.com")],
-    secret: Annotated[str, typer.Option(help=f"Webhook signing secret: {SECRET_HELP}")],
+    secret: Annotated[
+        str | None,
+        typer.Option(help=f"Webhook signing secret (not for magento): {SECRET_HELP}"),
+    ] = None,
     previous_secret: Annotated[
         str | None,
         typer.Option(help=f"The secret before a rotation, still accepted: {SECRET_HELP}"),
@@ -407,17 +412,25 @@ def shops_connect(
     """Connect a store to its shop: webhooks to /hooks/shop/PLATFORM/STORE are then accepted."""
     from cartback.services import admin
     from cartback.services import shops as shop_service
-    from cartback.shops.registry import ADAPTERS
+    from cartback.shops.registry import ADAPTERS, POLLED
 
-    if platform not in ADAPTERS:
-        raise fail(f"PLATFORM: one of {', '.join(sorted(ADAPTERS))}, not {platform!r}")
+    platforms = sorted([*ADAPTERS, *POLLED])
+    if platform not in platforms:
+        raise fail(f"PLATFORM: one of {', '.join(platforms)}, not {platform!r}")
+    if platform in POLLED:
+        # Polled, not pushed: no webhook secret; the API token stands in its place.
+        if api_token is None:
+            raise fail(f"--api-token: {platform} is polled through its API and needs a token")
+        secret = secret or api_token
+    elif secret is None:
+        raise fail(f"--secret: {platform} webhooks need their signing secret")
     domain = shop_domain.strip().lower()
-    # BigCommerce's may be its API root (another host, a test server) ending in the store hash.
-    api_root = platform == "bigcommerce" and domain.startswith(("https://", "http://"))
+    # BigCommerce's may be its API root ending in the store hash; Magento's is its REST root.
+    api_root = platform in ("bigcommerce", "magento") and domain.startswith(("https://", "http://"))
     if not domain or " " in domain or ("/" in domain and not api_root):
         raise fail(
             f"--shop-domain: a host name such as example.myshopify.com (BigCommerce: the store "
-            f"hash or the API root URL), not {shop_domain!r}"
+            f"hash or the API root URL; Magento: the REST root URL), not {shop_domain!r}"
         )
     try:
         refs = [
@@ -623,6 +636,64 @@ def shopify_subscribe(
     for topic in done.existing:
         out.print(f"already subscribed {topic}", highlight=False)
     out.print(f"{len(done.created)} topics subscribed, {len(done.existing)} already were; {target}")
+
+
+@magento_cli.command("poll")
+def magento_poll(
+    store: Annotated[str, typer.Option(help="Store slug, connected with `shops connect magento`")],
+    first_window: Annotated[
+        int, typer.Option(help="Hours to look back when the store has no Magento carts yet")
+    ] = 24,
+) -> None:
+    """Fetch the carts and orders changed since the last poll, once, and apply them."""
+    from datetime import timedelta
+
+    from cartback.services import admin
+    from cartback.services import magento as poller
+    from cartback.services import shops as shop_service
+    from cartback.shops import magento
+
+    if first_window < 1:
+        raise fail("--first-window: at least 1 hour")
+    with running_app() as app:
+        _flows_or_exit(app)
+        with app.engine.connect() as conn:
+            found = admin.store_by_slug(conn, store)
+            link = shop_service.connection(conn, found.id, "magento") if found else None
+        if found is None or link is None:
+            raise fail(f"--store: {store!r} is not connected to magento; run `shops connect`")
+        try:
+            token = shop_service.resolve(link.api_token_ref or link.secret_ref)
+        except shop_service.SecretError as error:
+            raise fail(f"--api-token: {error}") from None
+        domain = link.shop_domain
+        base = domain if "://" in domain else f"https://{domain}/rest/default"
+
+        def context() -> shop_service.Context:
+            return shop_service.Context(
+                store=found,
+                flow=app.registry.current(found.flow_name),
+                now=app.clock.now(),
+                future_skew=timedelta(seconds=app.settings.future_skew_seconds),
+                suppression_key=app.settings.suppression_key,
+            )
+
+        with magento.client(base, token) as http:
+            try:
+                report = poller.poll(
+                    app.engine, context, http, first_window=timedelta(hours=first_window)
+                )
+            except magento.MagentoError as error:
+                raise fail(f"Magento API: {error}", code=1) from None
+    for line in report.rejected:
+        err.print(f"rejected {line}", highlight=False, markup=False)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(report.statuses.items()))
+    out.print(
+        f"{report.fetched} fetched (carts since {report.since_carts:%Y-%m-%d %H:%M:%S}, orders "
+        f"since {report.since_orders:%Y-%m-%d %H:%M:%S} UTC): {counts or 'nothing new'}; "
+        f"{len(report.rejected)} rejected",
+        highlight=False,
+    )
 
 
 def _shopper(who: str) -> Any:

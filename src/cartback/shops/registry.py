@@ -15,6 +15,9 @@ ADAPTERS: dict[str, Adapter] = {
     "generic": cast(Adapter, generic),
 }
 
+# Platforms cartback polls (`cartback shops magento poll`) instead of receiving webhooks.
+POLLED = frozenset({"magento"})
+
 
 def adapter(platform: str) -> Adapter | None:
     return ADAPTERS.get(platform)
