@@ -662,12 +662,6 @@ def magento_poll(
             link = shop_service.connection(conn, found.id, "magento") if found else None
         if found is None or link is None:
             raise fail(f"--store: {store!r} is not connected to magento; run `shops connect`")
-        try:
-            token = shop_service.resolve(link.api_token_ref or link.secret_ref)
-        except shop_service.SecretError as error:
-            raise fail(f"--api-token: {error}") from None
-        domain = link.shop_domain
-        base = domain if "://" in domain else f"https://{domain}/rest/default"
 
         def context() -> shop_service.Context:
             return shop_service.Context(
@@ -678,13 +672,14 @@ def magento_poll(
                 suppression_key=app.settings.suppression_key,
             )
 
-        with magento.client(base, token) as http:
-            try:
-                report = poller.poll(
-                    app.engine, context, http, first_window=timedelta(hours=first_window)
-                )
-            except magento.MagentoError as error:
-                raise fail(f"Magento API: {error}", code=1) from None
+        try:
+            report = poller.poll_connection(
+                app.engine, context, link, first_window=timedelta(hours=first_window)
+            )
+        except shop_service.SecretError as error:
+            raise fail(f"--api-token: {error}") from None
+        except magento.MagentoError as error:
+            raise fail(f"Magento API: {error}", code=1) from None
     for line in report.rejected:
         err.print(f"rejected {line}", highlight=False, markup=False)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(report.statuses.items()))

@@ -65,6 +65,9 @@ class Settings:
     smtp_from_name: str | None = None
     # Raw shop webhook bodies are kept this long for debugging and `cartback shops replay`.
     shop_payload_retention_days: int = 30
+    # How often the worker polls each store connected to Magento 2; 0 leaves it to cron
+    # (`cartback shops magento poll`).
+    magento_poll_minutes: int = 0
     # The key of the HMAC-SHA256 that erased shoppers' phones and emails are kept under in the
     # suppression list. Erasure refuses to run without it: a plain hash of a phone number is
     # reversible by trying every number.
@@ -90,6 +93,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "future_skew_seconds": (0, 3600),
     "smtp_port": (1, 65535),
     "shop_payload_retention_days": (0, 3650),
+    "magento_poll_minutes": (0, 1440),
 }
 CHANNELS = ("console", "jsonl", "null", "webhook", "smtp")
 BOOLEANS = {"1": True, "true": True, "yes": True, "on": True}

@@ -214,3 +214,35 @@ def test_shops_magento_poll_runs_once_from_the_command_line(world_: World) -> No
         again = runner.invoke(cli, ["shops", "magento", "poll", "--store", "test"], env=env)
     assert again.exit_code == 0 and "3 duplicate" in again.stdout
     assert count(world_, t.orders) == 1
+
+
+def test_the_worker_polls_each_magento_store_and_survives_a_failing_one(
+    world_: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cartback.services import admin
+    from cartback.worker import Worker
+
+    with recording_server(api_of(fixture("carts_search"), NO_ORDERS)) as api:
+        with world_.app.engine.begin() as conn:
+            other = admin.create_store(
+                conn,
+                admin.NewStore(slug="broken", name="Broken", brand="B", flow_name="default"),
+                world_.now,
+            )
+            for store_id, root in (
+                (other.id, "http://127.0.0.1:9/rest"),
+                (world_.store.id, api.url),
+            ):
+                shop_service.connect(
+                    conn,
+                    store_id,
+                    "magento",
+                    f"{root}/rest/default" if store_id == world_.store.id else root,
+                    f"env:{TOKEN_ENV}",
+                    None,
+                    f"env:{TOKEN_ENV}",
+                    world_.now,
+                )
+        Worker(world_.app).poll_magento()
+    assert "store broken: Magento poll failed" in caplog.text
+    assert states(world_) == {"mg-812": "active", "mg-813": "active"}

@@ -94,3 +94,22 @@ def poll(
             outcome = shop_service.apply_items(conn, context(), magento.PLATFORM, [item])
         report.statuses.update(str(result["status"]) for result in outcome.results)
     return report
+
+
+def api_root(shop_domain: str) -> str:
+    """The connection's REST root; a bare host means its default store view."""
+    return shop_domain if "://" in shop_domain else f"https://{shop_domain}/rest/default"
+
+
+def poll_connection(
+    engine: Engine,
+    context: Callable[[], shop_service.Context],
+    link: shop_service.ShopConnection,
+    *,
+    first_window: timedelta,
+) -> PollReport:
+    """Poll one store's Magento once. SecretError when the token cannot be read, MagentoError
+    when the API fails."""
+    token = shop_service.resolve(link.api_token_ref or link.secret_ref)
+    with magento.client(api_root(link.shop_domain), token) as http:
+        return poll(engine, context, http, first_window=first_window)
