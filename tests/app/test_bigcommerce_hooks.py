@@ -293,3 +293,30 @@ def test_extra_fields_and_other_scopes_are_ignored(client: TestClient, shop: Wor
     assert post(client, payload).status_code == 200
     other = post(client, abandoned(scope="store/product/updated", hash="p1"))
     assert other.json()["status"] == "ignored"
+
+
+def test_a_replay_fetches_the_cart_again_before_its_transaction(
+    client: TestClient, shop: World, api: RecordingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from cartback.cli import cli
+
+    assert post(client, abandoned()).status_code == 200
+    fetched = len(api.requests)
+    env = {
+        "CARTBACK_DATABASE_URL": shop.app.settings.database_url,
+        SECRET_ENV: SECRET,
+        BC_TOKEN_ENV: BC_TOKEN,
+    }
+    replayed = CliRunner().invoke(cli, ["shops", "replay", abandoned()["hash"]], env=env)
+    assert replayed.exit_code == 0, replayed.output
+    assert ": duplicate" in replayed.stdout
+    assert len(api.requests) == fetched + 2
+    monkeypatch.delenv(BC_TOKEN_ENV)
+    no_token = CliRunner().invoke(
+        cli,
+        ["shops", "replay", abandoned()["hash"]],
+        env={k: v for k, v in env.items() if k != BC_TOKEN_ENV},
+    )
+    assert no_token.exit_code == 1 and "TEST_BC_API_TOKEN" in no_token.stderr

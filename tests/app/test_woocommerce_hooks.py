@@ -319,3 +319,19 @@ def test_an_oversized_body_is_a_413(client: TestClient, shop: World) -> None:
     big = abandoned(product_table="x" * SHOP_HOOK_BODY_BYTES)
     assert cartflows(client, big).status_code == 413
     assert count(shop, t.shop_deliveries) == 0
+
+
+def test_a_cartflows_delivery_replays_from_the_command_line(
+    client: TestClient, shop: World
+) -> None:
+    from typer.testing import CliRunner
+
+    from cartback.cli import cli
+
+    delivery_id = cartflows(client, abandoned()).json()["delivery_id"]
+    assert delivery_id.startswith("sha256:")
+    env = {"CARTBACK_DATABASE_URL": shop.app.settings.database_url}
+    replayed = CliRunner().invoke(cli, ["shops", "replay", delivery_id], env=env)
+    assert replayed.exit_code == 0, replayed.output
+    assert ": duplicate" in replayed.stdout
+    assert count(shop, t.carts) == 1 and count(shop, t.enrollments) == 1
