@@ -46,6 +46,8 @@ contacts_cli = typer.Typer(no_args_is_help=True, help="Shoppers' data: erasure a
 import_cli = typer.Typer(no_args_is_help=True, help="Import checkouts from CSV files.")
 shopify_cli = typer.Typer(no_args_is_help=True, help="Shopify through its Admin API.")
 shops_cli.add_typer(shopify_cli, name="shopify")
+magento_cli = typer.Typer(no_args_is_help=True, help="Magento 2 through its REST API.")
+shops_cli.add_typer(magento_cli, name="magento")
 cli.add_typer(shops_cli, name="shops")
 cli.add_typer(contacts_cli, name="contacts")
 channels_cli = typer.Typer(
@@ -58,7 +60,7 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 DEMO_KEY = "cbk_demo_local_only"
-PLATFORMS = ("generic", "shopify", "woocommerce", "bigcommerce")
+PLATFORMS = ("generic", "shopify", "woocommerce", "bigcommerce", "magento")
 USAGE_ERROR = 2
 
 
@@ -146,7 +148,7 @@ def store_create(
     ] = None,
     support: Annotated[str | None, typer.Option(help="Support contact for HELP replies")] = None,
     platform: Annotated[
-        str, typer.Option(help="generic, shopify, woocommerce or bigcommerce")
+        str, typer.Option(help="generic, shopify, woocommerce, bigcommerce or magento")
     ] = "generic",
 ) -> None:
     """Create a store and print its first API key (shown once)."""
@@ -535,10 +537,16 @@ SECRET_HELP = "env:NAME or file:PATH; the secret itself is never stored"
 
 @shops_cli.command("connect")
 def shops_connect(
-    platform: Annotated[str, typer.Argument(help="The shop platform: shopify")],
+    platform: Annotated[
+        str,
+        typer.Argument(help="shopify, woocommerce, cartflows, bigcommerce, generic or magento"),
+    ],
     store: Annotated[str, typer.Option(help="Store slug")],
     shop_domain: Annotated[str, typer.Option(help="The shop's domain, e.g. x.myshopify.com")],
-    secret: Annotated[str, typer.Option(help=f"Webhook signing secret: {SECRET_HELP}")],
+    secret: Annotated[
+        str | None,
+        typer.Option(help=f"Webhook signing secret (not for magento): {SECRET_HELP}"),
+    ] = None,
     previous_secret: Annotated[
         str | None,
         typer.Option(help=f"The secret before a rotation, still accepted: {SECRET_HELP}"),
@@ -546,17 +554,34 @@ def shops_connect(
     api_token: Annotated[
         str | None, typer.Option(help=f"Admin API access token: {SECRET_HELP}")
     ] = None,
+    mapping: Annotated[
+        Path | None,
+        typer.Option(help="generic only: a YAML or JSON file mapping cartback's fields to paths"),
+    ] = None,
 ) -> None:
     """Connect a store to its shop: webhooks to /hooks/shop/PLATFORM/STORE are then accepted."""
     from cartback.services import admin
     from cartback.services import shops as shop_service
-    from cartback.shops.registry import ADAPTERS
+    from cartback.shops.registry import ADAPTERS, POLLED
 
-    if platform not in ADAPTERS:
-        raise fail(f"PLATFORM: one of {', '.join(sorted(ADAPTERS))}, not {platform!r}")
+    platforms = sorted([*ADAPTERS, *POLLED])
+    if platform not in platforms:
+        raise fail(f"PLATFORM: one of {', '.join(platforms)}, not {platform!r}")
+    if platform in POLLED:
+        # Polled, not pushed: no webhook secret; the API token stands in its place.
+        if api_token is None:
+            raise fail(f"--api-token: {platform} is polled through its API and needs a token")
+        secret = secret or api_token
+    elif secret is None:
+        raise fail(f"--secret: {platform} webhooks need their signing secret")
     domain = shop_domain.strip().lower()
-    if not domain or "/" in domain or " " in domain:
-        raise fail(f"--shop-domain: a host name such as example.myshopify.com, not {shop_domain!r}")
+    # BigCommerce's may be its API root ending in the store hash; Magento's is its REST root.
+    api_root = platform in ("bigcommerce", "magento") and domain.startswith(("https://", "http://"))
+    if not domain or " " in domain or ("/" in domain and not api_root):
+        raise fail(
+            f"--shop-domain: a host name such as example.myshopify.com (BigCommerce: the store "
+            f"hash or the API root URL; Magento: the REST root URL), not {shop_domain!r}"
+        )
     try:
         refs = [
             shop_service.check_reference(value, option) if value is not None else None
@@ -568,6 +593,12 @@ def shops_connect(
         ]
     except shop_service.SecretError as error:
         raise fail(str(error)) from None
+    if mapping is not None or platform == "generic":
+        if platform != "generic":
+            raise fail("--mapping: only the generic webhook takes a field mapping")
+        if api_token is not None:
+            raise fail("--api-token: the generic webhook calls no API; give --mapping instead")
+        refs[2] = _mapping_reference_or_exit(mapping) if mapping is not None else None
     with running_app() as app:
         try:
             shop_service.resolve(refs[0] or "")
@@ -592,6 +623,24 @@ def shops_connect(
     )
 
 
+def _mapping_reference_or_exit(file: Path) -> str:
+    """Check a generic webhook's field mapping; the connection keeps a reference to the file,
+    read again with each delivery."""
+    from rich.markup import escape
+
+    from cartback.shops import generic
+
+    try:
+        source = file.read_bytes()
+    except OSError as error:
+        raise fail(f"{file}: cannot read: {error.strerror}") from None
+    try:
+        generic.load_mapping(source)
+    except generic.MappingError as error:
+        raise fail(escape(f"{file}:{error.line}: {error.field}: {error.message}")) from None
+    return f"file:{file.resolve()}"
+
+
 @shops_cli.command("list")
 def shops_list() -> None:
     """Every store's shop connection; secrets shown only by where they come from."""
@@ -600,7 +649,7 @@ def shops_list() -> None:
     with running_app() as app, app.engine.connect() as conn:
         rows = shop_service.connections(conn)
     table = Table()
-    for column in ("store", "platform", "shop domain", "secret", "previous", "api token"):
+    for column in ("store", "platform", "shop domain", "secret", "previous", "api token/mapping"):
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
@@ -625,12 +674,12 @@ def shops_replay(
 
     from cartback.services import admin, erasure
     from cartback.services import shops as shop_service
-    from cartback.shops.base import PayloadError
+    from cartback.shops.base import LinkError, PayloadError, ShopLink
     from cartback.shops.registry import adapter
 
     with running_app() as app:
         _flows_or_exit(app)
-        with app.engine.begin() as conn:
+        with app.engine.connect() as conn:
             found = shop_service.kept_deliveries(conn, delivery_id)
             if store is not None:
                 chosen = admin.store_by_slug(conn, store)
@@ -643,21 +692,39 @@ def shops_replay(
             if delivery.payload is None:
                 raise fail(f"delivery {delivery_id!r}: its payload is past retention or erased")
             shop = admin.get_store(conn, delivery.store_id)
-            platform = adapter(delivery.platform)
-            assert platform is not None
-            ctx = shop_service.Context(
-                store=shop,
-                flow=app.registry.current(shop.flow_name),
-                now=app.clock.now(),
-                future_skew=timedelta(seconds=app.settings.future_skew_seconds),
-                suppression_key=app.settings.suppression_key,
+            link = shop_service.connection(conn, shop.id, delivery.platform)
+        platform = adapter(delivery.platform)
+        assert platform is not None
+        try:
+            document = (
+                shop_service.resolve(link.api_token_ref)
+                if platform.USES_DOCUMENT and link is not None and link.api_token_ref
+                else None
             )
-            try:
-                outcome = shop_service.replay(conn, ctx, platform, delivery)
-            except PayloadError as error:
-                raise fail(f"delivery {delivery_id!r}: {error.field}: {error.message}") from None
-            except erasure.SuppressionKeyMissing as error:
-                raise fail(str(error)) from None
+            # Parsed before the transaction: an adapter may call its platform's API.
+            items = shop_service.parse_kept(
+                platform,
+                delivery,
+                ShopLink(
+                    link.shop_domain if link else "", shop.currency, document, delivery.received_at
+                ),
+            )
+        except PayloadError as error:
+            raise fail(f"delivery {delivery_id!r}: {error.field}: {error.message}") from None
+        except (shop_service.SecretError, LinkError) as error:
+            raise fail(f"delivery {delivery_id!r}: {error}", code=1) from None
+        ctx = shop_service.Context(
+            store=shop,
+            flow=app.registry.current(shop.flow_name),
+            now=app.clock.now(),
+            future_skew=timedelta(seconds=app.settings.future_skew_seconds),
+            suppression_key=app.settings.suppression_key,
+        )
+        try:
+            with app.engine.begin() as conn:
+                outcome = shop_service.replay(conn, ctx, platform, delivery, items)
+        except erasure.SuppressionKeyMissing as error:
+            raise fail(str(error)) from None
         shop_service.write_exports(app.settings.export_dir, outcome.exports)
     for result in outcome.results:
         detail = f" ({result['detail']})" if result.get("detail") else ""
@@ -719,6 +786,59 @@ def shopify_subscribe(
     for topic in done.existing:
         out.print(f"already subscribed {topic}", highlight=False)
     out.print(f"{len(done.created)} topics subscribed, {len(done.existing)} already were; {target}")
+
+
+@magento_cli.command("poll")
+def magento_poll(
+    store: Annotated[str, typer.Option(help="Store slug, connected with `shops connect magento`")],
+    first_window: Annotated[
+        int, typer.Option(help="Hours to look back when the store has no Magento carts yet")
+    ] = 24,
+) -> None:
+    """Fetch the carts and orders changed since the last poll, once, and apply them."""
+    from datetime import timedelta
+
+    from cartback.services import admin
+    from cartback.services import magento as poller
+    from cartback.services import shops as shop_service
+    from cartback.shops import magento
+
+    if first_window < 1:
+        raise fail("--first-window: at least 1 hour")
+    with running_app() as app:
+        _flows_or_exit(app)
+        with app.engine.connect() as conn:
+            found = admin.store_by_slug(conn, store)
+            link = shop_service.connection(conn, found.id, "magento") if found else None
+        if found is None or link is None:
+            raise fail(f"--store: {store!r} is not connected to magento; run `shops connect`")
+
+        def context() -> shop_service.Context:
+            return shop_service.Context(
+                store=found,
+                flow=app.registry.current(found.flow_name),
+                now=app.clock.now(),
+                future_skew=timedelta(seconds=app.settings.future_skew_seconds),
+                suppression_key=app.settings.suppression_key,
+            )
+
+        try:
+            report = poller.poll_connection(
+                app.engine, context, link, first_window=timedelta(hours=first_window)
+            )
+        except shop_service.SecretError as error:
+            raise fail(f"--api-token: {error}") from None
+        except magento.MagentoError as error:
+            raise fail(f"Magento API: {error}", code=1) from None
+    for line in report.rejected:
+        err.print(f"rejected {line}", highlight=False, markup=False)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(report.statuses.items()))
+    out.print(
+        f"{report.fetched} fetched (carts since {report.since_carts:%Y-%m-%d %H:%M:%S}, orders "
+        f"since {report.since_orders:%Y-%m-%d %H:%M:%S} UTC): {counts or 'nothing new'}; "
+        f"{len(report.rejected)} rejected",
+        highlight=False,
+    )
 
 
 def _shopper(who: str) -> Any:

@@ -71,6 +71,9 @@ class Settings:
     smtp_from_name: str | None = None
     # Raw shop webhook bodies are kept this long for debugging and `cartback shops replay`.
     shop_payload_retention_days: int = 30
+    # How often the worker polls each store connected to Magento 2; 0 leaves it to cron
+    # (`cartback shops magento poll`).
+    magento_poll_minutes: int = 0
     # The key of the HMAC-SHA256 that erased shoppers' phones and emails are kept under in the
     # suppression list. Erasure refuses to run without it: a plain hash of a phone number is
     # reversible by trying every number.
@@ -110,6 +113,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "failover_failures": (1, 1000),
     "failover_window_seconds": (1, 86400),
     "failover_cooldown_seconds": (1, 86400),
+    "magento_poll_minutes": (0, 1440),
 }
 CHANNELS = ("console", "jsonl", "null", "webhook", "smtp")
 RATE_UNITS = ("messages", "segments")

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from cartback.app import App
 from cartback.channels.registry import build_channels
+from cartback.core.model import Store
 from cartback.core.sandbox import RenderInterrupted, interrupt_renders_on
 from cartback.services.dispatch import Dispatcher
 from cartback.services.providers import ChannelResolver
@@ -73,6 +74,9 @@ class Worker:
                 target=self._dispatch_loop, args=(dispatcher,), name="dispatch", daemon=True
             ),
         ]
+        if settings.magento_poll_minutes > 0:
+            # Its own thread: a slow shop API must not hold up timers or sends.
+            threads.append(threading.Thread(target=self._magento_loop, name="magento", daemon=True))
         for thread in threads:
             thread.start()
         try:
@@ -134,6 +138,68 @@ class Worker:
             return
         if count:
             log.info("removed %d shop webhook payloads past their retention", count)
+
+    def _magento_loop(self) -> None:
+        every = self.app.settings.magento_poll_minutes * 60
+        while not self.stop.is_set():
+            self.poll_magento()
+            self.stop.wait(every)
+
+    def poll_magento(self) -> None:
+        """Poll every store connected to Magento once; one store's failure is logged and the
+        others are still polled."""
+        from cartback.services import admin
+        from cartback.services import magento as poller
+        from cartback.services import shops as shop_service
+        from cartback.shops.magento import MagentoError
+
+        settings = self.app.settings
+        try:
+            with self.app.engine.connect() as conn:
+                slugs = [
+                    row["slug"]
+                    for row in shop_service.connections(conn)
+                    if row["platform"] == "magento"
+                ]
+                stores = [(slug, admin.store_by_slug(conn, slug)) for slug in slugs]
+                links = [
+                    (slug, store, shop_service.connection(conn, store.id, "magento"))
+                    for slug, store in stores
+                    if store is not None
+                ]
+        except Exception:
+            log.exception("listing the Magento connections failed; retrying at the next poll")
+            return
+        for slug, store, link in links:
+            if link is None or self.stop.is_set():
+                continue
+
+            def context(store: Store = store) -> shop_service.Context:
+                return shop_service.Context(
+                    store=store,
+                    flow=self.app.registry.current(store.flow_name),
+                    now=self.app.clock.now(),
+                    future_skew=timedelta(seconds=settings.future_skew_seconds),
+                    suppression_key=settings.suppression_key,
+                )
+
+            try:
+                report = poller.poll_connection(
+                    self.app.engine, context, link, first_window=timedelta(hours=24)
+                )
+            except (shop_service.SecretError, MagentoError) as error:
+                log.warning("store %s: Magento poll failed: %s", slug, error)
+                continue
+            except Exception:
+                log.exception("store %s: Magento poll failed", slug)
+                continue
+            log.info(
+                "store %s: Magento poll fetched %d, applied %s, rejected %d",
+                slug,
+                report.fetched,
+                dict(report.statuses),
+                len(report.rejected),
+            )
 
     def _dispatch_loop(self, dispatcher: Dispatcher) -> None:
         settings = self.app.settings

@@ -18,11 +18,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cartback.core.events import (
-    CartEmptied,
     ContactErasureRequested,
     DataRequested,
     OrderPlaced,
@@ -30,10 +29,18 @@ from cartback.core.events import (
     StoreErasureRequested,
 )
 from cartback.core.flows import Flow
-from cartback.core.model import Store
+from cartback.core.model import CartStatus, Store
 from cartback.services import erasure
 from cartback.services.ingest import ERASED, EventResult, ingest
-from cartback.shops.base import Adapter, CartRef, CheckoutAlias, DeliveryMeta, ForCart, ShopItem
+from cartback.shops.base import (
+    Adapter,
+    CartRef,
+    CheckoutAlias,
+    DeliveryMeta,
+    ForCart,
+    ShopItem,
+    ShopLink,
+)
 from cartback.store import tables as t
 
 SECRET_SCHEMES = ("env:", "file:")
@@ -227,7 +234,7 @@ def apply_items(
         if isinstance(item, CheckoutAlias):
             remember(conn, ctx.store.id, platform, item.ref)
         elif isinstance(item, ForCart):
-            events.append(_with_cart(conn, ctx.store.id, platform, item.event, item.ref))
+            events.append(_with_cart(conn, ctx.store.id, platform, item))
         elif isinstance(item, ContactErasureRequested):
             count = erasure.erase_shopper(
                 conn, ctx.store.id, item.contact, ctx.suppression_key, ctx.now, "redact"
@@ -304,15 +311,41 @@ def cart_token_for(conn: Connection, store_id: int, platform: str, ref: CartRef)
     return ref.token or ref.cart_token
 
 
+def open_cart_of(
+    conn: Connection, store_id: int, phone: str | None, email: str | None
+) -> str | None:
+    """The newest open cart of the shopper with this phone or email: an order that names no
+    cart ends the recovery of the one the shopper left."""
+    c = t.contacts.c
+    matches = [c.phone == phone] if phone else []
+    matches += [c.email == email] if email else []
+    if not matches:
+        return None
+    contacts = select(c.id).where(c.store_id == store_id, or_(*matches))
+    carts = t.carts.c
+    token = conn.execute(
+        select(carts.token)
+        .where(
+            carts.store_id == store_id,
+            carts.contact_id.in_(contacts),
+            carts.status == str(CartStatus.OPEN),
+        )
+        .order_by(carts.occurred_at.desc(), carts.id.desc())
+        .limit(1)
+    ).scalar()
+    return None if token is None else str(token)
+
+
 def _cart_exists(conn: Connection, store_id: int, token: str) -> bool:
     query = select(t.carts.c.id).where(t.carts.c.store_id == store_id, t.carts.c.token == token)
     return conn.execute(query).first() is not None
 
 
-def _with_cart(
-    conn: Connection, store_id: int, platform: str, event: OrderPlaced | CartEmptied, ref: CartRef
-) -> ShopEvent:
-    token = cart_token_for(conn, store_id, platform, ref)
+def _with_cart(conn: Connection, store_id: int, platform: str, item: ForCart) -> ShopEvent:
+    event = item.event
+    token = cart_token_for(conn, store_id, platform, item.ref)
+    if token is None and item.by_contact and isinstance(event, OrderPlaced) and event.contact:
+        token = open_cart_of(conn, store_id, event.contact.phone, event.contact.email)
     if isinstance(event, OrderPlaced):
         return replace(event, cart_token=token)
     return replace(event, cart_token=token or "")
@@ -334,11 +367,26 @@ def kept_deliveries(conn: Connection, delivery_id: str) -> list[Any]:
     return list(conn.execute(select(t.shop_deliveries).where(d.delivery_id == delivery_id)).all())
 
 
-def replay(conn: Connection, ctx: Context, adapter: Adapter, delivery: Any) -> Outcome:
-    """Run a kept payload through the adapter and ingest again. Ingest's receipts make it
-    idempotent: what was applied the first time is a duplicate now."""
+def parse_kept(adapter: Adapter, delivery: Any, link: ShopLink) -> list[ShopItem]:
+    """A kept payload through its adapter again; outside any transaction, since an adapter
+    may call its platform's API."""
     headers = adapter.replay_headers(delivery.topic, delivery.received_at)
-    items = adapter.parse(headers, delivery.payload.encode("utf-8"))
+    return adapter.parse(headers, delivery.payload.encode("utf-8"), link)
+
+
+def replay(
+    conn: Connection,
+    ctx: Context,
+    adapter: Adapter,
+    delivery: Any,
+    items: Sequence[ShopItem] | None = None,
+) -> Outcome:
+    """Run a kept payload (parsed by `parse_kept`, or here when the adapter needs no API)
+    through ingest again. Ingest's receipts make it idempotent: what was applied the first
+    time is a duplicate now."""
+    if items is None:
+        link = ShopLink("", ctx.store.currency, received_at=delivery.received_at)
+        items = parse_kept(adapter, delivery, link)
     outcome = apply_items(conn, ctx, delivery.platform, items)
     conn.execute(
         update(t.shop_deliveries)

@@ -46,6 +46,9 @@ class ForCart:
 
     event: OrderPlaced | CartEmptied
     ref: CartRef
+    # No reference names a cart (a WooCommerce order): end the shopper's newest open cart,
+    # found by the order's phone or email.
+    by_contact: bool = False
 
 
 ShopItem = ShopEvent | CheckoutAlias | ForCart | PrivacyRequest
@@ -61,16 +64,49 @@ class DeliveryMeta:
     shop_domain: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ShopLink:
+    """The store's connection as `parse` sees it: where the shop lives, the store's currency
+    (for payloads that name none), the connection's resolved API token (BigCommerce) or field
+    mapping (the generic webhook) when the adapter asks for it, and when the delivery arrived
+    (for payloads that carry no time)."""
+
+    shop_domain: str
+    currency: str
+    document: bytes | None = None
+    received_at: datetime | None = None
+
+
+class LinkError(RuntimeError):
+    """The connection's document cannot be used (an unreadable mapping, an API that does not
+    answer): nothing is applied and the platform is asked to retry (503)."""
+
+
 class Adapter(Protocol):
     PLATFORM: str
     # A topic outside this set is answered 200 and otherwise ignored.
     TOPICS: frozenset[str]
+    # Whether `parse` needs `ShopLink.document` (the connection's --api-token reference).
+    USES_DOCUMENT: bool
 
-    def verify(self, headers: Headers, raw_body: bytes, secrets: Sequence[bytes]) -> bool: ...
+    def ping(self, headers: Headers, raw_body: bytes) -> bool:
+        """An unsigned hello a platform sends when a webhook is created: answered 200, and
+        nothing is written."""
+        ...
 
-    def meta(self, headers: Headers) -> DeliveryMeta: ...
+    def verify(
+        self,
+        headers: Headers,
+        raw_body: bytes,
+        secrets: Sequence[bytes],
+        query: Mapping[str, str],
+    ) -> bool: ...
 
-    def parse(self, headers: Headers, raw_body: bytes) -> list[ShopItem]: ...
+    def meta(self, headers: Headers, raw_body: bytes) -> DeliveryMeta: ...
+
+    def parse(self, headers: Headers, raw_body: bytes, link: ShopLink) -> list[ShopItem]:
+        """Always called outside any database transaction: it may call the platform's API."""
+        ...
 
     def replay_headers(self, topic: str, received_at: datetime) -> dict[str, str]: ...
 
@@ -99,6 +135,31 @@ def base64_hmac_matches(secrets: Sequence[bytes], raw_body: bytes, signature: st
         # Every secret is tried, so the time taken does not say which one matched.
         matched = hmac.compare_digest(expected, given) or matched
     return matched
+
+
+def token_matches(secrets: Sequence[bytes], given: str | None) -> bool:
+    """A shared token (a URL parameter, a custom header) against each accepted secret, in
+    constant time."""
+    if not given:
+        return False
+    candidate = given.strip().encode()
+    matched = False
+    for secret in secrets:
+        matched = hmac.compare_digest(secret, candidate) or matched
+    return matched
+
+
+def shop_name(shop_domain: str) -> str:
+    """The name a delivery gives its shop, from the connection's shop domain: the domain
+    itself, or the last part of a URL (BigCommerce's API root ends in the store hash)."""
+    if "://" in shop_domain:
+        return shop_domain.rstrip("/").rsplit("/", 1)[-1].lower()
+    return shop_domain
+
+
+def body_digest(raw_body: bytes) -> str:
+    """A delivery id for platforms that send none: the same body twice is one delivery."""
+    return "sha256:" + hashlib.sha256(raw_body).hexdigest()
 
 
 def sign_base64(secret: bytes, raw_body: bytes) -> str:
@@ -143,6 +204,14 @@ def decimal(
     if not value.is_finite() or value < 0:
         raise PayloadError(_join(path, key), "must be a non-negative amount")
     return value
+
+
+def amount(data: Mapping[str, Any], key: str, path: str = "", *, required: bool = False) -> Decimal:
+    """A money amount an API gives as a JSON number (BigCommerce's 598.5) or a string."""
+    value = data.get(key)
+    if isinstance(value, float):
+        value = repr(value)
+    return decimal({key: value}, key, path, required=required)
 
 
 def timestamp(

@@ -32,6 +32,7 @@ from cartback.shops.base import (
     Headers,
     PayloadError,
     ShopItem,
+    ShopLink,
     base64_hmac_matches,
     decimal,
     header,
@@ -64,13 +65,23 @@ TOPICS = (
 # an app, an import) is second-hand and cannot lift an opt-out.
 COLLECTED_FROM = {"SHOPIFY": ConsentSource.CHECKOUT}
 OTHER_SOURCE = ConsentSource.IMPORT
+USES_DOCUMENT = False
 
 
-def verify(headers: Headers, raw_body: bytes, secrets: Sequence[bytes]) -> bool:
+def ping(headers: Headers, raw_body: bytes) -> bool:
+    return False
+
+
+def verify(
+    headers: Headers,
+    raw_body: bytes,
+    secrets: Sequence[bytes],
+    query: Mapping[str, str] | None = None,
+) -> bool:
     return base64_hmac_matches(secrets, raw_body, header(headers, "X-Shopify-Hmac-Sha256"))
 
 
-def meta(headers: Headers) -> DeliveryMeta:
+def meta(headers: Headers, raw_body: bytes = b"") -> DeliveryMeta:
     delivery_id = header(headers, "X-Shopify-Webhook-Id")
     if not delivery_id:
         raise PayloadError("X-Shopify-Webhook-Id", "header is required")
@@ -94,7 +105,7 @@ def replay_headers(topic: str, received_at: datetime) -> dict[str, str]:
     }
 
 
-def parse(headers: Headers, raw_body: bytes) -> list[ShopItem]:
+def parse(headers: Headers, raw_body: bytes, link: ShopLink | None = None) -> list[ShopItem]:
     topic = (header(headers, "X-Shopify-Topic") or "").strip().lower()
     payload = _document(raw_body)
     received = _triggered_at(headers)

@@ -16,7 +16,15 @@ from cartback.app import App
 from cartback.core.model import Store
 from cartback.services import admin, erasure
 from cartback.services import shops as shop_service
-from cartback.shops.base import Adapter, DeliveryMeta, PayloadError, ShopItem
+from cartback.shops.base import (
+    Adapter,
+    DeliveryMeta,
+    LinkError,
+    PayloadError,
+    ShopItem,
+    ShopLink,
+    shop_name,
+)
 from cartback.shops.registry import adapter as find_adapter
 from cartback.web.problems import Problem, invalid
 
@@ -31,25 +39,28 @@ def shop_router(app: App, responses: dict[int | str, dict[str, Any]]) -> APIRout
 
     @router.post(
         "/hooks/shop/{platform}/{store}",
-        summary="A shop platform's webhook delivery (Shopify)",
+        summary="A shop platform's webhook delivery (Shopify, WooCommerce, CartFlows, "
+        "BigCommerce, generic)",
         responses=responses,
     )
     async def shop_hook(platform: str, store: str, request: Request) -> JSONResponse:
         adapter = find_adapter(platform)
         if adapter is None:
             raise Problem(404, "Unknown platform", f"no adapter for {platform!r}", slug="not-found")
-        found, secrets, domain = await run_in_threadpool(_connection, app, platform, store)
+        found, secrets, link = await run_in_threadpool(_connection, app, adapter, platform, store)
         body = await request.body()
         headers = dict(request.headers)
-        if not adapter.verify(headers, body, secrets):
+        if adapter.ping(headers, body):
+            return JSONResponse({"status": "ping"})
+        if not adapter.verify(headers, body, secrets, dict(request.query_params)):
             raise Problem(
                 401,
                 "Bad signature",
                 "the signature does not match the store's webhook secret",
                 slug="unauthorized",
             )
-        meta = _meta(adapter, headers)
-        if meta.shop_domain and meta.shop_domain != domain:
+        meta = _meta(adapter, headers, body)
+        if meta.shop_domain and meta.shop_domain != shop_name(link.shop_domain):
             raise Problem(
                 401,
                 "Wrong shop",
@@ -59,9 +70,13 @@ def shop_router(app: App, responses: dict[int | str, dict[str, Any]]) -> APIRout
         if meta.topic not in adapter.TOPICS:
             return JSONResponse({"status": "ignored", "topic": meta.topic})
         try:
-            items = adapter.parse(headers, body)
+            # Outside any transaction: BigCommerce's parse fetches the cart from its API.
+            items = await run_in_threadpool(adapter.parse, headers, body, link)
         except PayloadError as error:
             raise invalid([{"field": error.field, "message": error.message}]) from None
+        except LinkError as error:
+            log.error("store %s: %s delivery not applied: %s", store, platform, error)
+            raise _unavailable(str(error)) from None
         outcome = await run_in_threadpool(_apply, app, found, platform, meta, body, items)
         if outcome.duplicate:
             return JSONResponse({"status": "duplicate", "delivery_id": meta.delivery_id})
@@ -72,14 +87,22 @@ def shop_router(app: App, responses: dict[int | str, dict[str, Any]]) -> APIRout
     return router
 
 
-def _meta(adapter: Adapter, headers: dict[str, str]) -> DeliveryMeta:
+def _meta(adapter: Adapter, headers: dict[str, str], body: bytes) -> DeliveryMeta:
     try:
-        return adapter.meta(headers)
+        return adapter.meta(headers, body)
     except PayloadError as error:
         raise invalid([{"field": error.field, "message": error.message}]) from None
 
 
-def _connection(app: App, platform: str, slug: str) -> tuple[Store, list[bytes], str]:
+def _unavailable(detail: str) -> Problem:
+    return Problem(
+        503, "Shop unavailable", detail, slug="unavailable", headers={"Retry-After": "60"}
+    )
+
+
+def _connection(
+    app: App, adapter: Adapter, platform: str, slug: str
+) -> tuple[Store, list[bytes], ShopLink]:
     with app.engine.connect() as conn:
         store = admin.store_by_slug(conn, slug)
         link = shop_service.connection(conn, store.id, platform) if store is not None else None
@@ -89,8 +112,15 @@ def _connection(app: App, platform: str, slug: str) -> tuple[Store, list[bytes],
         )
     try:
         secrets = shop_service.secrets_for(link)
+        document = (
+            shop_service.resolve(link.api_token_ref)
+            if adapter.USES_DOCUMENT and link.api_token_ref
+            else None
+        )
     except shop_service.SecretError as error:
-        log.error("store %s: the %s webhook secret is unreadable: %s", slug, platform, error)
+        log.error(
+            "store %s: a secret of its %s connection is unreadable: %s", slug, platform, error
+        )
         raise Problem(
             503,
             "Secret unavailable",
@@ -98,7 +128,7 @@ def _connection(app: App, platform: str, slug: str) -> tuple[Store, list[bytes],
             slug="unavailable",
             headers={"Retry-After": "60"},
         ) from None
-    return store, secrets, link.shop_domain
+    return store, secrets, ShopLink(link.shop_domain, store.currency, document, app.clock.now())
 
 
 def _apply(
