@@ -264,6 +264,29 @@ def test_an_item_that_keeps_failing_is_given_up_and_blocks_nothing(
     assert not listeners.drained.held
 
 
+def test_a_store_whose_bind_cannot_be_built_is_logged_once(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(bound, "REFRESH_SECONDS", 0.0)
+    with world.app.engine.begin() as conn:
+        set_provider(
+            conn,
+            store_id=world.store.id,
+            kind=Channel.SMS,
+            provider="smpp",
+            options={"host": "127.0.0.1", "system_id": "cb"},
+            secrets={"password": "env:CB_TEST_UNSET_SMPP_PASSWORD"},
+            now=world.now,
+            known=["smpp"],
+        )
+    listeners = _listeners(world, {"smpp": FakeBind})
+    with caplog.at_level("ERROR", logger="cartback.bound"):
+        for _ in range(3):
+            assert listeners.drain_once() == 0
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 1 and "CB_TEST_UNSET_SMPP_PASSWORD" in said[0]
+
+
 def test_log_lines_name_ids_only() -> None:
     reply = InboundReply("smpp", Channel.SMS, PHONE, "stop texting me", provider_id="m1")
     report = DeliveryUpdate("smpp", DeliveryStatus.FAILED, "5a001", "cb-7", error="stat:UNDELIV")

@@ -186,6 +186,8 @@ class Listeners:
         self._draining: dict[int, tuple[int, DrainedChannel]] = {}
         # Binds of replaced settings: drained until the time given, then closed.
         self._retiring: list[tuple[float, int, DrainedChannel]] = []
+        # Settings whose channel could not be built, already logged.
+        self._unavailable: set[tuple[int, str, int]] = set()
 
     # -- which stores --------------------------------------------------------------------------
 
@@ -201,8 +203,12 @@ class Listeners:
         try:
             return self.resolver.build(setting)
         except ProviderUnavailable as error:
-            # Logged each refresh until fixed; the dispatcher retries its messages meanwhile.
-            log.error("cannot listen to %s: %s", setting.provider, error)
+            # Said once per settings version (the loops ask every round); the dispatcher
+            # retries the store's messages meanwhile.
+            said = (setting.store_id, str(setting.kind), setting.version)
+            if said not in self._unavailable:
+                self._unavailable.add(said)
+                log.error("cannot listen to %s: %s", setting.provider, error)
             return None
 
     # -- SMPP ----------------------------------------------------------------------------------
