@@ -7,7 +7,11 @@ from __future__ import annotations
 import json
 import queue
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import httpx
@@ -25,9 +29,11 @@ from cartback.services.ingest import ingest
 from cartback.services.providers import ChannelResolver, set_provider
 from cartback.services.tick import tick
 from cartback.store import tables as t
+from cartback.worker import Worker
 from tests.support.delivery import outbox
 from tests.support.events import checkout
-from tests.support.world import World
+from tests.support.procs import wait_for
+from tests.support.world import World, make_world
 
 PHONE = "+4791234567"
 ENVIRON = {"INMOBILE_KEY": "key-1"}
@@ -293,3 +299,69 @@ def test_log_lines_name_ids_only() -> None:
     said = json.dumps([bound.describe(reply), bound.describe(report)])
     assert PHONE not in said and "stop" not in said
     assert "cb-7" in said and "5a001" in said and "m1" in said
+
+
+def test_a_running_worker_pulls_inmobile_on_its_interval(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INMOBILE_KEY", "key-1")
+    with (
+        make_world(database_url, pull_seconds=1.0, worker_poll_seconds=0.05) as world,
+        _inmobile_server() as (server_url, calls),
+    ):
+        outbox_id = _sent_sms(world)
+        _use(world, "inmobile", **{"from": "Shop", "base_url": server_url})
+        calls.reports.append(
+            {"messageId": f"cb-{outbox_id}", "deliveryInfo": {"stateCode": -1, "errorCode": "7"}}
+        )
+        worker = Worker(world.app)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: outbox(world)[0]["failed_at"] is not None, 20, "the pulled report")
+            # Polled again on its interval, though nothing more is waiting.
+            wait_for(lambda: calls.asked >= 4, 20, "a second pull")
+        finally:
+            worker.stop.set()
+            thread.join(timeout=30)
+        assert not thread.is_alive()
+        assert outbox(world)[0]["error_code"] == "7"
+
+
+@dataclass
+class _Waiting:
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    asked: int = 0
+
+
+@contextmanager
+def _inmobile_server() -> Iterator[tuple[str, _Waiting]]:
+    """inMobile's pull endpoints on loopback: what is waiting, handed out once."""
+    waiting = _Waiting()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            waiting.asked += 1
+            if self.path.startswith("/v4/sms/outgoing/reports"):
+                body = {"reports": waiting.reports}
+                waiting.reports = []
+            else:
+                body = {"messages": []}
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", waiting
+    finally:
+        server.shutdown()
+        server.server_close()
