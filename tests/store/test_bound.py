@@ -26,7 +26,7 @@ from cartback.ports import ProviderConfig
 from cartback.services import bound
 from cartback.services.bound import Listeners
 from cartback.services.ingest import ingest
-from cartback.services.providers import ChannelResolver, set_provider
+from cartback.services.providers import ChannelResolver, list_providers, set_provider
 from cartback.services.tick import tick
 from cartback.store import tables as t
 from cartback.worker import Worker
@@ -243,6 +243,22 @@ def test_smpp_binds_are_opened_and_drained_even_when_nothing_is_sent(
     assert new.closed
     steps = [row["step_id"] for row in outbox(world)]
     assert steps == ["sms1", "reply.stop", "reply.help", "reply.help"]
+
+
+def test_settings_read_before_a_change_never_build_the_old_bind_again(world: World) -> None:
+    FakeBind.built = []
+    _use(world, "smpp", host="127.0.0.1", system_id="cb")
+    listeners = _listeners(world, {"smpp": FakeBind})
+    with world.app.engine.connect() as conn:
+        [old] = list_providers(conn)
+    _use(world, "smpp", host="127.0.0.1", system_id="cb2")
+    with world.app.engine.connect() as conn:
+        [new] = list_providers(conn)
+    first = listeners.resolver.build(old)
+    current = listeners.resolver.build(new)
+    # A dispatcher batch that read the settings before the change asks for the old version.
+    assert listeners.resolver.build(old) is current is not first
+    assert len(FakeBind.built) == 2
 
 
 def test_an_item_that_keeps_failing_is_given_up_and_blocks_nothing(
