@@ -35,7 +35,7 @@ FLOW = flow_with_steps(
     when: sms1.delivered
     body: '{{ brand }}: still thinking about it?'
   - id: sms3
-    at: 12s
+    at: 14s
     channel: sms
     body: '{{ brand }}: last call for your cart'
 """
