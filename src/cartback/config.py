@@ -38,6 +38,9 @@ class Settings:
     worker_batch: int = 500
     worker_poll_seconds: float = 0.5
     dispatch_batch: int = 200
+    # How often the worker collects delivery reports and replies from providers that keep them
+    # for collection (inMobile's pull endpoints).
+    pull_seconds: float = 30.0
     dispatch_concurrency: int = 8
     # Provider calls for one message before a temporary refusal is given up on (`failed`,
     # "gave up after N attempts", a `dispatch.gave_up` decision).
@@ -101,6 +104,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "worker_batch": (1, 10_000),
     "worker_poll_seconds": (0.01, 60),
     "dispatch_batch": (1, 10_000),
+    "pull_seconds": (1, 3600),
     "dispatch_concurrency": (1, 256),
     "dispatch_max_attempts": (1, 100),
     "lease_seconds": (5, 3600),

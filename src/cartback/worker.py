@@ -1,8 +1,10 @@
-"""The worker: fire due timers and drain the outbox, in batches, until told to stop.
+"""The worker: fire due timers and drain the outbox, in batches, until told to stop; beside
+them, drain the SMPP binds and pull inMobile's reports and replies (`services/bound.py`).
 
 Stopping is bounded: once `stop` is set no new batch starts, a render in progress is interrupted
 (its transaction rolls back; the step is rendered again after the restart), and provider calls in
-flight may run to their timeout. `run` returns within `shutdown_seconds` of the stop.
+flight may run to their timeout. `run` returns within `shutdown_seconds` of the stop. Once the
+dispatcher is done, the SMPP binds are closed and what they queued meanwhile is applied.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from cartback.app import App
 from cartback.channels.registry import build_channels
 from cartback.core.model import Store
 from cartback.core.sandbox import RenderInterrupted, interrupt_renders_on
+from cartback.services.bound import Listeners
 from cartback.services.dispatch import Dispatcher
 from cartback.services.providers import ChannelResolver
 from cartback.services.retry import RetryPolicy
@@ -53,13 +56,16 @@ class Worker:
         (the caller ends the process; its rows are recovered by lease, as after a crash)."""
         settings = self.app.settings
         defaults = build_channels(settings)
+        # Stores with a provider of their own send through it; the others through defaults.
+        # One resolver for sending and listening: an SMPP bind that sent a message knows the
+        # SMSC's ids of its parts, so its receipts are drained from that same channel.
+        resolver = ChannelResolver(
+            defaults, base_url=settings.base_url, timeout=settings.send_timeout_seconds
+        )
         dispatcher = Dispatcher(
             self.app.engine,
             defaults,
-            # Stores with a provider of their own send through it; the others through defaults.
-            resolver=ChannelResolver(
-                defaults, base_url=settings.base_url, timeout=settings.send_timeout_seconds
-            ),
+            resolver=resolver,
             lease=timedelta(seconds=settings.lease_seconds),
             send_timeout=timedelta(seconds=settings.send_timeout_seconds),
             concurrency=settings.dispatch_concurrency,
@@ -68,11 +74,22 @@ class Worker:
             stopping=self.stop,
             retry=RetryPolicy(max_attempts=settings.dispatch_max_attempts),
         )
+        listeners = Listeners(
+            self.app.engine,
+            resolver,
+            clock=self.app.clock.now,
+            stop=self.stop,
+            poll_seconds=settings.worker_poll_seconds,
+            pull_seconds=settings.pull_seconds,
+            forward_timeout=settings.send_timeout_seconds,
+        )
         threads = [
             threading.Thread(target=self._timer_loop, name="timer", daemon=True),
             threading.Thread(
                 target=self._dispatch_loop, args=(dispatcher,), name="dispatch", daemon=True
             ),
+            threading.Thread(target=listeners.run_drain, name="smpp-drain", daemon=True),
+            threading.Thread(target=listeners.run_pull, name="pull", daemon=True),
         ]
         if settings.magento_poll_minutes > 0:
             # Its own thread: a slow shop API must not hold up timers or sends.
@@ -96,6 +113,7 @@ class Worker:
                 self.shutdown_seconds,
             )
             return False
+        listeners.finish()
         dispatcher.close()
         log.info("worker stopped")
         return True

@@ -19,6 +19,7 @@ from cartback.ports import (
     SendStatus,
     WebhookRequest,
 )
+from cartback.services.replies import dedup_key
 from tests.support.kannel import wait_until
 from tests.support.procs import free_port
 from tests.support.smsc import (
@@ -188,6 +189,19 @@ def test_an_mo_message_becomes_an_inbound_reply(smsc: SmscSimulator, channel: Sm
     assert isinstance(first, InboundReply) and isinstance(second, InboundReply)
     assert (first.sender, first.text, first.to) == ("+4791234561", "STOP", "Shop")
     assert second.text == "Стоп"
+
+
+def test_the_same_mo_text_sent_twice_is_two_replies(
+    smsc: SmscSimulator, channel: SmppChannel
+) -> None:
+    # SMPP gives an MO no id: without its receive time, STOP, START, STOP would find the
+    # second STOP "already recorded" and leave the shopper subscribed.
+    smsc.send_mo("4791234561", "Shop", b"STOP")
+    smsc.send_mo("4791234561", "Shop", b"STOP")
+    first, second = _wait_events(channel, 2)
+    assert isinstance(first, InboundReply) and isinstance(second, InboundReply)
+    assert first.at is not None and second.at is not None
+    assert dedup_key(first) != dedup_key(second)
 
 
 def test_a_concatenated_mo_is_joined(smsc: SmscSimulator, channel: SmppChannel) -> None:

@@ -37,6 +37,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from smpplib import client as smpp_client
@@ -428,6 +429,9 @@ class SmppChannel:
             sender=sender,
             text=text,
             to=destination or None,
+            # SMPP gives an MO no id: its receive time tells two identical replies apart (the
+            # same STOP sent twice, or STOP, START, STOP), which would otherwise be one reply.
+            at=datetime.now(UTC),
             raw={"data_coding": data_coding, "esm_class": esm_class},
         )
 

@@ -285,6 +285,11 @@ class ChannelResolver:
             built = self._built.get(key)
             if built is not None:
                 return built
+            # Settings read before a change: the newer channel serves them, so a stale batch
+            # never builds an old one again (an SMPP bind nobody drains or closes).
+            newer = [other for other in self._built if other[:2] == key[:2] and other > key]
+            if newer:
+                return self._built[max(newer)]
         factory = self.factories.get(setting.provider)
         if factory is None:
             raise ProviderUnavailable(f"provider {setting.provider!r} is not available")

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import httpx
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.exc import IntegrityError
 
 from cartback.core.consent import ConsentSource
 from cartback.core.events import ContactInfo, InboundReply
@@ -32,6 +34,7 @@ from cartback.core.model import Channel, Purpose, Store
 from cartback.core.render import help_reply, opt_in_confirmation, opt_out_confirmation
 from cartback.core.replies import ReplyClassification, ReplyKind, classify_reply
 from cartback.core.sms import count_segments
+from cartback.services import admin
 from cartback.services.consent import ledger, record_consent, views
 from cartback.services.ingest import upsert_contact
 from cartback.store import tables as t
@@ -39,6 +42,8 @@ from cartback.store import tables as t
 log = logging.getLogger("cartback.replies")
 
 TEXT_IN_TIMELINE = 300
+# Attempts at one inbound reply when two deliveries of it race on its unique key.
+_RACE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,3 +352,31 @@ def mark_forwarded(conn: Connection, reply_id: int, error: str | None, now: date
         log.warning("reply %s: the support webhook did not take it (%s)", reply_id, error)
         values = {"action": "forward_failed", "forward_error": error}
     conn.execute(update(t.replies).where(r.id == reply_id).values(**values))
+
+
+def receive_reply(
+    engine: Engine,
+    store_id: int,
+    reply: InboundReply,
+    now: Callable[[], datetime],
+    *,
+    timeout: float,
+) -> ReplyOutcome:
+    """One reply, whatever carried it (a callback route, an SMPP bind, an inMobile pull): recorded
+    and acted on in its own transaction, then forwarded to the support webhook after the commit.
+    """
+    for attempt in range(_RACE_ATTEMPTS):
+        try:
+            with engine.begin() as conn:
+                outcome = on_reply(conn, admin.get_store(conn, store_id), reply, now())
+            break
+        except IntegrityError:
+            # The same reply delivered twice at once: the other one recorded it; this attempt
+            # then finds it and does nothing more.
+            if attempt == _RACE_ATTEMPTS - 1:
+                raise
+    if outcome.forward_url and not outcome.duplicate:
+        refused = forward_reply(outcome, timeout=timeout)
+        with engine.begin() as conn:
+            mark_forwarded(conn, outcome.reply_id, refused, now())
+    return outcome

@@ -15,7 +15,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from cartback.app import App
@@ -28,15 +27,13 @@ from cartback.services.providers import (
     StoreProvider,
     provider_for_route,
 )
-from cartback.services.replies import forward_reply, mark_forwarded, on_reply
+from cartback.services.replies import receive_reply
 from cartback.web.problems import Problem
 
 log = logging.getLogger("cartback.web.hooks")
 
 STATUS_PATH = "/hooks/channel/{provider}/{store}/status"
 INBOUND_PATH = "/hooks/channel/{provider}/{store}/inbound"
-# Attempts at one inbound reply when two deliveries of it race on its unique key.
-_RACE_ATTEMPTS = 3
 
 
 def webhook_request(request: Request, body: bytes, base_url: str) -> WebhookRequest:
@@ -137,21 +134,13 @@ def _inbound(
     except ValueError as error:
         raise _malformed(error) from None
     for reply in replies:
-        for attempt in range(_RACE_ATTEMPTS):
-            try:
-                with app.engine.begin() as conn:
-                    shop = admin.get_store(conn, setting.store_id)
-                    outcome = on_reply(conn, shop, reply, app.clock.now())
-                break
-            except IntegrityError:
-                # The same reply delivered twice at once: the other one recorded it; this
-                # attempt then finds it and does nothing more.
-                if attempt == _RACE_ATTEMPTS - 1:
-                    raise
-        if outcome.forward_url and not outcome.duplicate:
-            refused = forward_reply(outcome, timeout=app.settings.send_timeout_seconds)
-            with app.engine.begin() as conn:
-                mark_forwarded(conn, outcome.reply_id, refused, app.clock.now())
+        receive_reply(
+            app.engine,
+            setting.store_id,
+            reply,
+            app.clock.now,
+            timeout=app.settings.send_timeout_seconds,
+        )
     return _answer(channel, "inbound_answer")
 
 
