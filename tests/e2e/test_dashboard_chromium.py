@@ -137,6 +137,22 @@ def test_dashboard_in_chromium(server: str, tmp_path: Path) -> None:
             assert forged.status == 403
             page.goto(f"{server}/dashboard")
             assert page.url.endswith("/dashboard")  # still logged in
+
+            # /docs renders with every request kept on this server (as on one without internet).
+            outside: list[str] = []
+            docs = browser.new_page()
+            docs.route(
+                "**/*",
+                lambda route: (
+                    route.continue_()
+                    if route.request.url.startswith(server)
+                    else (outside.append(route.request.url), route.abort())
+                ),
+            )
+            docs.goto(f"{server}/docs")
+            docs.wait_for_selector(".swagger-ui .info .title", timeout=15_000)
+            assert "cartback" in docs.inner_text(".swagger-ui .info .title")
+            assert outside == []
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000

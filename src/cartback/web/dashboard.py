@@ -68,15 +68,16 @@ def install(api: FastAPI, app: App) -> None:
 
 def _serve_docs_offline(api: FastAPI) -> None:
     """FastAPI's /docs loads Swagger UI from a CDN, blank without internet: swap in a page
-    whose script, stylesheet and icon come from the swagger-ui-bundle package."""
-    from swagger_ui_bundle import swagger_ui_path
-
+    whose script, stylesheet and icon are files of this package (web/swagger, Swagger UI 5,
+    which reads the OpenAPI 3.1 that FastAPI writes)."""
     if not api.docs_url or not api.openapi_url:
         return
     replaced = {api.docs_url, api.redoc_url}
     api.router.routes[:] = [r for r in api.router.routes if not _path_in(r, replaced)]
     api.mount(
-        SWAGGER_PREFIX, StaticFiles(directory=Path(str(swagger_ui_path))), name="swagger-static"
+        SWAGGER_PREFIX,
+        StaticFiles(directory=Path(str(files("cartback.web") / "swagger"))),
+        name="swagger-static",
     )
     openapi_url = api.openapi_url
     title = f"{api.title} - Swagger UI"
