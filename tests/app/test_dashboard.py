@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -156,15 +157,23 @@ def test_message_log_finds_a_cart_by_phone_email_or_token_and_masks_addresses(
     client: TestClient,
 ) -> None:
     _login(client)
-    for query in (seeded.phone(2), seeded.email(2).upper(), seeded.token(2)):
-        page = client.get("/dashboard/messages", params={"q": query}).text
+    for query in (seeded.phone(2), "+47 900 00 002", seeded.email(2).upper(), seeded.token(2)):
+        page = _search(client, "messages", query).text
         assert 'href="/dashboard/carts/cart-02"' in page, query
         table = re.search(r'<table id="messages">(.*?)</table>', page, re.S)
         assert table is not None, query
         rows = table.group(1)
         assert seeded.phone(2) not in rows and seeded.email(2) not in rows
         assert "+47•••••002" in rows and "s•••@example.com" in rows
-    assert "Nothing found" in client.get("/dashboard/messages", params={"q": "+4711111111"}).text
+    assert "Nothing found" in _search(client, "messages", "+4711111111").text
+
+
+def test_a_search_without_the_csrf_token_is_refused(client: TestClient) -> None:
+    _login(client)
+    for page in ("messages", "consent"):
+        response = client.post(f"/dashboard/{page}", data={"q": seeded.phone(2)})
+        assert response.status_code == 403
+        assert "+47•••••002" not in response.text
 
 
 def test_cart_page_shows_the_decision_timeline(client: TestClient) -> None:
@@ -177,7 +186,7 @@ def test_cart_page_shows_the_decision_timeline(client: TestClient) -> None:
 
 def test_consent_lookup_shows_the_ledger(client: TestClient) -> None:
     _login(client)
-    page = client.get("/dashboard/consent", params={"q": seeded.phone(4)}).text
+    page = _search(client, "consent", seeded.phone(4)).text
     assert 'id="consent-history"' in page and "keyword_reply" in page
     shown = page.split("</form>", 2)[2]  # past the logout form and the search box
     assert seeded.phone(4) not in shown and "+47•••••004" in shown
@@ -247,6 +256,13 @@ def test_cli_adds_a_user_with_a_password_read_from_stdin(world: World) -> None:
         cli, ["dashboard", "test-contact", "add", "12345", "--store", "test"], env=env
     )
     assert bad.exit_code == 2 and "ADDRESS" in bad.stderr
+
+
+def _search(client: TestClient, page: str, query: str) -> Any:
+    csrf = _csrf(client.get(f"/dashboard/{page}").text)
+    response = client.post(f"/dashboard/{page}", data={"csrf": csrf, "q": query})
+    assert response.status_code == 200, response.text
+    return response
 
 
 def _add_test_contact(world: World) -> int:

@@ -132,6 +132,15 @@ def test_dashboard_in_chromium(server: str, tmp_path: Path) -> None:
             assert "consent" in timeline and "send" in timeline
             page.screenshot(path=str(tmp_path / "dashboard-cart.png"), full_page=True)
 
+            # A search by phone or email finds the cart, and the address never reaches a URL
+            # (so neither the access log nor the browser's history holds it).
+            for address in (seeded.phone(2), seeded.email(2)):
+                page.click("text=Message log")
+                page.fill("input[name=q]", address)
+                page.click("main button[type=submit]")
+                page.wait_for_selector(f'#messages a[href="/dashboard/carts/{seeded.token(2)}"]')
+                assert seeded.phone(2)[1:] not in page.url and "shopper2" not in page.url
+
             # The browser's own cookie, but no form token: refused, nothing queued.
             forged = page.request.post(f"{server}/dashboard/test-send", form={"test_contact": "1"})
             assert forged.status == 403
@@ -156,3 +165,6 @@ def test_dashboard_in_chromium(server: str, tmp_path: Path) -> None:
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000
+    log = (tmp_path / "web.log").read_text()
+    assert "/dashboard/messages" in log
+    assert seeded.phone(2)[1:] not in log and "shopper2" not in log

@@ -228,8 +228,29 @@ def dashboard_router(app: App) -> APIRouter:
 
         return await page(request, "flow.html", build)
 
+    async def searched(request: Request) -> tuple[auth.Session | None, str | None]:
+        """The search text of a POSTed search form; None when its CSRF token is wrong.
+        Searches are POSTed so a phone or email never sits in a URL (logs, history)."""
+        user = await current(request)
+        if user is None:
+            return None, None
+        form = await _form(request)
+        if not auth.csrf_ok(user.csrf_token, form.get("csrf")):
+            return user, None
+        return user, form.get("q", "")[:320]
+
     @router.get("/messages")
-    async def messages(request: Request, q: str = "") -> Response:
+    async def messages_form(request: Request) -> Response:
+        return await page(request, "messages.html", lambda *_: {"q": "", "found": None})
+
+    @router.post("/messages")
+    async def messages(request: Request) -> Response:
+        user, q = await searched(request)
+        if user is None:
+            return to_login()
+        if q is None:
+            return render("refused.html", status=403)
+
         def build(conn: Any, user: auth.Session, _store: Any) -> dict[str, Any]:
             found = views.message_log(conn, user.store_id, q) if q.strip() else None
             return {"q": q, "found": found}
@@ -244,8 +265,7 @@ def dashboard_router(app: App) -> APIRouter:
 
         return await page(request, "cart.html", build)
 
-    @router.get("/consent")
-    async def consent(request: Request, q: str = "", queued: str = "") -> Response:
+    def consent_page(q: str, queued: str) -> Callable[..., dict[str, Any]]:
         def build(conn: Any, user: auth.Session, _store: Any) -> dict[str, Any]:
             found = views.consent_lookup(conn, user.store_id, q) if q.strip() else None
             return {
@@ -255,7 +275,20 @@ def dashboard_router(app: App) -> APIRouter:
                 "queued": queued,
             }
 
-        return await page(request, "consent.html", build)
+        return build
+
+    @router.get("/consent")
+    async def consent_form(request: Request, queued: str = "") -> Response:
+        return await page(request, "consent.html", consent_page("", queued[:20]))
+
+    @router.post("/consent")
+    async def consent(request: Request) -> Response:
+        user, q = await searched(request)
+        if user is None:
+            return to_login()
+        if q is None:
+            return render("refused.html", status=403)
+        return await page(request, "consent.html", consent_page(q, ""))
 
     @router.post("/test-send")
     async def test_send(request: Request) -> Response:
