@@ -14,12 +14,15 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from cartback.cli import cli
+from cartback.core.model import Channel
+from cartback.ports import LookupStatus, OutboundMessage, SendResult, SendStatus
 from cartback.services import dashboard_auth as auth
 from cartback.services import dashboard_views as views
+from cartback.services.dispatch import Dispatcher
 from cartback.store import tables as t
 from cartback.web.app import create_app
 from tests.support import dashboard as seeded
-from tests.support.world import World
+from tests.support.world import World, make_world
 
 
 @pytest.fixture
@@ -276,3 +279,78 @@ def _outbox_tests(world: World) -> list[object]:
         return list(
             conn.execute(select(t.outbox).where(t.outbox.c.step_id == "dashboard-test")).all()
         )
+
+
+def test_the_flow_page_has_a_place_for_the_report_panel(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _login(client)
+    assert 'id="report"' not in client.get("/dashboard/flows/default").text
+
+    def panel(*_args: object) -> dict[str, object]:
+        return {
+            "title": "Recovered by step",
+            "columns": ["step", "orders"],
+            "rows": [["sms1", 7]],
+            "notes": ["last touch"],
+        }
+
+    monkeypatch.setattr(views, "flow_report_panel", panel)
+    page = client.get("/dashboard/flows/default").text
+    assert "Recovered by step" in page and "<td>sms1</td><td>7</td>" in page
+
+
+def test_a_session_ends_after_its_lifetime(client: TestClient, world: World) -> None:
+    _login(client)
+    world.clock.advance(auth.SESSION_LIFETIME + timedelta(seconds=1))
+    assert client.get("/dashboard").status_code == 303
+
+
+def test_the_session_cookie_is_secure_behind_https(database_url: str) -> None:
+    with make_world(database_url, base_url="https://shop.example") as world:
+        with world.app.engine.begin() as conn:
+            auth.add_user(conn, world.store.id, seeded.USER, seeded.PASSWORD, world.now)
+        with TestClient(
+            create_app(world.app), base_url="https://testserver", follow_redirects=False
+        ) as https_client:
+            response = _login(https_client)
+    assert response.status_code == 303
+    cookie = next(
+        c for c in response.headers.get_list("set-cookie") if c.startswith("cartback_session=")
+    )
+    assert "Secure" in cookie and "HttpOnly" in cookie
+
+
+def test_a_test_send_goes_out_through_the_dispatcher(client: TestClient, world: World) -> None:
+    with world.app.engine.begin() as conn:
+        views.add_test_contact(conn, world.store.id, "email", "owner@shop.example", world.now)
+        [email_contact] = conn.execute(select(t.test_contacts.c.id)).scalars().all()
+        assert views.queue_test_send(conn, world.store.id, email_contact, "Test Store", world.now)
+    sent: list[OutboundMessage] = []
+
+    class Recorder:
+        name = "recorder"
+        kind = Channel.EMAIL
+
+        def send(self, message: OutboundMessage) -> SendResult:
+            sent.append(message)
+            return SendResult(SendStatus.ACCEPTED, provider_id="p-1")
+
+        def lookup(self, key: str) -> LookupStatus:
+            return LookupStatus.UNKNOWN
+
+        def close(self) -> None:
+            return None
+
+    dispatcher = Dispatcher(
+        world.app.engine,
+        {Channel.EMAIL: Recorder()},  # type: ignore[dict-item]
+        clock=world.clock.now,
+    )
+    try:
+        dispatcher.run_once(world.now)
+    finally:
+        dispatcher.close()
+    [message] = sent
+    assert message.to == "owner@shop.example"
+    assert message.subject == views.TEST_SUBJECT

@@ -296,7 +296,8 @@ def flow_report_panel(
 ) -> dict[str, Any] | None:
     """The attribution report's figures for one flow (per step, variant and channel: recovered
     orders, attributed revenue, cost, ROI, holdout lift), for the `report_panel` block of
-    flow.html. None until the reports service lands: the block then shows nothing."""
+    flow.html, shaped as {"title", "columns", "rows", "notes"} (templates/report_panel.html).
+    None until the reports service lands: the block then shows nothing."""
     return None
 
 
