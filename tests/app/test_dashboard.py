@@ -255,6 +255,14 @@ def test_cli_adds_a_user_with_a_password_read_from_stdin(world: World) -> None:
         assert auth.login(conn, "new@shop.example", seeded.PASSWORD, world.now).token
     again = runner.invoke(cli, [*args, "--password-stdin"], input=seeded.PASSWORD + "\n", env=env)
     assert again.exit_code == 2 and "exists" in again.stderr
+    typed = runner.invoke(
+        cli,
+        ["dashboard", "user", "add", "typed@shop.example", "--store", "test"],
+        input=f"{seeded.PASSWORD}\n{seeded.PASSWORD}\n",
+        env=env,
+    )
+    assert typed.exit_code == 0, typed.output
+    assert seeded.PASSWORD not in typed.output  # the prompt never echoes it
     bad = runner.invoke(
         cli, ["dashboard", "test-contact", "add", "12345", "--store", "test"], env=env
     )

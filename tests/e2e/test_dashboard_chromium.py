@@ -141,6 +141,15 @@ def test_dashboard_in_chromium(server: str, tmp_path: Path) -> None:
                 page.wait_for_selector(f'#messages a[href="/dashboard/carts/{seeded.token(2)}"]')
                 assert seeded.phone(2)[1:] not in page.url and "shopper2" not in page.url
 
+            page.click("header >> text=Flow")
+            assert page.locator('#steps tr[data-step="sms1"] td').nth(4).inner_text() == "8"
+            page.screenshot(path=str(tmp_path / "dashboard-flow.png"), full_page=True)
+            page.click("text=Consent & test send")
+            page.fill("input[name=q]", seeded.phone(4))
+            page.click("main form button[type=submit]")
+            assert "keyword_reply" in page.inner_text("#consent-history")
+            page.screenshot(path=str(tmp_path / "dashboard-consent.png"), full_page=True)
+
             # The browser's own cookie, but no form token: refused, nothing queued.
             forged = page.request.post(f"{server}/dashboard/test-send", form={"test_contact": "1"})
             assert forged.status == 403
