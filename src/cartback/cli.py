@@ -1,5 +1,5 @@
 """The command line: serve · web · worker · migrate · demo · store · channels · flows · why ·
-consent · enrollments · shops · contacts · import."""
+consent · enrollments · shops · contacts · import · dashboard."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from cartback.app import App, build_app, register_flows
 from cartback.config import ConfigError, Settings, load_settings
 from cartback.core.flows import FlowError, load_flow
 from cartback.core.model import Store
+from cartback.dashboard_cli import dashboard_cli
 
 cli = typer.Typer(
     add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False
@@ -56,6 +57,7 @@ channels_cli = typer.Typer(
 )
 cli.add_typer(channels_cli, name="channels")
 cli.add_typer(import_cli, name="import")
+cli.add_typer(dashboard_cli, name="dashboard")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 

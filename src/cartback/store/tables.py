@@ -465,3 +465,43 @@ send_rates = Table(
     Column("tokens", Float, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
 )
+
+# People who may log in to the dashboard, one store each; the password is kept as an scrypt hash.
+dashboard_users = Table(
+    "dashboard_users",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("password_hash", String(200), nullable=False),
+    # Failed logins since the last success: past a threshold each further try waits longer.
+    Column("failed_logins", Integer, nullable=False, default=0),
+    Column("locked_until", UtcDateTime),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+# A logged-in browser: the cookie carries the token, the table only its SHA-256.
+dashboard_sessions = Table(
+    "dashboard_sessions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column(
+        "user_id", ForeignKey("dashboard_users.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+)
+
+# The only addresses the dashboard's test send may reach.
+test_contacts = Table(
+    "test_contacts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("channel", String(8), nullable=False),
+    Column("address", String(320), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("store_id", "channel", "address"),
+)

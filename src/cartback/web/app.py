@@ -31,7 +31,7 @@ from cartback.services import consent as consent_service
 from cartback.services.ingest import EventStatus, ingest
 from cartback.services.providers import ChannelResolver
 from cartback.store import tables as t
-from cartback.web import pages, problems
+from cartback.web import dashboard, pages, problems
 from cartback.web.channel_hooks import channel_hooks
 from cartback.web.intake import parse_event_document
 from cartback.web.limits import BodyLimit
@@ -259,6 +259,7 @@ def create_app(app: App) -> FastAPI:
     def home() -> str:
         return _HOME
 
+    dashboard.install(api, app)
     return api
 
 
