@@ -38,6 +38,7 @@ from cartback.core.model import (
     Purpose,
     Store,
 )
+from cartback.services import attribution
 from cartback.services.consent import record_consent
 from cartback.services.erasure import suppressed
 from cartback.store import tables as t
@@ -536,8 +537,9 @@ def _order_placed(conn: Connection, store: Store, event: OrderPlaced, now: datet
     ).first()
     if exists is not None:
         return EventResult(event.event_id, EventStatus.DUPLICATE, "order already recorded")
-    conn.execute(
-        t.orders.insert().values(
+    order_id = conn.execute(
+        t.orders.insert()
+        .values(
             store_id=store.id,
             order_ref=event.order_id,
             cart_id=cart_id,
@@ -546,7 +548,10 @@ def _order_placed(conn: Connection, store: Store, event: OrderPlaced, now: datet
             currency=event.currency,
             occurred_at=event.occurred_at,
         )
-    )
+        .returning(t.orders.c.id)
+    ).scalar_one()
+    # Credited now, in this transaction, so reports only read (core.attribution).
+    attribution.attribute_order(conn, order_id, attribution.store_settings(conn, store.id), now)
     if contact_id is not None:
         conn.execute(
             update(t.contacts)
