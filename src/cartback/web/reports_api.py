@@ -13,6 +13,10 @@ from cartback.reporting import SettingsError, end_of_window, window
 from cartback.services.reports import flow_report
 from cartback.web.problems import Problem
 
+FlowName = Annotated[str | None, Query(max_length=64, description="Only this flow")]
+Since = Annotated[str, Query(max_length=12, description="Window: 30d, 24h, 90m")]
+Until = Annotated[str | None, Query(max_length=40, description="End (ISO 8601); default now")]
+
 
 def _bad(field: str, message: str) -> Problem:
     return Problem(
@@ -41,17 +45,13 @@ def reports_router(
         with app.engine.connect() as conn:
             return flow_report(conn, store.id, since=start, until=end, flow=flow)
 
-    Flow = Annotated[str | None, Query(max_length=64, description="Only this flow")]
-    Since = Annotated[str, Query(max_length=12, description="Window: 30d, 24h, 90m")]
-    Until = Annotated[str | None, Query(max_length=40, description="End (ISO 8601); default now")]
-
     @router.get(
         "/v1/reports/flows",
         summary="Per flow: totals, steps, variants, channels, opt-out alerts and experiments",
         responses=responses,
     )
     def flows(
-        flow: Flow = None,
+        flow: FlowName = None,
         since: Since = "30d",
         until: Until = None,
         store: Store = Depends(current_store),
