@@ -1217,6 +1217,30 @@ def report_attribute(
     out.print(f"{seen} orders since {start:%Y-%m-%d %H:%M} UTC; {credited} credited to a message")
 
 
+@report_cli.command("promote")
+def report_promote(
+    since: Annotated[str, typer.Option(help="Judge on carts abandoned in the last 30d")] = "30d",
+    store: Annotated[str | None, typer.Option(help="Store slug (needed when several)")] = None,
+) -> None:
+    """Promote the significant A/B winner of each flow listed in `auto_promote`: new carts get
+    it; carts already enrolled keep their variant."""
+    from cartback import reporting
+    from cartback.services.experiments import promote_winners
+
+    with running_app() as app, app.engine.begin() as conn:
+        now = app.clock.now()
+        try:
+            start = reporting.window(since, now)
+        except reporting.SettingsError as error:
+            raise fail(f"--{error}") from None
+        chosen = _report_store(conn, store)
+        winners = promote_winners(conn, chosen.id, since=start, until=now)
+    if not winners:
+        out.print("no flow has auto_promote set")
+    for flow_name, winner in winners.items():
+        out.print(f"{flow_name}: " + (f"{winner} promoted" if winner else "no significant winner"))
+
+
 @report_cli.command("settings")
 def report_settings(
     slug: str,

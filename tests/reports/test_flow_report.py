@@ -7,6 +7,7 @@ import io
 import json
 import math
 from datetime import timedelta
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -211,3 +212,48 @@ def test_api_reports_flows_and_steps(world: World) -> None:
     assert bad.json()["field"] == "since"
     assert client.get("/v1/reports/flows").status_code == 401
     assert client.get("/v1/reports/flows/nope/steps", headers=auth).status_code == 404
+
+
+def test_channel_holdout_readout_compares_carts_without_sms(world: World) -> None:
+    from cartback.store import tables as t
+
+    base = world.now - timedelta(days=5)
+    with world.app.engine.begin() as conn:
+        scenario.seed(conn, world.store.id, base)
+        # Carts i % 10 in (3, 8) as if drawn into an SMS holdout: 200 carts, no cart orders.
+        for n in range(1, 1001):
+            if (n - 1) % 10 in (3, 8):
+                conn.execute(
+                    t.enrollments.update().where(t.enrollments.c.id == n).values(held_channel="sms")
+                )
+    with world.app.engine.connect() as conn:
+        report = flow_report(conn, world.store.id, since=base - timedelta(days=1), until=world.now)
+    split = report["flows"][0]["experiments"]["channel_holdout"]
+    assert split["channel"] == "sms"
+    assert (split["held_out"]["carts"], split["held_out"]["converted"]) == (200, 0)
+    assert (split["treated"]["carts"], split["treated"]["converted"]) == (700, 161)
+    assert math.isclose(split["lift"]["diff"], 161 / 700, abs_tol=1e-6)
+    assert 0 < split["lift"]["low"] < split["lift"]["diff"]
+    assert split["too_small_to_tell"] is True  # no held-out cart converted: nothing to compare
+
+
+def test_promote_records_the_significant_winner_for_new_carts(world: World, tmp_path: Path) -> None:
+    from cartback.services.experiments import promoted_variant
+
+    _seeded(world)
+    settings = tmp_path / "measurement.yaml"
+    settings.write_text(
+        "auto_promote: [recover]\nrates: {EUR: '1.10'}\n"
+        "prices: {sms: {NO: '0.50', '*': '0.60'}, email: '0.01'}\n"
+    )
+    done = runner.invoke(cli, ["report", "settings", "test", str(settings)], env=_env(world))
+    assert done.exit_code == 0, done.output
+    result = runner.invoke(cli, ["report", "promote", "--since", "3650d"], env=_env(world))
+    assert result.exit_code == 0, result.output
+    assert "recover: B promoted" in result.stdout
+    with world.app.engine.connect() as conn:
+        assert promoted_variant(conn, world.store.id, "recover") == "B"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rates: {EUR: 1.1}\n")
+    refused = runner.invoke(cli, ["report", "settings", "test", str(bad)], env=_env(world))
+    assert refused.exit_code == 2 and "rates.EUR" in refused.stderr

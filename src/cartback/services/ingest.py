@@ -41,6 +41,7 @@ from cartback.core.model import (
 from cartback.services import attribution
 from cartback.services.consent import record_consent
 from cartback.services.erasure import suppressed
+from cartback.services.experiments import promoted_variant
 from cartback.store import tables as t
 from cartback.store.rows import (
     cart_from_row,
@@ -454,7 +455,9 @@ def _enroll_or_touch(
         contact = contact_from_row(contact_row)
     if not may_enroll(flow, cart, contact):
         return True
-    plan = plan_enrollment(flow, cart.token, activity)
+    # A winner the store promoted goes to new carts only; enrolled carts keep their variant.
+    promoted = promoted_variant(conn, store.id, flow.name) if flow.variants else None
+    plan = plan_enrollment(flow, cart.token, activity, promoted=promoted)
     if history_before is not None and plan.wake_at < history_before:
         return False
     conn.execute(
@@ -469,6 +472,7 @@ def _enroll_or_touch(
             wake_at=plan.wake_at,
             variant=plan.variant,
             holdout=plan.holdout,
+            held_channel=plan.held_channel,
             created_at=now,
             updated_at=now,
         )

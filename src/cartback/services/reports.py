@@ -75,9 +75,15 @@ def money_from(raw: Mapping[str, Any] | None, store_currency: str) -> Money:
 
 def check_settings(raw: Mapping[str, Any], store_currency: str) -> None:
     """Raise SettingsError naming the field when a store's measurement settings are wrong."""
-    unknown = set(raw) - {"attribution", "currency", "rates", "prices"}
+    unknown = set(raw) - {"attribution", "currency", "rates", "prices", "auto_promote", "promoted"}
     if unknown:
         raise SettingsError(f"{sorted(unknown)[0]}: unknown setting")
+    flows = raw.get("auto_promote", [])
+    if not isinstance(flows, list) or not all(isinstance(f, str) for f in flows):
+        raise SettingsError("auto_promote: expected a list of flow names")
+    promoted = raw.get("promoted", {})
+    if not isinstance(promoted, Mapping) or not all(isinstance(v, str) for v in promoted.values()):
+        raise SettingsError("promoted: expected flow: variant")
     settings_from(raw)
     money_from(raw, store_currency)
 
@@ -172,14 +178,14 @@ def flow_report(
         ]
 
     cohorts = _cohorts(conn, cohort, money, unconverted)
-    for (flow_name, variant, holdout), c in cohorts.items():
+    for (flow_name, variant, holdout, _held), c in cohorts.items():
         if holdout:
             continue
         for key in ((flow_name, "flow", ""), (flow_name, "variant", variant or "-")):
             figures = groups[key]
             figures.enrolled = (figures.enrolled or 0) + c.carts
     treated: dict[tuple[str, str], int] = defaultdict(int)
-    for (flow_name, variant, holdout), c in cohorts.items():
+    for (flow_name, variant, holdout, _held), c in cohorts.items():
         if not holdout:
             treated[(flow_name, variant or "-")] += c.carts
             treated[(flow_name, "")] += c.carts
@@ -221,24 +227,23 @@ def flow_report(
     }
 
 
+CohortKey = tuple[str, str | None, bool, str | None]
+
+
 def _cohorts(
     conn: Connection, cohort: Any, money: Money, unconverted: dict[str, Decimal]
-) -> dict[tuple[str, str | None, bool], Cohort]:
+) -> dict[CohortKey, Cohort]:
+    """Per (flow, variant, holdout, held channel)."""
     e, od = t.enrollments.c, t.orders.c
-    found: dict[tuple[str, str | None, bool], Cohort] = defaultdict(Cohort)
-    for row in conn.execute(
-        select(e.flow_name, e.variant, e.holdout, func.count())
-        .where(cohort)
-        .group_by(e.flow_name, e.variant, e.holdout)
-    ):
-        found[(row[0], row[1], bool(row[2]))].carts = int(row[3])
+    found: dict[CohortKey, Cohort] = defaultdict(Cohort)
+    keys = (e.flow_name, e.variant, e.holdout, e.held_channel)
+    for row in conn.execute(select(*keys, func.count()).where(cohort).group_by(*keys)):
+        found[(row[0], row[1], bool(row[2]), row[3])].carts = int(row[4])
     # A cart converted when an order names it after it was abandoned: the experiment's measure,
     # attribution or not (so treated and held-out carts are counted alike).
     ordered = (
         select(
-            e.flow_name,
-            e.variant,
-            e.holdout,
+            *keys,
             od.currency,
             func.count(func.distinct(e.id)),
             func.sum(od.value),
@@ -246,17 +251,17 @@ def _cohorts(
         )
         .select_from(t.enrollments.join(t.orders, od.cart_id == e.cart_id))
         .where(cohort, od.occurred_at >= e.abandoned_at)
-        .group_by(e.flow_name, e.variant, e.holdout, od.currency)
+        .group_by(*keys, od.currency)
     )
     for row in conn.execute(ordered):
-        group = found[(row[0], row[1], bool(row[2]))]
-        group.converted += int(row[4])
-        rate = money.convert(Decimal(1), row[3])
+        group = found[(row[0], row[1], bool(row[2]), row[3])]
+        group.converted += int(row[5])
+        rate = money.convert(Decimal(1), row[4])
         if rate is None:
-            unconverted[row[3]] += Decimal(row[5])
+            unconverted[row[4]] += Decimal(row[6])
             continue
-        group.value += float(Decimal(row[5]) * rate)
-        group.squares += float(Decimal(row[6]) * rate * rate)
+        group.value += float(Decimal(row[6]) * rate)
+        group.squares += float(Decimal(row[7]) * rate * rate)
     return found
 
 
@@ -373,22 +378,38 @@ def _opt_outs(
                 figures.opt_outs += 1
 
 
-def _experiments(
-    flow_name: str, cohorts: Mapping[tuple[str, str | None, bool], Cohort]
-) -> dict[str, Any]:
-    mine = {(v, h): c for (f, v, h), c in cohorts.items() if f == flow_name}
-    treated = Cohort()
-    held = Cohort()
-    by_variant: dict[str, Cohort] = {}
-    for (variant, holdout), c in mine.items():
-        target = held if holdout else treated
-        target.carts += c.carts
-        target.converted += c.converted
-        target.value += c.value
-        target.squares += c.squares
-        if not holdout and variant is not None:
-            by_variant[variant] = c
-    return {"ab": _ab(by_variant), "holdout": _holdout(treated, held)}
+def _add(target: Cohort, c: Cohort) -> None:
+    target.carts += c.carts
+    target.converted += c.converted
+    target.value += c.value
+    target.squares += c.squares
+
+
+def _experiments(flow_name: str, cohorts: Mapping[CohortKey, Cohort]) -> dict[str, Any]:
+    treated, held = Cohort(), Cohort()
+    by_variant: dict[str, Cohort] = defaultdict(Cohort)
+    # Treated carts that got every channel, and those that had one channel held out.
+    full = Cohort()
+    without: dict[str, Cohort] = defaultdict(Cohort)
+    for (flow, variant, holdout, held_channel), c in cohorts.items():
+        if flow != flow_name:
+            continue
+        _add(held if holdout else treated, c)
+        if holdout:
+            continue
+        if variant is not None:
+            _add(by_variant[variant], c)
+        _add(full if held_channel is None else without[held_channel], c)
+    channel_holdout = None
+    for channel, group in sorted(without.items()):
+        readout = _holdout(full, group)
+        if readout is not None:
+            channel_holdout = {"channel": channel, **readout}
+    return {
+        "ab": _ab(by_variant),
+        "holdout": _holdout(treated, held),
+        "channel_holdout": channel_holdout,
+    }
 
 
 def _interval(p: ex.Proportion) -> dict[str, float]:

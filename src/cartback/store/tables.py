@@ -228,6 +228,8 @@ enrollments = Table(
     Column("wake_at", UtcDateTime),
     Column("variant", String(32)),
     Column("holdout", Boolean, nullable=False),
+    # The channel whose steps this cart skips (the flow's channel holdout), or NULL.
+    Column("held_channel", String(8)),
     Column("exit_reason", String(40)),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),

@@ -5,8 +5,8 @@ Revises: 0011
 
 Orders are credited to one message when they arrive (core.attribution); `attributions` keeps
 that credit so reports are queries. `stores.measurement` holds a store's attribution windows
-and model, its currency rates and its message prices. Reports group enrollments by flow and
-abandonment time, and orders by cart: indexes for both.
+and model, its currency rates, its message prices and promoted variants.
+`enrollments.held_channel` records a cart drawn into a flow's channel holdout (no SMS, say).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("stores") as batch:
         batch.add_column(sa.Column("measurement", sa.JSON(), nullable=True))
+    with op.batch_alter_table("enrollments") as batch:
+        batch.add_column(sa.Column("held_channel", sa.String(8), nullable=True))
     when = cartback.store.tables.UtcDateTime(timezone=True)
     op.create_table(
         "attributions",
@@ -80,5 +82,7 @@ def downgrade() -> None:
     op.drop_index("ix_attributions_store_id_order_at", table_name="attributions")
     op.drop_index("ix_attributions_enrollment_id", table_name="attributions")
     op.drop_table("attributions")
+    with op.batch_alter_table("enrollments") as batch:
+        batch.drop_column("held_channel")
     with op.batch_alter_table("stores") as batch:
         batch.drop_column("measurement")
