@@ -235,6 +235,10 @@ enrollments = Table(
     Column("updated_at", UtcDateTime, nullable=False),
     UniqueConstraint("cart_id", "flow_name"),
     Index("ix_enrollments_wake_at", "wake_at"),
+    # Reports take a flow's carts abandoned in a window (services.reports).
+    Index(
+        "ix_enrollments_store_id_flow_name_abandoned_at", "store_id", "flow_name", "abandoned_at"
+    ),
 )
 
 outbox = Table(

@@ -7,6 +7,7 @@ Orders are credited to one message when they arrive (core.attribution); `attribu
 that credit so reports are queries. `stores.measurement` holds a store's attribution windows
 and model, its currency rates, its message prices and promoted variants.
 `enrollments.held_channel` records a cart drawn into a flow's channel holdout (no SMS, say).
+Reports take one flow's carts abandoned in a window: an index on (store, flow, abandoned_at).
 """
 
 from __future__ import annotations
@@ -75,10 +76,16 @@ def upgrade() -> None:
         sa.UniqueConstraint("order_id", name=op.f("uq_attributions_order_id")),
     )
     op.create_index("ix_attributions_enrollment_id", "attributions", ["enrollment_id"])
+    op.create_index(
+        "ix_enrollments_store_id_flow_name_abandoned_at",
+        "enrollments",
+        ["store_id", "flow_name", "abandoned_at"],
+    )
     op.create_index("ix_attributions_store_id_order_at", "attributions", ["store_id", "order_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_enrollments_store_id_flow_name_abandoned_at", table_name="enrollments")
     op.drop_index("ix_attributions_store_id_order_at", table_name="attributions")
     op.drop_index("ix_attributions_enrollment_id", table_name="attributions")
     op.drop_table("attributions")
