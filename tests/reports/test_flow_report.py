@@ -6,9 +6,11 @@ import csv
 import io
 import json
 import math
+import statistics
 from datetime import timedelta
 from pathlib import Path
 
+from scipy import stats
 from typer.testing import CliRunner
 
 from cartback.cli import cli
@@ -123,6 +125,17 @@ def test_ab_and_holdout_readouts(world: World) -> None:
     assert (ab["leader"], ab["winner"]) == ("B", "B")
     assert ab["difference"]["p_value"] < 0.001 and ab["difference"]["low"] > 0
     assert ab["probability_leader_is_better"] > 0.999
+    # Revenue per send: A's 1,000 sends carry 60 × 100.00 and one 80.00 credit, B's 800 carry
+    # 100 × 55.00; the interval is the t interval of those per-send values.
+    sends_a = [100.0] * 60 + [80.0] + [0.0] * 939
+    half = stats.t.ppf(0.975, 999) * statistics.stdev(sends_a) / math.sqrt(1000)
+    assert ab["variants"]["A"]["sends"] == 1000
+    assert ab["variants"]["A"]["revenue_per_send"] == {
+        "mean": 6.08,
+        "low": round(6.08 - half, 2),
+        "high": round(6.08 + half, 2),
+    }
+    assert ab["variants"]["B"]["revenue_per_send"]["mean"] == 6.88
     holdout = experiments["holdout"]
     assert holdout["held_out"] == {
         "carts": 100,

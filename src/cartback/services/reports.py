@@ -100,6 +100,8 @@ class Figures:
     segments: int = 0
     recovered: int = 0
     revenue: Decimal = Decimal(0)
+    # Sum of the squared credited order values: the spread behind revenue per send's interval.
+    squares: Decimal = Decimal(0)
     cost: Decimal | None = Decimal(0)
     opt_outs: int = 0
     base_carts: int = 0  # the carts recovery_rate divides by
@@ -215,9 +217,17 @@ def flow_report(
             if row["opt_out_alert"]
         ]
         entry["experiments"] = _experiments(flow_name, cohorts)
-        entry["sends_by_variant"] = {
-            variant: row["sent"] for variant, row in entry["variants"].items()
-        }
+        ab = entry["experiments"]["ab"]
+        for name, readout in (ab or {}).get("variants", {}).items():
+            # Attributed revenue per send, each send's credited revenue as one observation.
+            sent = groups[(flow_name, "variant", name)]
+            mean, low, high = ex.mean_interval(float(sent.revenue), float(sent.squares), sent.sent)
+            readout["sends"] = sent.sent
+            readout["revenue_per_send"] = {
+                "mean": round(mean, 2),
+                "low": round(low, 2),
+                "high": round(high, 2),
+            }
     return {
         "since": since.isoformat(),
         "until": until.isoformat(),
@@ -320,19 +330,21 @@ def _credited(
             a.currency,
             func.count(),
             func.sum(a.revenue),
+            func.sum(a.revenue * a.revenue),
         )
         .select_from(t.enrollments.join(t.attributions, a.enrollment_id == e.id))
         .where(cohort)
         .group_by(a.flow_name, a.step_id, a.variant, a.channel, a.currency)
     )
     for row in conn.execute(query):
-        revenue = money.convert(Decimal(row[6]), row[4])
-        if revenue is None:
+        rate = money.convert(Decimal(1), row[4])
+        if rate is None:
             unconverted[row[4]] += Decimal(row[6])
         for figures in rows_for(row[0], row[1], row[2], row[3]):
             figures.recovered += int(row[5])
-            if revenue is not None:
-                figures.revenue += revenue
+            if rate is not None:
+                figures.revenue += Decimal(row[6]) * rate
+                figures.squares += Decimal(row[7]) * rate * rate
 
 
 def _opt_outs(
