@@ -270,3 +270,23 @@ def test_promote_records_the_significant_winner_for_new_carts(world: World, tmp_
     bad.write_text("rates: {EUR: 1.1}\n")
     refused = runner.invoke(cli, ["report", "settings", "test", str(bad)], env=_env(world))
     assert refused.exit_code == 2 and "rates.EUR" in refused.stderr
+
+
+def test_a_flow_without_variants_has_no_variant_rows(world: World) -> None:
+    from cartback.store import tables as t
+
+    base = world.now - timedelta(days=5)
+    with world.app.engine.begin() as conn:
+        scenario.seed(conn, world.store.id, base)
+        conn.execute(t.enrollments.update().values(variant=None))
+        conn.execute(t.attributions.update().values(variant=None))
+    with world.app.engine.connect() as conn:
+        report = flow_report(conn, world.store.id, since=base - timedelta(days=1), until=world.now)
+    entry = report["flows"][0]
+    assert entry["variants"] == {} and entry["experiments"]["ab"] is None
+    totals = entry["totals"]
+    assert (totals["enrolled"], totals["recovered"], totals["recovery_rate"]) == (
+        900,
+        161,
+        "0.1789",
+    )

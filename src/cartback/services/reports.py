@@ -172,25 +172,30 @@ def flow_report(
     groups: dict[tuple[str, str, str], Figures] = defaultdict(Figures)
 
     def rows_for(flow_name: str, step: str, variant: str | None, channel: str) -> list[Figures]:
-        return [
+        rows = [
             groups[(flow_name, "flow", "")],
             groups[(flow_name, "step", step)],
-            groups[(flow_name, "variant", variant or "-")],
             groups[(flow_name, "channel", channel)],
         ]
+        # A flow without an A/B test has no variant rows.
+        return rows if variant is None else [*rows, groups[(flow_name, "variant", variant)]]
 
     cohorts = _cohorts(conn, cohort, money, unconverted)
     for (flow_name, variant, holdout, _held), c in cohorts.items():
         if holdout:
             continue
-        for key in ((flow_name, "flow", ""), (flow_name, "variant", variant or "-")):
+        keys = [(flow_name, "flow", "")]
+        if variant is not None:
+            keys.append((flow_name, "variant", variant))
+        for key in keys:
             figures = groups[key]
             figures.enrolled = (figures.enrolled or 0) + c.carts
     treated: dict[tuple[str, str], int] = defaultdict(int)
     for (flow_name, variant, holdout, _held), c in cohorts.items():
         if not holdout:
-            treated[(flow_name, variant or "-")] += c.carts
             treated[(flow_name, "")] += c.carts
+            if variant is not None:
+                treated[(flow_name, variant)] += c.carts
 
     _messages(conn, cohort, money, rows_for)
     _credited(conn, cohort, money, unconverted, rows_for)

@@ -11,7 +11,7 @@ from cartback.app import App
 from cartback.core.model import Store
 from cartback.reporting import SettingsError, end_of_window, window
 from cartback.services.reports import flow_report
-from cartback.web.problems import Problem
+from cartback.web.problems import Problem, invalid
 
 FlowName = Annotated[str | None, Query(max_length=64, description="Only this flow")]
 Since = Annotated[str, Query(max_length=12, description="Window: 30d, 24h, 90m")]
@@ -19,12 +19,8 @@ Until = Annotated[str | None, Query(max_length=40, description="End (ISO 8601); 
 
 
 def _bad(field: str, message: str) -> Problem:
-    return Problem(
-        422,
-        "Invalid parameter",
-        f"{field}: {message}",
-        slug="invalid",
-        errors=[{"field": field, "message": message}],
+    return invalid(
+        [{"field": field, "message": message}], title="Invalid request", slug="invalid-request"
     )
 
 
