@@ -1,5 +1,5 @@
 """The command line: serve · web · worker · migrate · demo · store · channels · flows · why ·
-consent · enrollments · shops · contacts · import · dashboard."""
+consent · enrollments · shops · contacts · import · dashboard · report."""
 
 from __future__ import annotations
 
@@ -58,6 +58,10 @@ channels_cli = typer.Typer(
 cli.add_typer(channels_cli, name="channels")
 cli.add_typer(import_cli, name="import")
 cli.add_typer(dashboard_cli, name="dashboard")
+report_cli = typer.Typer(
+    help="What each flow, step, variant and channel recovered, cost and provoked."
+)
+cli.add_typer(report_cli, name="report")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -1211,3 +1215,200 @@ def main() -> None:
         err.print(f"[red]error:[/red] {type(error).__name__}: {detail}", highlight=False)
         err.print("set CARTBACK_DEBUG=1 to see the full trace", style="dim")
         raise SystemExit(1) from None
+
+
+def _report_store(conn: Any, slug: str | None) -> Store:
+    from cartback.services import admin
+
+    if slug is not None:
+        found = admin.store_by_slug(conn, slug)
+        if found is None:
+            raise fail(f"no store with slug {slug!r}")
+        return found
+    from sqlalchemy import select
+
+    from cartback.store import tables as t
+
+    slugs = conn.execute(select(t.stores.c.slug).order_by(t.stores.c.slug)).scalars().all()
+    if len(slugs) != 1:
+        raise fail("pass --store: " + (", ".join(slugs) or "there is no store yet"))
+    found = admin.store_by_slug(conn, slugs[0])
+    assert found is not None
+    return found
+
+
+@report_cli.callback(invoke_without_command=True)
+def report(
+    ctx: typer.Context,
+    flow: Annotated[str | None, typer.Option(help="Only this flow")] = None,
+    since: Annotated[str, typer.Option(help="The window: carts abandoned in the last 30d")] = "30d",
+    until: Annotated[
+        str | None, typer.Option(help="End of the window (ISO 8601 UTC); default now")
+    ] = None,
+    store: Annotated[str | None, typer.Option(help="Store slug (needed when several)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV instead of a table")] = False,
+) -> None:
+    """The flow report: sends, clicks, recovered orders, revenue, cost, opt-outs, experiments."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from cartback import reporting
+    from cartback.services.reports import flow_report
+
+    if as_json and as_csv:
+        raise fail("--json and --csv: choose one")
+    with running_app() as app, app.engine.connect() as conn:
+        try:
+            now = reporting.end_of_window(until, app.clock.now())
+            start = reporting.window(since, now)
+        except reporting.SettingsError as error:
+            raise fail(f"--{error}") from None
+        chosen = _report_store(conn, store)
+        result = flow_report(conn, chosen.id, since=start, until=now, flow=flow)
+    if as_json:
+        sys.stdout.write(reporting.as_json(result) + "\n")
+        return
+    if as_csv:
+        sys.stdout.write(reporting.as_csv(result))
+        return
+    _print_report(result)
+
+
+def _print_report(result: dict[str, Any]) -> None:
+    from cartback import reporting
+
+    if not result["flows"]:
+        out.print("no carts entered a flow in this window")
+        return
+    table = Table(title=f"since {result['since'][:16]} UTC, money in {result['currency']}")
+    for column in ("flow", "row", *reporting.COLUMNS):
+        table.add_column(column.replace("_", " "), overflow="fold")
+    for row in reporting.rows(result):
+        label = row["level"] if not row["key"] else f"{row['level']} {row['key']}"
+        table.add_row(
+            row["flow"], label, *("" if row[c] is None else str(row[c]) for c in reporting.COLUMNS)
+        )
+    out.print(table)
+    for entry in result["flows"]:
+        for alert in entry["alerts"]:
+            out.print(f"[yellow]alert:[/yellow] {entry['flow']}: {alert}", highlight=False)
+        holdout = entry["experiments"]["holdout"]
+        if holdout is not None:
+            lift = holdout["lift"]
+            extra = holdout["incremental_carts"]
+            verdict = (
+                "too small to tell"
+                if holdout["too_small_to_tell"]
+                else f"incremental carts {extra['estimate']} ({extra['low']} to {extra['high']})"
+            )
+            out.print(
+                f"{entry['flow']}: holdout {holdout['held_out']['rate']:.2%} vs treated "
+                f"{holdout['treated']['rate']:.2%}, lift {lift['diff']:+.2%} "
+                f"(95% {lift['low']:+.2%} to {lift['high']:+.2%}): {verdict}",
+                highlight=False,
+            )
+        ab = entry["experiments"]["ab"]
+        if ab is not None:
+            named = f"winner {ab['winner']}" if ab["winner"] else "no significant winner"
+            out.print(
+                f"{entry['flow']}: A/B {named}; P({ab['leader']} better) "
+                f"{ab['probability_leader_is_better']:.1%}",
+                highlight=False,
+            )
+    for currency, amount in result["unconverted"].items():
+        out.print(f"[yellow]note:[/yellow] {amount} {currency} left out: no rate for {currency}")
+
+
+@report_cli.command("attribute")
+def report_attribute(
+    since: Annotated[str, typer.Option(help="Orders placed in the last 30d")] = "30d",
+    store: Annotated[str | None, typer.Option(help="Store slug (needed when several)")] = None,
+) -> None:
+    """Credit the orders of a window again, with the store's current attribution settings."""
+    from cartback import reporting
+    from cartback.services.attribution import recompute
+
+    with running_app() as app, app.engine.begin() as conn:
+        now = app.clock.now()
+        try:
+            start = reporting.window(since, now)
+        except reporting.SettingsError as error:
+            raise fail(f"--{error}") from None
+        chosen = _report_store(conn, store)
+        seen, credited = recompute(conn, chosen.id, start, now)
+    out.print(f"{seen} orders since {start:%Y-%m-%d %H:%M} UTC; {credited} credited to a message")
+
+
+@report_cli.command("promote")
+def report_promote(
+    since: Annotated[str, typer.Option(help="Judge on carts abandoned in the last 30d")] = "30d",
+    store: Annotated[str | None, typer.Option(help="Store slug (needed when several)")] = None,
+) -> None:
+    """Promote the significant A/B winner of each flow listed in `auto_promote`: new carts get
+    it; carts already enrolled keep their variant."""
+    from cartback import reporting
+    from cartback.services.experiments import promote_winners
+
+    with running_app() as app, app.engine.begin() as conn:
+        now = app.clock.now()
+        try:
+            start = reporting.window(since, now)
+        except reporting.SettingsError as error:
+            raise fail(f"--{error}") from None
+        chosen = _report_store(conn, store)
+        winners = promote_winners(conn, chosen.id, since=start, until=now)
+    if not winners:
+        out.print("no flow has auto_promote set")
+    for flow_name, winner in winners.items():
+        out.print(f"{flow_name}: " + (f"{winner} promoted" if winner else "no significant winner"))
+
+
+@report_cli.command("settings")
+def report_settings(
+    slug: str,
+    file: Annotated[
+        Path | None, typer.Argument(help="Measurement YAML; omit to show the current")
+    ] = None,
+) -> None:
+    """A store's attribution windows and model, currency rates and message prices."""
+    from sqlalchemy import update
+
+    from cartback.core.attribution import SettingsError
+    from cartback.services.reports import check_settings
+    from cartback.store import tables as t
+
+    settings = _measurement_file_or_exit(file) if file is not None else None
+    with running_app() as app, app.engine.begin() as conn:
+        chosen = _report_store(conn, slug)
+        if settings is None:
+            from sqlalchemy import select
+
+            current = conn.execute(
+                select(t.stores.c.measurement).where(t.stores.c.id == chosen.id)
+            ).scalar()
+            out.print_json(data=current or {})
+            return
+        try:
+            check_settings(settings, chosen.currency)
+        except SettingsError as error:
+            raise fail(f"{file}: {error}") from None
+        conn.execute(
+            update(t.stores).where(t.stores.c.id == chosen.id).values(measurement=settings or None)
+        )
+    out.print(f"measurement settings of {slug} updated from {file}")
+
+
+def _measurement_file_or_exit(file: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise fail(f"{file}:1: file: cannot read: {error}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise fail(f"{file}:{line}: file: not valid YAML") from None
+    if not isinstance(loaded, dict):
+        raise fail(f"{file}:1: file: expected a mapping of settings")
+    return loaded

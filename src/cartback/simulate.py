@@ -78,6 +78,7 @@ def timeline(
         wake_at=plan.wake_at,
         variant=plan.variant,
         holdout=plan.holdout,
+        held_channel=plan.held_channel,
     )
     entries.append(
         TimelineEntry(

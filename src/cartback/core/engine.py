@@ -83,6 +83,11 @@ class EnrollmentPlan:
     wake_at: datetime
     variant: str | None
     holdout: bool
+    # The channel this cart gets no steps of (the flow's channel holdout), or None.
+    held_channel: str | None = None
+
+
+CHANNEL_HOLDOUT_RULE = "channel_holdout"
 
 
 def bucket(*parts: str) -> Decimal:
@@ -91,20 +96,33 @@ def bucket(*parts: str) -> Decimal:
     return Decimal(int.from_bytes(digest[:8], "big") % 1_000_000) / Decimal(10_000)
 
 
-def plan_enrollment(flow: Flow, cart_token: str, last_activity: datetime) -> EnrollmentPlan:
+def plan_enrollment(
+    flow: Flow, cart_token: str, last_activity: datetime, *, promoted: str | None = None
+) -> EnrollmentPlan:
+    """Where a new cart stands: its groups come from hashes of the flow and the cart token, so
+    they survive restarts; they are stored on the enrollment and never re-drawn. `promoted` is
+    a winning variant the store promoted: new carts all get it."""
     abandoned_at = last_activity + flow.abandon_after
     holdout = bucket(flow.name, "holdout", cart_token) < flow.holdout_percent
+    held_channel = None
+    # Its own hash: independent of the holdout and the variant, so each group gets its share.
+    split = flow.channel_holdout
+    if split is not None and bucket(flow.name, "channel_holdout", cart_token) < split.percent:
+        held_channel = str(split.channel)
     return EnrollmentPlan(
         abandoned_at=abandoned_at,
         wake_at=abandoned_at + flow.steps[0].at,
-        variant=pick_variant(flow, cart_token),
+        variant=pick_variant(flow, cart_token, promoted=promoted),
         holdout=holdout,
+        held_channel=held_channel,
     )
 
 
-def pick_variant(flow: Flow, cart_token: str) -> str | None:
+def pick_variant(flow: Flow, cart_token: str, *, promoted: str | None = None) -> str | None:
     if not flow.variants:
         return None
+    if promoted is not None and any(variant.name == promoted for variant in flow.variants):
+        return promoted
     total = sum(variant.weight for variant in flow.variants)
     point = bucket(flow.name, "variant", cart_token) * total / 100
     running = Decimal(0)
@@ -231,6 +249,18 @@ def advance(
         if enrollment.holdout:
             decisions.append(
                 StepDecision(step.id, Outcome.HOLDOUT, "cart is in the holdout group", "holdout")
+            )
+            history[step.id] = StepOutcome(skipped=True)
+            index += 1
+            continue
+        if enrollment.held_channel == str(step.channel):
+            decisions.append(
+                StepDecision(
+                    step.id,
+                    Outcome.HOLDOUT,
+                    f"cart is in the {step.channel} holdout group",
+                    CHANNEL_HOLDOUT_RULE,
+                )
             )
             history[step.id] = StepOutcome(skipped=True)
             index += 1

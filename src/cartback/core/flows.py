@@ -42,6 +42,7 @@ _FLOW_KEYS = (
     "enroll_when",
     "exit_on",
     "holdout",
+    "channel_holdout",
     "grace",
     "variants",
     "steps",
@@ -149,6 +150,14 @@ class Variant:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelHoldout:
+    """A share of the flow's carts that get every step but those of one channel."""
+
+    channel: Channel
+    percent: Decimal
+
+
+@dataclass(frozen=True, slots=True)
 class Flow:
     name: str
     description: str | None
@@ -162,6 +171,7 @@ class Flow:
     source: str
     # How late a step may still run (see core.engine.grace_for); None: the gap to the next step.
     grace: timedelta | None = None
+    channel_holdout: ChannelHoldout | None = None
 
     def step(self, step_id: str) -> Step:
         return self.steps[self.index_of(step_id)]
@@ -413,6 +423,7 @@ class _Parser:
         abandon_after = self.duration(data, (), "abandon_after", required=True)
         exit_on = self.exit_on(data)
         holdout = self.holdout(data)
+        channel_holdout = self.channel_holdout(data)
         grace = self.grace(data)
         variants = self.variants(data)
         raw_steps = self.step_list(data)
@@ -437,6 +448,7 @@ class _Parser:
             steps=steps,
             source=self.source,
             grace=grace,
+            channel_holdout=channel_holdout,
         )
 
     def exit_on(self, data: Mapping[str, object]) -> frozenset[str]:
@@ -470,19 +482,38 @@ class _Parser:
             return None
         return grace
 
-    def holdout(self, data: Mapping[str, object]) -> Decimal | None:
-        if "holdout" not in data:
+    def channel_holdout(self, data: Mapping[str, object]) -> ChannelHoldout | None:
+        if "channel_holdout" not in data:
+            return None
+        path: FieldPath = ("channel_holdout",)
+        entry = self.mapping(data["channel_holdout"], path, "a mapping with channel and percent")
+        if entry is None:
+            return None
+        self.known_keys(entry, path, ("channel", "percent"))
+        channel = entry.get("channel")
+        if channel not in ("sms", "email"):
+            self.issue((*path, "channel"), f"expected sms or email, got {channel!r}")
+            return None
+        percent = self.holdout(entry, key="percent", path=path)
+        if percent is None:
+            return None
+        return ChannelHoldout(Channel(channel), percent)
+
+    def holdout(
+        self, data: Mapping[str, object], key: str = "holdout", path: FieldPath = ()
+    ) -> Decimal | None:
+        if key not in data:
             return Decimal(0)
-        value = data["holdout"]
+        value = data[key]
         if isinstance(value, str):
             value = value.strip().removesuffix("%")
         percent = _to_decimal(value)
         if percent is None:
-            self.issue(("holdout",), f"expected a percentage like 10%, got {data['holdout']!r}")
+            self.issue((*path, key), f"expected a percentage like 10%, got {data[key]!r}")
             return None
         if not Decimal(0) <= percent <= MAX_HOLDOUT_PERCENT:
             self.issue(
-                ("holdout",), f"{percent}% is out of range: use 0% to {MAX_HOLDOUT_PERCENT}%"
+                (*path, key), f"{percent}% is out of range: use 0% to {MAX_HOLDOUT_PERCENT}%"
             )
             return None
         return percent

@@ -138,6 +138,8 @@ class Enrollment:
     variant: str | None = None
     holdout: bool = False
     exit_reason: str | None = None
+    # The flow's channel holdout: this cart gets no steps of this channel.
+    held_channel: str | None = None
     history: dict[str, StepOutcome] = field(default_factory=dict)
 
 

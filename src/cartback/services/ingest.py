@@ -38,8 +38,10 @@ from cartback.core.model import (
     Purpose,
     Store,
 )
+from cartback.services import attribution
 from cartback.services.consent import record_consent
 from cartback.services.erasure import suppressed
+from cartback.services.experiments import promoted_variant
 from cartback.store import tables as t
 from cartback.store.rows import (
     cart_from_row,
@@ -453,7 +455,9 @@ def _enroll_or_touch(
         contact = contact_from_row(contact_row)
     if not may_enroll(flow, cart, contact):
         return True
-    plan = plan_enrollment(flow, cart.token, activity)
+    # A winner the store promoted goes to new carts only; enrolled carts keep their variant.
+    promoted = promoted_variant(conn, store.id, flow.name) if flow.variants else None
+    plan = plan_enrollment(flow, cart.token, activity, promoted=promoted)
     if history_before is not None and plan.wake_at < history_before:
         return False
     conn.execute(
@@ -468,6 +472,7 @@ def _enroll_or_touch(
             wake_at=plan.wake_at,
             variant=plan.variant,
             holdout=plan.holdout,
+            held_channel=plan.held_channel,
             created_at=now,
             updated_at=now,
         )
@@ -536,8 +541,9 @@ def _order_placed(conn: Connection, store: Store, event: OrderPlaced, now: datet
     ).first()
     if exists is not None:
         return EventResult(event.event_id, EventStatus.DUPLICATE, "order already recorded")
-    conn.execute(
-        t.orders.insert().values(
+    order_id = conn.execute(
+        t.orders.insert()
+        .values(
             store_id=store.id,
             order_ref=event.order_id,
             cart_id=cart_id,
@@ -546,7 +552,10 @@ def _order_placed(conn: Connection, store: Store, event: OrderPlaced, now: datet
             currency=event.currency,
             occurred_at=event.occurred_at,
         )
-    )
+        .returning(t.orders.c.id)
+    ).scalar_one()
+    # Credited now, in this transaction, so reports only read (core.attribution).
+    attribution.attribute_order(conn, order_id, attribution.store_settings(conn, store.id), now)
     if contact_id is not None:
         conn.execute(
             update(t.contacts)

@@ -135,6 +135,7 @@ def enrollment_from_row(
         wake_at=row["wake_at"],
         variant=row["variant"],
         holdout=bool(row["holdout"]),
+        held_channel=row["held_channel"],
         exit_reason=row["exit_reason"],
         history=dict(history or {}),
     )

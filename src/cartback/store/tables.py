@@ -76,6 +76,9 @@ stores = Table(
     Column("policy", JSON),
     # Replies that are not STOP/START/HELP are POSTed here as JSON (a helpdesk, a relay).
     Column("support_webhook_url", Text),
+    # Attribution windows and model, currency rates and message prices (core.attribution,
+    # services.reports); NULL for the defaults.
+    Column("measurement", JSON),
     Column("created_at", UtcDateTime, nullable=False),
 )
 
@@ -225,11 +228,17 @@ enrollments = Table(
     Column("wake_at", UtcDateTime),
     Column("variant", String(32)),
     Column("holdout", Boolean, nullable=False),
+    # The channel whose steps this cart skips (the flow's channel holdout), or NULL.
+    Column("held_channel", String(8)),
     Column("exit_reason", String(40)),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     UniqueConstraint("cart_id", "flow_name"),
     Index("ix_enrollments_wake_at", "wake_at"),
+    # Reports take a flow's carts abandoned in a window (services.reports).
+    Index(
+        "ix_enrollments_store_id_flow_name_abandoned_at", "store_id", "flow_name", "abandoned_at"
+    ),
 )
 
 outbox = Table(
@@ -504,4 +513,32 @@ test_contacts = Table(
     Column("address", String(320), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     UniqueConstraint("store_id", "channel", "address"),
+)
+
+# Which message an order is credited to (core.attribution), written when the order arrives so
+# reports are queries. One row per order at most: an order is never credited twice.
+attributions = Table(
+    "attributions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("order_id", ForeignKey("orders.id", ondelete="CASCADE"), nullable=False, unique=True),
+    Column("outbox_id", ForeignKey("outbox.id", ondelete="SET NULL")),
+    Column("enrollment_id", ForeignKey("enrollments.id", ondelete="SET NULL")),
+    Column("flow_name", String(64), nullable=False),
+    Column("step_id", String(64), nullable=False),
+    Column("variant", String(32)),
+    Column("channel", String(8), nullable=False),
+    # click, open or delivery: the event that earned the credit.
+    Column("touch", String(10), nullable=False),
+    # cart (the order's cart or checkout token) or contact (the same shopper).
+    Column("matched_by", String(8), nullable=False),
+    Column("model", String(12), nullable=False),
+    Column("touch_at", UtcDateTime, nullable=False),
+    Column("order_at", UtcDateTime, nullable=False),
+    Column("revenue", Money, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index("ix_attributions_enrollment_id", "enrollment_id"),
+    Index("ix_attributions_store_id_order_at", "store_id", "order_at"),
 )
