@@ -941,13 +941,15 @@ def web(
 def worker() -> None:
     """The worker alone: fire due timers and send messages. Stops cleanly on SIGTERM/SIGINT,
     within the send timeout plus five seconds."""
-    from cartback.worker import Worker
+    from cartback.worker import Worker, serve_worker_metrics
 
     _logging()
     with running_app() as app:
         _flows_or_exit(app)
         runner = Worker(app)
         _stop_on_signals(runner.stop)
+        if app.settings.worker_metrics_port:
+            serve_worker_metrics(app.settings.worker_metrics_host, app.settings.worker_metrics_port)
         out.print("worker running; Ctrl-C to stop")
         if not runner.run():
             _exit_now()
@@ -1089,3 +1091,10 @@ def main() -> None:
         err.print(f"[red]error:[/red] {type(error).__name__}: {detail}", highlight=False)
         err.print("set CARTBACK_DEBUG=1 to see the full trace", style="dim")
         raise SystemExit(1) from None
+
+
+# Registered last: these modules use the helpers above.
+from cartback.cli_outbound import export, webhooks_cli  # noqa: E402
+
+cli.add_typer(webhooks_cli, name="webhooks")
+cli.command("export")(export)

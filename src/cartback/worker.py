@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
+from cartback import metrics
 from cartback.app import App
 from cartback.channels.registry import build_channels
 from cartback.core.sandbox import RenderInterrupted, interrupt_renders_on
 from cartback.services.dispatch import Dispatcher
+from cartback.services.outbound import DEFAULT_RETRY, WebhookSender
 from cartback.services.providers import ChannelResolver
 from cartback.services.retry import RetryPolicy
 from cartback.services.sendrate import shared_rates
@@ -67,10 +69,20 @@ class Worker:
             stopping=self.stop,
             retry=RetryPolicy(max_attempts=settings.dispatch_max_attempts),
         )
+        webhooks = WebhookSender(
+            self.app.engine,
+            clock=self.app.clock.now,
+            timeout=settings.webhook_timeout_seconds,
+            retry=replace(DEFAULT_RETRY, max_attempts=settings.webhook_max_attempts),
+        )
         threads = [
             threading.Thread(target=self._timer_loop, name="timer", daemon=True),
             threading.Thread(
                 target=self._dispatch_loop, args=(dispatcher,), name="dispatch", daemon=True
+            ),
+            # Webhooks have a thread of their own: a slow endpoint never holds up a timer.
+            threading.Thread(
+                target=self._webhook_loop, args=(webhooks,), name="webhooks", daemon=True
             ),
         ]
         for thread in threads:
@@ -93,6 +105,7 @@ class Worker:
             )
             return False
         dispatcher.close()
+        webhooks.close()
         log.info("worker stopped")
         return True
 
@@ -120,6 +133,7 @@ class Worker:
                 log.exception("timer batch failed; retrying")
                 self.stop.wait(settings.worker_poll_seconds * 4)
                 continue
+            metrics.observe_lateness(stats.lateness)
             if stats.claimed < settings.worker_batch:
                 self.stop.wait(settings.worker_poll_seconds)
 
@@ -146,3 +160,23 @@ class Worker:
                 continue
             if stats.claimed < settings.dispatch_batch:
                 self.stop.wait(settings.worker_poll_seconds)
+
+    def _webhook_loop(self, sender: WebhookSender) -> None:
+        settings = self.app.settings
+        while not self.stop.is_set():
+            try:
+                claimed = sender.run_once()
+            except Exception:
+                log.exception("webhook batch failed; retrying")
+                self.stop.wait(settings.worker_poll_seconds * 4)
+                continue
+            if claimed == 0:
+                self.stop.wait(max(settings.worker_poll_seconds, 1.0))
+
+
+def serve_worker_metrics(host: str, port: int) -> None:
+    """The counters of a worker run on its own, on a port of its own (`/metrics`)."""
+    from prometheus_client import start_http_server
+
+    start_http_server(port, addr=host, registry=metrics.REGISTRY)
+    log.info("worker metrics on http://%s:%d/metrics", host, port)

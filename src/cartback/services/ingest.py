@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from cartback import metrics
 from cartback.config import DEFAULT_FUTURE_SKEW_SECONDS
 from cartback.core.engine import may_enroll, plan_enrollment
 from cartback.core.events import (
@@ -38,6 +39,7 @@ from cartback.core.model import (
     Purpose,
     Store,
 )
+from cartback.services import outbound
 from cartback.services.consent import record_consent
 from cartback.services.erasure import suppressed
 from cartback.store import tables as t
@@ -102,6 +104,7 @@ def ingest(
             clamped = f"occurred_at was {ahead} s ahead of the receive time; clamped"
             result = replace(result, detail="; ".join(filter(None, [result.detail, clamped])))
         results.append(result)
+        metrics.count_event(event, result.status)
     return results
 
 
@@ -560,6 +563,9 @@ def _order_placed(conn: Connection, store: Store, event: OrderPlaced, now: datet
             .values(status=str(CartStatus.ORDERED), updated_at=now)
         )
         _end_enrollments(conn, cart_id, "order_placed", "exit: the shopper placed an order", now)
+    outbound.cart_recovered(
+        conn, store.id, cart_id, event.order_id, event.value, event.currency, now
+    )
     return EventResult(event.event_id, EventStatus.ACCEPTED)
 
 
