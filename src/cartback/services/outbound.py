@@ -33,6 +33,7 @@ from sqlalchemy import Connection, Engine, and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cartback import metrics
+from cartback.core.consent import OPT_OUT_SOURCES
 from cartback.services.providers import ProviderSettingsError, check_secret_ref, resolve_secret
 from cartback.services.retry import RetryPolicy, gave_up_reason
 from cartback.store import tables as t
@@ -258,9 +259,12 @@ def opted_out(
     source: str,
     at: datetime,
 ) -> None:
-    """The consent ledger recorded a withdrawal: counted, and told to subscribed endpoints.
-    The payload names the shopper's phone or email: the endpoint is the store's own system,
-    which must suppress them too."""
+    """The consent ledger recorded a withdrawal. One the shopper made (a STOP reply, an
+    unsubscribe link, their carrier for them: `OPT_OUT_SOURCES`) is an opt-out: counted, and
+    told to subscribed endpoints. The payload names the shopper's phone or email: the endpoint
+    is the store's own system, which must suppress them too."""
+    if source not in OPT_OUT_SOURCES:
+        return
     metrics.OPT_OUTS.labels(channel, source).inc()
     if not _subscribed(conn, {store_id}):
         return
