@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -39,7 +39,7 @@ SENDS = Counter(
 )
 PROVIDER_ERRORS = Counter(
     "cartback_provider_errors",
-    "Provider calls that were refused or failed (retried or not), by channel and provider.",
+    "Provider calls refused (retried or failed) or left unknown, by channel and provider.",
     ["channel", "provider"],
     registry=REGISTRY,
 )
@@ -67,8 +67,10 @@ LATENESS = Histogram(
 BACKLOG_CACHE_SECONDS = 5.0
 
 
-def count_event(event: object, status: str) -> None:
-    EVENTS_INGESTED.labels(_snake(type(event).__name__), str(status)).inc()
+def count_events(events: Sequence[object], statuses: Sequence[str]) -> None:
+    """One count per event, by its kind (`checkout_updated`) and what ingest made of it."""
+    for event, status in zip(events, statuses, strict=True):
+        EVENTS_INGESTED.labels(_snake(type(event).__name__), str(status)).inc()
 
 
 def _snake(name: str) -> str:
@@ -82,7 +84,8 @@ _SEND_STATUS = {"pending": "retried"}
 def count_send(channel: str, provider: str | None, status: str) -> None:
     label = _SEND_STATUS.get(status, status)
     SENDS.labels(channel, provider or "none", label).inc()
-    if label in ("retried", "failed"):
+    # `unknown`: the call timed out or broke after the request went out.
+    if label in ("retried", "failed", "unknown"):
         PROVIDER_ERRORS.labels(channel, provider or "none").inc()
 
 

@@ -104,7 +104,7 @@ def ingest(
             clamped = f"occurred_at was {ahead} s ahead of the receive time; clamped"
             result = replace(result, detail="; ".join(filter(None, [result.detail, clamped])))
         results.append(result)
-        metrics.count_event(event, result.status)
+    metrics.count_events(events, [result.status for result in results])
     return results
 
 
