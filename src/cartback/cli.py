@@ -1065,8 +1065,9 @@ def _shopper_zone(events: list[Any], store: Store) -> Any:
 
 def _print_timeline(name: str, entries: list[Any], zone: Any) -> None:
     table = Table(title=f"flow {name}", show_lines=True)
-    columns = ("time (UTC)", f"shopper's time ({zone.key})", "step", "outcome", "channel")
-    for column in (*columns, "message or reason"):
+    # One column, two lines: UTC above the shopper's own time, so the message keeps its width.
+    time_column = f"time (UTC)\nshopper's: {zone.key}"
+    for column in (time_column, "step", "outcome", "channel", "message or reason"):
         table.add_column(column, overflow="fold")
     for entry in entries:
         if entry.text is not None:
@@ -1076,8 +1077,9 @@ def _print_timeline(name: str, entries: list[Any], zone: Any) -> None:
         else:
             detail = entry.reason + (f" [rule: {entry.rule}]" if entry.rule else "")
         table.add_row(
-            entry.at.strftime("%Y-%m-%d %H:%M:%S"),
-            entry.at.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z"),
+            entry.at.strftime("%Y-%m-%d %H:%M:%S")
+            + "\n"
+            + entry.at.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z"),
             entry.step_id or "",
             entry.outcome,
             entry.channel or "",

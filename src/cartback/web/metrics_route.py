@@ -16,8 +16,9 @@ from cartback.web.problems import Problem
 
 def metrics_router(app: App) -> APIRouter:
     router = APIRouter()
-    backlog = metrics.BacklogCollector(app.engine, app.clock.now)
     token = app.settings.metrics_token
+    # Made at the first scrape: building the routes needs no database.
+    backlogs: list[metrics.BacklogCollector] = []
 
     @router.get("/metrics", include_in_schema=False)
     async def scrape(request: Request) -> Response:
@@ -31,8 +32,10 @@ def metrics_router(app: App) -> APIRouter:
                     slug="unauthorized",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
+        if not backlogs:
+            backlogs.append(metrics.BacklogCollector(app.engine, app.clock.now))
         # The backlog is read from the database: off the event loop.
-        body = await run_in_threadpool(metrics.exposition, backlog)
+        body = await run_in_threadpool(metrics.exposition, backlogs[0])
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return router
