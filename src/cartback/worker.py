@@ -17,6 +17,7 @@ from cartback import metrics
 from cartback.app import App
 from cartback.channels.registry import build_channels
 from cartback.core.sandbox import RenderInterrupted, interrupt_renders_on
+from cartback.services import outbound
 from cartback.services.dispatch import Dispatcher
 from cartback.services.outbound import DEFAULT_RETRY, WebhookSender
 from cartback.services.providers import ChannelResolver
@@ -29,6 +30,8 @@ log = logging.getLogger("cartback.worker")
 
 # How often the timer thread blanks shop webhook payloads past their retention.
 PRUNE_EVERY_SECONDS = 3600.0
+# Delivered and given-up webhook deliveries are kept this long for `cartback webhooks list`.
+WEBHOOK_DELIVERIES_KEPT = timedelta(days=30)
 # Time for the last writes of a batch once its provider calls are done.
 SHUTDOWN_MARGIN_SECONDS = 5.0
 
@@ -143,6 +146,7 @@ class Worker:
                 count = prune(
                     conn, self.app.clock.now(), self.app.settings.shop_payload_retention_days
                 )
+                outbound.prune(conn, self.app.clock.now() - WEBHOOK_DELIVERIES_KEPT)
         except Exception:
             log.exception("pruning kept shop payloads failed; retrying in an hour")
             return

@@ -244,3 +244,25 @@ def _enqueue_abandoned(world: World) -> None:
         rows = list(conn.execute(select(t.enrollments)).mappings())
         outbound.carts_abandoned(conn, rows, world.now)
         conn.execute(update(t.enrollments).values(updated_at=world.now))
+
+
+def test_finished_deliveries_are_pruned_and_waiting_ones_kept(world: World) -> None:
+    endpoint = _subscribe(world, "http://127.0.0.1:9/hook", (outbound.CART_ABANDONED,))
+    _enqueue_abandoned(world)
+    d = t.webhook_deliveries.c
+    with world.app.engine.begin() as conn:
+        waiting = conn.execute(select(t.webhook_deliveries)).mappings().one()
+        for key, status in (("old-delivered", "delivered"), ("old-failed", "failed")):
+            conn.execute(
+                t.webhook_deliveries.insert().values(
+                    {
+                        **{k: v for k, v in waiting.items() if k != "id"},
+                        "event_key": key,
+                        "status": status,
+                    }
+                )
+            )
+        conn.execute(update(t.webhook_deliveries).values(updated_at=world.now - timedelta(days=40)))
+        assert outbound.prune(conn, world.now - timedelta(days=30)) == 2
+        left = conn.execute(select(d.status, d.endpoint_id)).all()
+    assert [tuple(row) for row in left] == [("pending", endpoint)]

@@ -216,7 +216,7 @@ def cart_recovered(
 
 def messages_sent(conn: Connection, outbox_ids: Sequence[int], now: datetime) -> None:
     """Messages the dispatcher has just recorded `sent` (only rows that really are)."""
-    if not outbox_ids:
+    if not outbox_ids or not _any_endpoint(conn):
         return
     o, c = t.outbox.c, t.carts.c
     rows = conn.execute(
@@ -290,6 +290,21 @@ def opted_out(
 
 def _money(value: Decimal | None) -> str | None:
     return None if value is None else f"{Decimal(value):.2f}"
+
+
+def _any_endpoint(conn: Connection) -> bool:
+    return conn.execute(select(t.webhook_endpoints.c.id).limit(1)).first() is not None
+
+
+def prune(conn: Connection, before: datetime) -> int:
+    """Delivered and given-up deliveries older than `before` go; waiting ones stay."""
+    d = t.webhook_deliveries.c
+    done = conn.execute(
+        delete(t.webhook_deliveries).where(
+            d.status.in_(("delivered", "failed")), d.updated_at < before
+        )
+    )
+    return int(done.rowcount or 0)
 
 
 def _subscribed(conn: Connection, store_ids: set[int]) -> bool:
