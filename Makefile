@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
+	@echo "cartback is installed in $(BIN); put it on your PATH with: source $(BIN)/activate"
 	$(BIN)/cartback migrate
 	$(BIN)/cartback demo
 	$(BIN)/cartback serve

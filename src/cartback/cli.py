@@ -1,5 +1,4 @@
-"""The command line: serve · web · worker · migrate · demo · store · channels · flows · why ·
-consent · enrollments · shops · contacts · import · dashboard · report."""
+"""The command line. Its summary in `--help` is made from the commands registered (see the end)."""
 
 from __future__ import annotations
 
@@ -19,15 +18,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cartback import cli_help
 from cartback.app import App, build_app, register_flows
 from cartback.config import ConfigError, Settings, load_settings
 from cartback.core.flows import FlowError, load_flow
 from cartback.core.model import Store
 from cartback.dashboard_cli import dashboard_cli
 
-cli = typer.Typer(
-    add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False
-)
+cli_help.install()
+cli = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 flows_cli = typer.Typer(no_args_is_help=True, help="Check flow files and run carts through them.")
 store_cli = typer.Typer(no_args_is_help=True, help="Stores and their API keys.")
 consent_cli = typer.Typer(no_args_is_help=True, help="Shoppers' consent ledger.")
@@ -101,11 +100,19 @@ def _flows_or_exit(app: App) -> None:
 @cli.command()
 def migrate() -> None:
     """Create or upgrade the database schema."""
-    from cartback.store.migrate import upgrade
+    from cartback.store.migrate import current_revision, head_revision, upgrade
 
     with running_app() as app:
+        before = current_revision(app.engine)
         upgrade(app.engine)
-        out.print(f"database is at the latest schema ({_safe_url(app.settings.database_url)})")
+        where = _safe_url(app.settings.database_url)
+    head = head_revision()
+    if before is None:
+        out.print(f"created the schema (revision {head}) in a new database ({where})")
+    elif before == head:
+        out.print(f"database is already at the latest schema (revision {head}) ({where})")
+    else:
+        out.print(f"upgraded the schema from revision {before} to {head} ({where})")
 
 
 @cli.command()
@@ -1067,13 +1074,15 @@ def web(
 def worker() -> None:
     """The worker alone: fire due timers and send messages. Stops cleanly on SIGTERM/SIGINT,
     within the send timeout plus five seconds."""
-    from cartback.worker import Worker
+    from cartback.worker import Worker, serve_worker_metrics
 
     _logging()
     with running_app() as app:
         _flows_or_exit(app)
         runner = Worker(app)
         _stop_on_signals(runner.stop)
+        if app.settings.worker_metrics_port:
+            serve_worker_metrics(app.settings.worker_metrics_host, app.settings.worker_metrics_port)
         out.print("worker running; Ctrl-C to stop")
         if not runner.run():
             _exit_now()
@@ -1095,7 +1104,8 @@ def flows_check(files: Annotated[list[Path], typer.Argument(help="Flow files")])
             failed = True
             err.print(f"{path}:0: file: {error.strerror}", highlight=False, markup=False)
             continue
-        out.print(f"{path}: ok ({flow.name}, {len(flow.steps)} steps, version {flow.version})")
+        steps = f"{len(flow.steps)} step" + ("" if len(flow.steps) == 1 else "s")
+        out.print(f"{path}: ok ({flow.name}, {steps}, version {flow.version})")
     if failed:
         raise typer.Exit(USAGE_ERROR)
 
@@ -1160,12 +1170,30 @@ def flows_test(
             json.dumps([asdict(entry) for entry in entries], default=str, indent=2) + "\n"
         )
         return
-    _print_timeline(flow.name, entries)
+    _print_timeline(flow.name, entries, _shopper_zone(events, store))
 
 
-def _print_timeline(name: str, entries: list[Any]) -> None:
+def _shopper_zone(events: list[Any], store: Store) -> Any:
+    """The zone quiet hours use for this shopper: explicit, address, phone, then the store's."""
+    from cartback.core.events import CheckoutUpdated
+    from cartback.core.timezones import resolve_zone
+
+    first = next(event for event in events if isinstance(event, CheckoutUpdated))
+    info = first.contact
+    return resolve_zone(
+        explicit=info.zone,
+        country=info.country,
+        region=info.region,
+        phone=info.phone,
+        store_default=store.default_zone,
+    ).zone
+
+
+def _print_timeline(name: str, entries: list[Any], zone: Any) -> None:
     table = Table(title=f"flow {name}", show_lines=True)
-    for column in ("time (UTC)", "step", "outcome", "channel", "message or reason"):
+    # One column, two lines: UTC above the shopper's own time, so the message keeps its width.
+    time_column = f"time (UTC)\nshopper's: {zone.key}"
+    for column in (time_column, "step", "outcome", "channel", "message or reason"):
         table.add_column(column, overflow="fold")
     for entry in entries:
         if entry.text is not None:
@@ -1175,7 +1203,9 @@ def _print_timeline(name: str, entries: list[Any]) -> None:
         else:
             detail = entry.reason + (f" [rule: {entry.rule}]" if entry.rule else "")
         table.add_row(
-            entry.at.strftime("%Y-%m-%d %H:%M:%S"),
+            entry.at.strftime("%Y-%m-%d %H:%M:%S")
+            + "\n"
+            + entry.at.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z"),
             entry.step_id or "",
             entry.outcome,
             entry.channel or "",
@@ -1412,3 +1442,22 @@ def _measurement_file_or_exit(file: Path) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise fail(f"{file}:1: file: expected a mapping of settings")
     return loaded
+
+
+# Registered last: these modules use the helpers above.
+from cartback.cli_outbound import export, webhooks_cli  # noqa: E402
+
+cli.add_typer(webhooks_cli, name="webhooks")
+cli.command("export")(export)
+
+
+def _summary() -> str:
+    """`cartback --help`'s first line: every command and command group, so none is missed."""
+    names = [
+        info.name or info.callback.__name__ for info in cli.registered_commands if info.callback
+    ]
+    groups = [info.name for info in cli.registered_groups if info.name]
+    return "cartback, abandoned-cart recovery: " + " · ".join([*names, *groups]) + "."
+
+
+cli.info.help = _summary()

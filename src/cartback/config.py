@@ -94,6 +94,14 @@ class Settings:
     failover_failures: int = 5
     failover_window_seconds: float = 60.0
     failover_cooldown_seconds: float = 30.0
+    # `/metrics` on the web server answers only `Authorization: Bearer <token>` when this is set.
+    metrics_token: str | None = field(default=None, repr=False)
+    # A worker run on its own (`cartback worker`) serves its counters on this port; 0: off.
+    worker_metrics_port: int = 0
+    worker_metrics_host: str = "127.0.0.1"
+    # Outbound webhooks: one POST's timeout, and the attempts before a delivery is given up.
+    webhook_timeout_seconds: float = 5.0
+    webhook_max_attempts: int = 8
 
 
 _BOUNDS: dict[str, tuple[float, float]] = {
@@ -118,6 +126,9 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "failover_window_seconds": (1, 86400),
     "failover_cooldown_seconds": (1, 86400),
     "magento_poll_minutes": (0, 1440),
+    "worker_metrics_port": (0, 65535),
+    "webhook_timeout_seconds": (0.5, 60),
+    "webhook_max_attempts": (1, 50),
 }
 CHANNELS = ("console", "jsonl", "null", "webhook", "smtp")
 RATE_UNITS = ("messages", "segments")

@@ -12,15 +12,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
+from cartback import metrics
 from cartback.app import App
 from cartback.channels.registry import build_channels
 from cartback.core.model import Store
 from cartback.core.sandbox import RenderInterrupted, interrupt_renders_on
+from cartback.services import outbound
 from cartback.services.bound import Listeners
 from cartback.services.dispatch import Dispatcher
+from cartback.services.outbound import DEFAULT_RETRY, WebhookSender
 from cartback.services.providers import ChannelResolver
 from cartback.services.retry import RetryPolicy
 from cartback.services.sendrate import shared_rates
@@ -31,6 +34,8 @@ log = logging.getLogger("cartback.worker")
 
 # How often the timer thread blanks shop webhook payloads past their retention.
 PRUNE_EVERY_SECONDS = 3600.0
+# Delivered and given-up webhook deliveries are kept this long for `cartback webhooks list`.
+WEBHOOK_DELIVERIES_KEPT = timedelta(days=30)
 # Time for the last writes of a batch once its provider calls are done.
 SHUTDOWN_MARGIN_SECONDS = 5.0
 
@@ -83,6 +88,12 @@ class Worker:
             pull_seconds=settings.pull_seconds,
             forward_timeout=settings.send_timeout_seconds,
         )
+        webhooks = WebhookSender(
+            self.app.engine,
+            clock=self.app.clock.now,
+            timeout=settings.webhook_timeout_seconds,
+            retry=replace(DEFAULT_RETRY, max_attempts=settings.webhook_max_attempts),
+        )
         threads = [
             threading.Thread(target=self._timer_loop, name="timer", daemon=True),
             threading.Thread(
@@ -90,6 +101,10 @@ class Worker:
             ),
             threading.Thread(target=listeners.run_drain, name="smpp-drain", daemon=True),
             threading.Thread(target=listeners.run_pull, name="pull", daemon=True),
+            # Webhooks have a thread of their own: a slow endpoint never holds up a timer.
+            threading.Thread(
+                target=self._webhook_loop, args=(webhooks,), name="webhooks", daemon=True
+            ),
         ]
         if settings.magento_poll_minutes > 0:
             # Its own thread: a slow shop API must not hold up timers or sends.
@@ -115,6 +130,7 @@ class Worker:
             return False
         listeners.finish()
         dispatcher.close()
+        webhooks.close()
         log.info("worker stopped")
         return True
 
@@ -142,6 +158,7 @@ class Worker:
                 log.exception("timer batch failed; retrying")
                 self.stop.wait(settings.worker_poll_seconds * 4)
                 continue
+            metrics.observe_lateness(stats.lateness)
             if stats.claimed < settings.worker_batch:
                 self.stop.wait(settings.worker_poll_seconds)
 
@@ -151,6 +168,7 @@ class Worker:
                 count = prune(
                     conn, self.app.clock.now(), self.app.settings.shop_payload_retention_days
                 )
+                outbound.prune(conn, self.app.clock.now() - WEBHOOK_DELIVERIES_KEPT)
         except Exception:
             log.exception("pruning kept shop payloads failed; retrying in an hour")
             return
@@ -230,3 +248,23 @@ class Worker:
                 continue
             if stats.claimed < settings.dispatch_batch:
                 self.stop.wait(settings.worker_poll_seconds)
+
+    def _webhook_loop(self, sender: WebhookSender) -> None:
+        settings = self.app.settings
+        while not self.stop.is_set():
+            try:
+                claimed = sender.run_once()
+            except Exception:
+                log.exception("webhook batch failed; retrying")
+                self.stop.wait(settings.worker_poll_seconds * 4)
+                continue
+            if claimed == 0:
+                self.stop.wait(max(settings.worker_poll_seconds, 1.0))
+
+
+def serve_worker_metrics(host: str, port: int) -> None:
+    """The counters of a worker run on its own, on a port of its own (`/metrics`)."""
+    from prometheus_client import start_http_server
+
+    start_http_server(port, addr=host, registry=metrics.REGISTRY)
+    log.info("worker metrics on http://%s:%d/metrics", host, port)

@@ -289,23 +289,24 @@ def _outbox_tests(world: World) -> list[object]:
         )
 
 
-def test_the_flow_page_has_a_place_for_the_report_panel(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_flow_page_shows_the_flow_report(client: TestClient) -> None:
+    """The panel is the flow report's figures (services/reports.py): per flow and channel,
+    the seeded sends, with the holdout readout as a note."""
     _login(client)
-    assert 'id="report"' not in client.get("/dashboard/flows/default").text
-
-    def panel(*_args: object) -> dict[str, object]:
-        return {
-            "title": "Recovered by step",
-            "columns": ["step", "orders"],
-            "rows": [["sms1", 7]],
-            "notes": ["last touch"],
-        }
-
-    monkeypatch.setattr(views, "flow_report_panel", panel)
     page = client.get("/dashboard/flows/default").text
-    assert "Recovered by step" in page and "<td>sms1</td><td>7</td>" in page
+    assert 'id="report"' in page and "Attributed results (USD)" in page
+    table = page[page.index('id="report"') :]
+    rows = {
+        cells[0]: cells[1:]
+        for cells in (
+            re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table)
+        )
+        if cells
+    }
+    # Sent, then delivered, per channel, as seeded.
+    assert rows["channel sms"][:2] == ["8", "6"]
+    assert rows["channel email"][:1] == ["4"]
+    assert "Holdout:" in table
 
 
 def test_a_session_ends_after_its_lifetime(client: TestClient, world: World) -> None:

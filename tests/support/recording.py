@@ -20,6 +20,8 @@ class Recorded:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: Any
+    # The bytes as received: what a signature is computed over.
+    raw: bytes = b""
 
 
 # (method, path, parsed body) → (status, JSON answer)
@@ -43,7 +45,9 @@ def recording_server(script: Script) -> Iterator[RecordingServer]:
             raw = self.rfile.read(length) if length else b""
             body = json.loads(raw) if raw else None
             server_state.requests.append(
-                Recorded(self.command, parts.path, parse_qs(parts.query), dict(self.headers), body)
+                Recorded(
+                    self.command, parts.path, parse_qs(parts.query), dict(self.headers), body, raw
+                )
             )
             status, answer = script(self.command, parts.path, body)
             data = json.dumps(answer).encode()

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, select, update
 
 from cartback.core.consent import ConsentEvent, ConsentSource, fold, history_rows, wording_hash
 from cartback.core.model import Channel, ConsentView, Purpose
+from cartback.services import outbound
 from cartback.store import tables as t
 
 
@@ -138,6 +139,15 @@ def record_consent(
     refresh_flags(conn, contact_id, current, received_at)
     if not granted:
         withdraw_queued(conn, contact_id, current, received_at)
+        outbound.opted_out(
+            conn,
+            store_id=store_id,
+            contact_id=contact_id,
+            channel=str(channel),
+            purpose=str(purpose),
+            source=str(ConsentSource(source)),
+            at=received_at,
+        )
     return current[channel]
 
 

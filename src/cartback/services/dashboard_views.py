@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from cartback.core.flows import Flow
 from cartback.core.sms import count_segments
 from cartback.services import consent as consent_service
+from cartback.services.reports import flow_report
 from cartback.store import tables as t
 
 WINDOW = timedelta(days=30)
@@ -294,11 +295,56 @@ def flow_page(conn: Connection, store_id: int, flow: Flow, now: datetime) -> dic
 def flow_report_panel(
     conn: Connection, store_id: int, flow_name: str, since: datetime, now: datetime
 ) -> dict[str, Any] | None:
-    """The attribution report's figures for one flow (per step, variant and channel: recovered
-    orders, attributed revenue, cost, ROI, holdout lift), for the `report_panel` block of
-    flow.html, shaped as {"title", "columns", "rows", "notes"} (templates/report_panel.html).
-    None until the reports service lands: the block then shows nothing."""
-    return None
+    """The attribution report's figures for one flow (services/reports.py): per flow, step,
+    variant and channel, then the alerts and the holdout readout as notes. Shaped as
+    {"title", "columns", "rows", "notes"} for the `report_panel` block of flow.html; None when
+    no cart of this flow was abandoned in the period."""
+    report = flow_report(conn, store_id, since=since, until=now, flow=flow_name)
+    if not report["flows"]:
+        return None
+    entry = report["flows"][0]
+    rows = [["flow", *_report_cells(entry["totals"])]]
+    for level in ("steps", "variants", "channels"):
+        rows += [
+            [f"{level[:-1]} {name}", *_report_cells(figures)]
+            for name, figures in entry[level].items()
+        ]
+    notes = list(entry["alerts"])
+    holdout = entry["experiments"]["holdout"]
+    if holdout is not None:
+        lift = holdout["lift"]
+        notes.append(
+            "Holdout: "
+            + (
+                "too few carts to tell yet"
+                if holdout["too_small_to_tell"]
+                else f"recovery {lift['diff']:+.1%} against held-out carts "
+                f"(95 % interval {lift['low']:+.1%} to {lift['high']:+.1%})"
+            )
+        )
+    notes += [f"Revenue in {cur} left out: no rate for it" for cur in report["unconverted"]]
+    return {
+        "title": f"Attributed results ({report['currency']})",
+        "columns": ["", *_REPORT_COLUMNS.values()],
+        "rows": rows,
+        "notes": notes,
+    }
+
+
+_REPORT_COLUMNS = {
+    "sent": "Sent",
+    "delivered": "Delivered",
+    "clicked": "Clicked",
+    "recovered": "Recovered",
+    "revenue": "Revenue",
+    "cost": "Cost",
+    "return_on_spend": "Return on spend",
+    "opt_out_rate": "Opt-outs per send",
+}
+
+
+def _report_cells(figures: dict[str, Any]) -> list[Any]:
+    return ["–" if figures[key] is None else figures[key] for key in _REPORT_COLUMNS]
 
 
 def _offset(at: timedelta) -> str:

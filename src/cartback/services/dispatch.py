@@ -47,6 +47,7 @@ from sqlalchemy import (
     update,
 )
 
+from cartback import metrics
 from cartback.core.consent import ConsentSource
 from cartback.core.model import CartStatus, Channel, Purpose
 from cartback.ports import (
@@ -57,6 +58,7 @@ from cartback.ports import (
     SendResult,
     SendStatus,
 )
+from cartback.services import outbound
 from cartback.services.consent import record_consent
 from cartback.services.providers import ChannelResolver, ProviderUnavailable
 from cartback.services.ratelimit import TokenBucket
@@ -396,6 +398,7 @@ class Dispatcher:
                 outcome.update(status="failed", failed_at=now)
                 stats.failed += 1
             outcomes.append(outcome)
+            metrics.count_send(str(item.message.channel), outcome["provider"], outcome["status"])
         opted_out = [
             (item, handed)
             for item, handed in done
@@ -403,6 +406,9 @@ class Dispatcher:
         ]
         with self.engine.begin() as conn:
             conn.execute(_RECORD_OUTCOME, outcomes)
+            outbound.messages_sent(
+                conn, [o["b_id"] for o in outcomes if o["status"] == "sent"], now
+            )
             for item, handed in opted_out:
                 _suppress_opted_out(conn, item, handed, now)
             if gave_up:

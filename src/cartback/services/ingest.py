@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from cartback import metrics
 from cartback.config import DEFAULT_FUTURE_SKEW_SECONDS
 from cartback.core.engine import may_enroll, plan_enrollment
 from cartback.core.events import (
@@ -38,7 +39,7 @@ from cartback.core.model import (
     Purpose,
     Store,
 )
-from cartback.services import attribution
+from cartback.services import attribution, outbound
 from cartback.services.consent import record_consent
 from cartback.services.erasure import suppressed
 from cartback.services.experiments import promoted_variant
@@ -104,6 +105,7 @@ def ingest(
             clamped = f"occurred_at was {ahead} s ahead of the receive time; clamped"
             result = replace(result, detail="; ".join(filter(None, [result.detail, clamped])))
         results.append(result)
+    metrics.count_events(events, [result.status for result in results])
     return results
 
 
@@ -569,6 +571,9 @@ def _order_placed(conn: Connection, store: Store, event: OrderPlaced, now: datet
             .values(status=str(CartStatus.ORDERED), updated_at=now)
         )
         _end_enrollments(conn, cart_id, "order_placed", "exit: the shopper placed an order", now)
+    outbound.cart_recovered(
+        conn, store.id, cart_id, event.order_id, event.value, event.currency, now
+    )
     return EventResult(event.event_id, EventStatus.ACCEPTED)
 
 

@@ -38,6 +38,7 @@ from cartback.core.model import (
 )
 from cartback.core.policy import SentRecord
 from cartback.core.storepolicy import store_policy
+from cartback.services import outbound
 from cartback.services.compose import ComposeError, compose
 from cartback.services.consent import LazyViews
 from cartback.services.consent import ledger as consent_ledger
@@ -109,6 +110,7 @@ def tick(
         if not rows:
             return stats
         stats.claimed = len(rows)
+        outbound.carts_abandoned(conn, rows, now)
         context = _load_context(conn, rows, now)
         planned: list[_Planned] = []
         failures: list[_Failure] = []

@@ -542,3 +542,39 @@ attributions = Table(
     Index("ix_attributions_enrollment_id", "enrollment_id"),
     Index("ix_attributions_store_id_order_at", "store_id", "order_at"),
 )
+
+# Outbound webhooks: a store's endpoints, and a durable row per (endpoint, event) written in the
+# transaction of the change that caused it, sent by the worker outside any transaction
+# (services/outbound.py). `event_key` makes a producer that runs twice write the row once.
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("url", String(2000), nullable=False),
+    Column("events", JSON, nullable=False),
+    # `env:NAME` or `file:/path`; the secret itself is never stored.
+    Column("secret_ref", String(500), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("endpoint_id", ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=False),
+    Column("event_id", String(40), nullable=False),
+    Column("event_key", String(200), nullable=False),
+    Column("event_type", String(32), nullable=False),
+    Column("payload", Text, nullable=False),
+    # pending → sending → delivered, or failed (given up, with `error`).
+    Column("status", String(10), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("available_at", UtcDateTime, nullable=False),
+    Column("lease_until", UtcDateTime),
+    Column("error", Text),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("delivered_at", UtcDateTime),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("endpoint_id", "event_key"),
+    Index("ix_webhook_deliveries_status_available_at", "status", "available_at"),
+)

@@ -35,6 +35,7 @@ from cartback.web import dashboard, pages, problems
 from cartback.web.channel_hooks import channel_hooks
 from cartback.web.intake import parse_event_document
 from cartback.web.limits import BodyLimit
+from cartback.web.metrics_route import metrics_router
 from cartback.web.problems import Problem
 from cartback.web.reports_api import reports_router
 from cartback.web.schemas import (
@@ -143,6 +144,7 @@ def create_app(app: App) -> FastAPI:
 
     api.include_router(shop_router(app, _problems(401, 404, 405, 413, 422, 503)))
     api.include_router(reports_router(app, current_store, _problems(401, 404, 405, 422, 503)))
+    api.include_router(metrics_router(app))
 
     @api.get("/healthz", tags=["ops"], responses=_problems(405, 503))
     def healthz() -> dict[str, str]:
