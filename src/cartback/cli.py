@@ -22,7 +22,7 @@ from rich.table import Table
 from cartback.app import App, build_app, register_flows
 from cartback.config import ConfigError, Settings, load_settings
 from cartback.core.flows import FlowError, load_flow
-from cartback.core.model import Store
+from cartback.core.model import Store, parse_duration
 
 cli = typer.Typer(
     add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False
@@ -954,12 +954,27 @@ def worker() -> None:
 
 
 @flows_cli.command("check")
-def flows_check(files: Annotated[list[Path], typer.Argument(help="Flow files")]) -> None:
-    """Validate flow files; errors print as file:line: field: message and exit with code 2."""
+def flows_check(
+    files: Annotated[list[Path], typer.Argument(help="Flow files")],
+    min_gap: Annotated[
+        str,
+        typer.Option(
+            "--min-gap",
+            help="Warn when a condition reads opens/clicks of a step planned less than this "
+            "earlier",
+        ),
+    ] = "1h",
+) -> None:
+    """Validate flow files; errors print as file:line: field: message and exit with code 2.
+    Warnings print the same way, prefixed `warning:`, and do not fail the check."""
+    try:
+        gap = parse_duration(min_gap)
+    except ValueError as error:
+        raise fail(f"--min-gap: {error}") from None
     failed = False
     for path in files:
         try:
-            flow = load_flow(path)
+            flow = load_flow(path, min_condition_gap=gap)
         except FlowError as error:
             failed = True
             for issue in error.issues:
@@ -969,6 +984,8 @@ def flows_check(files: Annotated[list[Path], typer.Argument(help="Flow files")])
             failed = True
             err.print(f"{path}:0: file: {error.strerror}", highlight=False, markup=False)
             continue
+        for warning in flow.warnings:
+            err.print(f"warning: {warning}", highlight=False, markup=False)
         out.print(f"{path}: ok ({flow.name}, {len(flow.steps)} steps, version {flow.version})")
     if failed:
         raise typer.Exit(USAGE_ERROR)

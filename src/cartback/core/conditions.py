@@ -56,6 +56,8 @@ CONTACT_FIELDS: Mapping[str, Kind] = {
     "orders_count": Kind.NUMBER,
 }
 STEP_FIELDS: tuple[str, ...] = ("sent", "delivered", "opened", "clicked", "skipped")
+# Outcomes that come from the shopper or the network after the send, not from the decision.
+ENGAGEMENT_FIELDS: frozenset[str] = frozenset({"delivered", "opened", "clicked"})
 # Top-level fact names; a step id may not take one of these (or a Python keyword).
 RESERVED_NAMES = frozenset({"cart", "contact", "variant", "true", "false"})
 
@@ -109,11 +111,17 @@ class Condition:
     source: str
     _tree: _Expr = field(repr=False, compare=False)
     _step_refs: frozenset[str] = field(repr=False, compare=False)
+    _step_reads: frozenset[tuple[str, str]] = field(default=frozenset(), repr=False, compare=False)
 
     @property
     def step_refs(self) -> frozenset[str]:
         """The step ids this condition reads (`sms1.sent` -> "sms1")."""
         return self._step_refs
+
+    @property
+    def step_reads(self) -> frozenset[tuple[str, str]]:
+        """(step id, field) pairs this condition reads (`email1.opened` -> ("email1", "opened"))."""
+        return self._step_reads
 
     def evaluate(self, facts: Mapping[str, object]) -> bool:
         """True or false for these facts (see `build_facts`); never raises on odd facts."""
@@ -146,7 +154,12 @@ def parse_condition(
         raise ConditionError(f"cannot parse the condition: {error}") from None
     translator = _Translator(text, known_steps if steps_allowed else (), all_steps, steps_allowed)
     tree = translator.expression(module.body)
-    return Condition(source=text, _tree=tree, _step_refs=frozenset(translator.step_refs))
+    return Condition(
+        source=text,
+        _tree=tree,
+        _step_refs=frozenset(translator.step_refs),
+        _step_reads=frozenset(translator.step_reads),
+    )
 
 
 def build_facts(
@@ -246,6 +259,7 @@ class _Translator:
         self.known_steps = frozenset(known_steps)
         self.all_steps = frozenset(all_steps)
         self.step_refs: set[str] = set()
+        self.step_reads: set[tuple[str, str]] = set()
 
     def expression(self, node: ast.expr) -> _Expr:
         if isinstance(node, ast.BoolOp):
@@ -341,6 +355,7 @@ class _Translator:
     def step_fact(self, node: ast.AST, step_id: str, dotted: str) -> _Fact:
         if step_id in self.known_steps:
             self.step_refs.add(step_id)
+            self.step_reads.add((step_id, dotted.split(".")[1]))
             return _Fact((step_id, dotted.split(".")[1]), is_step=True)
         if not self.steps_allowed and (step_id in self.all_steps or not self.all_steps):
             raise ConditionError(f"{dotted}: this condition cannot refer to steps")

@@ -13,12 +13,18 @@ import difflib
 import hashlib
 import re
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from cartback.core.conditions import Condition, ConditionError, is_reserved_name, parse_condition
+from cartback.core.conditions import (
+    ENGAGEMENT_FIELDS,
+    Condition,
+    ConditionError,
+    is_reserved_name,
+    parse_condition,
+)
 from cartback.core.model import Channel, format_duration, parse_duration
 from cartback.core.render import check_template
 from cartback.core.yamlsrc import (
@@ -34,6 +40,9 @@ MAX_HOLDOUT_PERCENT = Decimal(50)
 MAX_SMS_SEGMENTS = 10
 # The shortest grace a step gets, and the one a flow may set: a tick's own delay is not lateness.
 MIN_GRACE = timedelta(minutes=1)
+# A condition on an earlier step's opens, clicks or deliveries planned less than this before
+# its own step is warned about: the shopper has had little time to act.
+DEFAULT_MIN_CONDITION_GAP = timedelta(hours=1)
 
 _FLOW_KEYS = (
     "name",
@@ -162,6 +171,8 @@ class Flow:
     source: str
     # How late a step may still run (see core.engine.grace_for); None: the gap to the next step.
     grace: timedelta | None = None
+    # Problems that do not stop the flow from running (printed by `flows check`).
+    warnings: tuple[FlowIssue, ...] = field(default=(), compare=False)
 
     def step(self, step_id: str) -> Step:
         return self.steps[self.index_of(step_id)]
@@ -185,10 +196,18 @@ class FlowError(ValueError):
         return "\n".join(str(issue) for issue in self.issues)
 
 
-def parse_flow(text: str, source: str = "<flow>", *, check_templates: bool = True) -> Flow:
+def parse_flow(
+    text: str,
+    source: str = "<flow>",
+    *,
+    check_templates: bool = True,
+    min_condition_gap: timedelta = DEFAULT_MIN_CONDITION_GAP,
+) -> Flow:
     """Validate and build a flow from YAML text; FlowError lists every problem found.
-    `check_templates=False` skips the template checks, for versions stored before they existed
-    (their renders still run under the sandbox's runtime limits)."""
+    `check_templates=False` skips the template and condition-timing checks, for versions stored
+    before they existed (their renders still run under the sandbox's runtime limits).
+    `min_condition_gap`: a condition reading a step planned less than this earlier is warned
+    about (see `Flow.warnings`)."""
     try:
         data, lines = load_with_lines(text, source)
     except YamlSourceError as error:
@@ -198,12 +217,61 @@ def parse_flow(text: str, source: str = "<flow>", *, check_templates: bool = Tru
         message = f"duplicate key (first set on line {duplicate.first_line})"
         parser.issue(duplicate.path, message, line=duplicate.line)
     flow = parser.flow(data, version=hashlib.sha256(text.encode()).hexdigest()[:12])
+    warnings: list[FlowIssue] = []
+    if flow is not None and check_templates:
+        errors, warnings = condition_timing(flow, lines, min_condition_gap)
+        parser.issues.extend(errors)
     if parser.issues or flow is None:
         raise FlowError(sorted(parser.issues, key=lambda issue: issue.line))
-    return flow
+    return replace(flow, warnings=tuple(warnings)) if warnings else flow
 
 
-def load_flow(path: str | Path) -> Flow:
+def condition_timing(
+    flow: Flow, lines: Lines, min_gap: timedelta
+) -> tuple[list[FlowIssue], list[FlowIssue]]:
+    """(errors, warnings) for `when` conditions that read a step's delivery, opens or clicks.
+    A step planned at the same time or later has had no chance of being opened: the condition
+    could only ever take one branch. One planned less than `min_gap` earlier barely has."""
+    errors: list[FlowIssue] = []
+    warnings: list[FlowIssue] = []
+    for index, step in enumerate(flow.steps):
+        if step.when is None:
+            continue
+        path = ("steps", index, "when")
+        where, name = lines.line_of(path), format_path(path)
+        for read_id, outcome in sorted(step.when.step_reads):
+            if outcome not in ENGAGEMENT_FIELDS:
+                continue  # sent and skipped are known as soon as that step is decided
+            read = flow.step(read_id)
+            gap = step.at - read.at
+            if gap <= timedelta(0):
+                errors.append(
+                    FlowIssue(
+                        flow.source,
+                        where,
+                        name,
+                        f"{read_id}.{outcome} cannot be true yet: {read_id} is planned at "
+                        f"{format_duration(read.at)}, not before this step "
+                        f"({format_duration(step.at)}); plan this step later",
+                    )
+                )
+            elif gap < min_gap:
+                warnings.append(
+                    FlowIssue(
+                        flow.source,
+                        where,
+                        name,
+                        f"{read_id}.{outcome} is read only {format_duration(gap)} after "
+                        f"{read_id} is planned (less than {format_duration(min_gap)}): "
+                        "it will rarely be true",
+                    )
+                )
+    return errors, warnings
+
+
+def load_flow(
+    path: str | Path, *, min_condition_gap: timedelta = DEFAULT_MIN_CONDITION_GAP
+) -> Flow:
     """Read a flow file (the only I/O in this module) and parse it."""
     source = str(path)
     try:
@@ -211,7 +279,7 @@ def load_flow(path: str | Path) -> Flow:
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise FlowError([FlowIssue(source, 1, "(file)", f"cannot read: {reason}")]) from error
-    return parse_flow(text, source)
+    return parse_flow(text, source, min_condition_gap=min_condition_gap)
 
 
 def default_flow_path() -> Path:
