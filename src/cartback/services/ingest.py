@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Table, select, update
+from sqlalchemy import Connection, Table, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cartback.config import DEFAULT_FUTURE_SKEW_SECONDS
@@ -480,12 +480,20 @@ def _end_enrollments(conn: Connection, cart_id: int, reason: str, text: str, now
     e = t.enrollments.c
     live = conn.execute(
         # A parked enrollment ends too: resuming it after the order must not send anything.
-        select(e.id, e.store_id).where(
-            e.cart_id == cart_id,
-            e.state.in_((str(EnrollmentState.ACTIVE), str(EnrollmentState.PARKED))),
-        )
+        select(e.id, e.store_id, e.cart_id).where(e.cart_id == cart_id, e.state.in_(_LIVE))
     ).all()
-    for enrollment_id, store_id in live:
+    _exit_enrollments(conn, live, reason, text, now)
+
+
+_LIVE = (str(EnrollmentState.ACTIVE), str(EnrollmentState.PARKED))
+
+
+def _exit_enrollments(
+    conn: Connection, live: Sequence[Any], reason: str, text: str, now: datetime
+) -> None:
+    """Exit these (id, store_id, cart_id) enrollments, each with its decision."""
+    e = t.enrollments.c
+    for enrollment_id, store_id, cart_id in live:
         conn.execute(
             update(t.enrollments)
             .where(e.id == enrollment_id)
@@ -516,6 +524,35 @@ def _end_enrollments(conn: Connection, cart_id: int, reason: str, text: str, now
             )
             .values(status="cancelled", error=text, updated_at=now)
         )
+
+
+def _end_for_shopper(conn: Connection, store_id: int, event: OrderPlaced, now: datetime) -> None:
+    """An order without a known cart token (a second device, an order by phone) still ends the
+    flows of the shopper it names: every live enrollment of a contact with the order's email or
+    phone (both normalised at intake) that started before the order was placed."""
+    info = event.contact
+    if info is None or not (info.email or info.phone):
+        return
+    c, e = t.contacts.c, t.enrollments.c
+    matches = []
+    if info.email:
+        matches.append(c.email == info.email)
+    if info.phone:
+        matches.append(c.phone == info.phone)
+    shoppers = select(c.id).where(c.store_id == store_id, or_(*matches))
+    live = conn.execute(
+        select(e.id, e.store_id, e.cart_id)
+        .join(t.carts, t.carts.c.id == e.cart_id)
+        .where(
+            e.store_id == store_id,
+            t.carts.c.contact_id.in_(shoppers),
+            e.state.in_(_LIVE),
+            e.created_at <= event.occurred_at,
+        )
+        .order_by(e.id)
+    ).all()
+    text = "exit: the shopper placed an order (matched by email or phone, not by cart)"
+    _exit_enrollments(conn, live, "order_placed", text, now)
 
 
 def _order_placed(conn: Connection, store: Store, event: OrderPlaced, now: datetime) -> EventResult:
@@ -560,6 +597,8 @@ def _order_placed(conn: Connection, store: Store, event: OrderPlaced, now: datet
             .values(status=str(CartStatus.ORDERED), updated_at=now)
         )
         _end_enrollments(conn, cart_id, "order_placed", "exit: the shopper placed an order", now)
+    else:
+        _end_for_shopper(conn, store.id, event, now)
     return EventResult(event.event_id, EventStatus.ACCEPTED)
 
 
