@@ -22,7 +22,7 @@ from rich.table import Table
 from cartback.app import App, build_app, register_flows
 from cartback.config import ConfigError, Settings, load_settings
 from cartback.core.flows import FlowError, load_flow
-from cartback.core.model import Store, parse_duration
+from cartback.core.model import Store, format_duration, parse_duration
 
 cli = typer.Typer(
     add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False
@@ -205,6 +205,62 @@ def store_policy_command(
             return
         admin.set_store_policy(conn, store.id, settings)
     out.print(f"policy of {slug} updated from {file}")
+
+
+FLOW_ACTIONS = ("list", "set", "remove", "window")
+
+
+@store_cli.command("flows")
+def store_flows_command(
+    slug: str,
+    action: Annotated[str, typer.Argument(help="list, set, remove or window")] = "list",
+    name: Annotated[
+        str | None, typer.Argument(help="The flow's name (set, remove); the window (window)")
+    ] = None,
+    priority: Annotated[int, typer.Option(help="1 is tried first")] = 1,
+    trigger: Annotated[
+        str,
+        typer.Option(help="The event type that enrolls a cart: checkout.updated or cart.updated"),
+    ] = "checkout.updated",
+) -> None:
+    """The flows a store runs, with their triggers and priorities, and its suppression window:
+    `list`; `set NAME --priority N --trigger TYPE`; `remove NAME`; `window 3d`."""
+    from cartback.services import admin, store_flows
+    from cartback.services.store_flows import Assignment, AssignmentError
+
+    if action not in FLOW_ACTIONS:
+        raise fail(f"ACTION: one of {', '.join(FLOW_ACTIONS)}, not {action!r}")
+    if action != "list" and name is None:
+        raise fail(f"{action} needs {'a duration like 3d' if action == 'window' else 'NAME'}")
+    with running_app() as app:
+        _flows_or_exit(app)
+        with app.engine.begin() as conn:
+            store = admin.store_by_slug(conn, slug)
+            if store is None:
+                raise fail(f"no store with slug {slug!r}")
+            now = app.clock.now()
+            try:
+                if action == "set" and name is not None:
+                    wanted = Assignment(name, priority, trigger)
+                    store_flows.assign(conn, app.registry, store, wanted, now)
+                elif action == "remove" and name is not None:
+                    store_flows.unassign(conn, store, name, now)
+                elif action == "window" and name is not None:
+                    try:
+                        window = parse_duration(name)
+                    except ValueError as error:
+                        raise fail(f"window: {error}") from None
+                    store_flows.set_suppression(conn, store.id, window)
+            except AssignmentError as error:
+                raise fail(f"{error.field}: {error.message}") from None
+            listed = store_flows.assignments(conn, store)
+            window = store_flows.suppression(conn, store.id)
+    table = Table(title=f"flows of {slug} (suppression window {format_duration(window)})")
+    for column in ("priority", "flow", "trigger"):
+        table.add_column(column)
+    for assigned in listed:
+        table.add_row(str(assigned.priority), assigned.flow_name, assigned.trigger)
+    out.print(table)
 
 
 def _policy_file_or_exit(file: Path) -> dict[str, Any]:
@@ -623,7 +679,7 @@ def shops_replay(
     duplicate, so a replay only fills in what was missed."""
     from datetime import timedelta
 
-    from cartback.services import admin, erasure
+    from cartback.services import admin, erasure, store_flows
     from cartback.services import shops as shop_service
     from cartback.shops.base import PayloadError
     from cartback.shops.registry import adapter
@@ -647,7 +703,7 @@ def shops_replay(
             assert platform is not None
             ctx = shop_service.Context(
                 store=shop,
-                flow=app.registry.current(shop.flow_name),
+                flow=store_flows.lineup_for(app.engine, app.registry, shop),
                 now=app.clock.now(),
                 future_skew=timedelta(seconds=app.settings.future_skew_seconds),
                 suppression_key=app.settings.suppression_key,
@@ -788,6 +844,7 @@ def import_checkouts(
     from cartback.imports import console as screen
     from cartback.imports import run as importer
     from cartback.imports.drafts import FormatError
+    from cartback.services import store_flows
     from cartback.web.app import MAX_AHEAD
 
     if fmt not in importer.FORMATS:
@@ -809,7 +866,7 @@ def import_checkouts(
             lambda advance: importer.run(
                 app.engine,
                 chosen,
-                app.registry.current(chosen.flow_name),
+                store_flows.lineup_for(app.engine, app.registry, chosen),
                 drafts,
                 now=app.clock.now(),
                 max_age=timedelta(days=settings.event_max_age_days),

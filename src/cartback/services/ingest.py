@@ -31,6 +31,13 @@ from cartback.core.events import (
     ShopEvent,
 )
 from cartback.core.flows import Flow
+from cartback.core.lineup import (
+    PRIORITY_RULE,
+    SUPPRESSION_RULE,
+    Lineup,
+    priority_skip_reason,
+    suppression_reason,
+)
 from cartback.core.model import (
     CartStatus,
     Channel,
@@ -40,6 +47,7 @@ from cartback.core.model import (
 )
 from cartback.services.consent import record_consent
 from cartback.services.erasure import suppressed
+from cartback.services.facts import abandoned_this_year
 from cartback.store import tables as t
 from cartback.store.rows import (
     cart_from_row,
@@ -67,7 +75,7 @@ class EventResult:
 def ingest(
     conn: Connection,
     store: Store,
-    flow: Flow,
+    flow: Flow | Lineup,
     events: Sequence[ShopEvent],
     now: datetime,
     *,
@@ -79,7 +87,9 @@ def ingest(
     """`suppression_key` keys the hashes of erased shoppers (services.erasure): with it, a
     shopper erased on request is never stored again. `history_before` (imports): a checkout
     whose first message would have been due before this time is stored as history, without
-    enrolling, so importing old checkouts never sends a recovery message for them."""
+    enrolling, so importing old checkouts never sends a recovery message for them. `flow` is the
+    store's lineup (services.store_flows.lineup), or one flow run on checkouts."""
+    lineup = flow if isinstance(flow, Lineup) else Lineup.single(flow)
     results = []
     latest = now + future_skew
     for event in events:
@@ -95,7 +105,7 @@ def ingest(
         if applied is None:
             results.append(EventResult(event.event_id, EventStatus.STALE, ERASED))
             continue
-        result = _apply(conn, store, flow, applied, now, shop_time, history_before)
+        result = _apply(conn, store, lineup, applied, now, shop_time, history_before)
         if erased:
             result = replace(result, detail=ERASED)
         if ahead is not None:
@@ -157,14 +167,14 @@ def _first_receipt(
 def _apply(
     conn: Connection,
     store: Store,
-    flow: Flow,
+    lineup: Lineup,
     event: ShopEvent,
     now: datetime,
     clamped_from: datetime | None,
     history_before: datetime | None = None,
 ) -> EventResult:
     if isinstance(event, CheckoutUpdated):
-        return _checkout_updated(conn, store, flow, event, now, clamped_from, history_before)
+        return _checkout_updated(conn, store, lineup, event, now, clamped_from, history_before)
     if isinstance(event, OrderPlaced):
         return _order_placed(conn, store, event, now)
     if isinstance(event, CartEmptied):
@@ -330,7 +340,7 @@ def _has_cart_reminders(conn: Connection, contact_id: int) -> bool:
 def _checkout_updated(
     conn: Connection,
     store: Store,
-    flow: Flow,
+    lineup: Lineup,
     event: CheckoutUpdated,
     now: datetime,
     clamped_from: datetime | None,
@@ -365,7 +375,9 @@ def _checkout_updated(
         _checkout_consent(conn, store.id, contact_id, event, now, clamped_from)
     if status is CartStatus.EMPTIED:
         _end_enrollments(conn, cart_id, "cart_emptied", "exit: the cart was emptied", now)
-    elif not _enroll_or_touch(conn, store, flow, cart_id, event.occurred_at, now, history_before):
+    elif not _enroll_or_touch(
+        conn, store, lineup, event.trigger, cart_id, event.occurred_at, now, history_before
+    ):
         return EventResult(event.event_id, EventStatus.ACCEPTED, HISTORY)
     return EventResult(event.event_id, EventStatus.ACCEPTED)
 
@@ -408,39 +420,29 @@ HISTORY = "kept as history: its first message would have been due before the imp
 def _enroll_or_touch(
     conn: Connection,
     store: Store,
-    flow: Flow,
+    lineup: Lineup,
+    trigger: str,
     cart_id: int,
     activity: datetime,
     now: datetime,
     history_before: datetime | None = None,
 ) -> bool:
-    """Enroll the cart, or move a waiting enrollment's abandonment later. False only when a
-    new enrollment was withheld because its first step falls before `history_before`."""
+    """Enroll the cart in the first of the store's flows that this event triggers and that will
+    take it, or move a waiting enrollment's abandonment later. A cart is in one live flow at a
+    time; the flows that also matched record why they did not start. False only when a new
+    enrollment was withheld because its first step falls before `history_before`."""
     e = t.enrollments.c
-    existing = conn.execute(
-        select(e.id, e.state, e.step_index, e.abandoned_at).where(
-            e.cart_id == cart_id, e.flow_name == flow.name
-        )
-    ).first()
-    if existing is not None:
-        # While nothing has fired yet the shopper is still shopping: abandonment moves later.
-        # Once the sequence has started, an update only changes what later messages show.
-        if existing.state == EnrollmentState.ACTIVE and existing.step_index == 0:
-            started = conn.execute(
-                select(t.decisions.c.id).where(t.decisions.c.enrollment_id == existing.id).limit(1)
-            ).first()
-            abandoned_at = activity + flow.abandon_after
-            if started is None and abandoned_at > existing.abandoned_at:
-                conn.execute(
-                    update(t.enrollments)
-                    .where(e.id == existing.id)
-                    .values(
-                        abandoned_at=abandoned_at,
-                        wake_at=abandoned_at + flow.steps[0].at,
-                        updated_at=now,
-                    )
-                )
+    rows = conn.execute(
+        select(e.id, e.flow_name, e.state, e.step_index, e.abandoned_at).where(e.cart_id == cart_id)
+    ).all()
+    live = next((row for row in rows if row.state in _LIVE), None)
+    candidates = lineup.triggered_by(trigger)
+    if live is not None:
+        assigned = lineup.get(live.flow_name)
+        if assigned is not None and assigned in candidates:
+            _touch(conn, live, assigned.flow, activity, now)
         return True
+    tried = {row.flow_name for row in rows}  # a flow runs once per cart
     cart_row = conn.execute(select(t.carts).where(t.carts.c.id == cart_id)).mappings().one()
     cart = cart_from_row(cart_row)
     contact = None
@@ -451,11 +453,26 @@ def _enroll_or_touch(
             .one()
         )
         contact = contact_from_row(contact_row)
-    if not may_enroll(flow, cart, contact):
+        counted = abandoned_this_year(conn, [contact.id], now).get(contact.id, 0)
+        contact = replace(contact, abandoned_count=counted)
+    willing = [
+        assigned
+        for assigned in candidates
+        if assigned.flow.name not in tried and may_enroll(assigned.flow, cart, contact)
+    ]
+    if not willing:
         return True
+    chosen, *others = willing
+    flow = chosen.flow
     plan = plan_enrollment(flow, cart.token, activity)
     if history_before is not None and plan.wake_at < history_before:
         return False
+    if cart.contact_id is not None and lineup.suppression > timedelta(0):
+        busy = _in_other_flow(conn, cart.contact_id, flow.name, now - lineup.suppression)
+        if busy is not None:
+            text = suppression_reason(chosen, busy, lineup.suppression)
+            _skip_once(conn, store.id, cart_id, SUPPRESSION_RULE, text, now)
+            return True
     conn.execute(
         t.enrollments.insert().values(
             store_id=store.id,
@@ -472,7 +489,78 @@ def _enroll_or_touch(
             updated_at=now,
         )
     )
+    for other in others:
+        text = priority_skip_reason(other, chosen)
+        _skip_once(conn, store.id, cart_id, PRIORITY_RULE, text, now)
     return True
+
+
+def _touch(conn: Connection, live: Any, flow: Flow, activity: datetime, now: datetime) -> None:
+    """While nothing has fired yet the shopper is still shopping: abandonment moves later.
+    Once the sequence has started, an update only changes what later messages show."""
+    if live.state != EnrollmentState.ACTIVE or live.step_index != 0:
+        return
+    started = conn.execute(
+        select(t.decisions.c.id).where(t.decisions.c.enrollment_id == live.id).limit(1)
+    ).first()
+    abandoned_at = activity + flow.abandon_after
+    if started is None and abandoned_at > live.abandoned_at:
+        conn.execute(
+            update(t.enrollments)
+            .where(t.enrollments.c.id == live.id)
+            .values(
+                abandoned_at=abandoned_at,
+                wake_at=abandoned_at + flow.steps[0].at,
+                updated_at=now,
+            )
+        )
+
+
+def _in_other_flow(
+    conn: Connection, contact_id: int, flow_name: str, since: datetime
+) -> str | None:
+    """The name of another flow the shopper is live in, started at or after `since`."""
+    e = t.enrollments.c
+    return conn.execute(
+        select(e.flow_name)
+        .join(t.carts, t.carts.c.id == e.cart_id)
+        .where(
+            t.carts.c.contact_id == contact_id,
+            e.flow_name != flow_name,
+            e.state.in_(_LIVE),
+            e.created_at >= since,
+        )
+        .order_by(e.id)
+        .limit(1)
+    ).scalar()
+
+
+def _skip_once(
+    conn: Connection,
+    store_id: int,
+    cart_id: int,
+    rule: str,
+    text: str,
+    now: datetime,
+) -> None:
+    """Record why a flow did not start; a repeated checkout update does not repeat it."""
+    d = t.decisions.c
+    seen = conn.execute(
+        select(d.id).where(d.cart_id == cart_id, d.rule == rule, d.reason == text).limit(1)
+    ).first()
+    if seen is None:
+        conn.execute(
+            t.decisions.insert().values(
+                store_id=store_id,
+                enrollment_id=None,
+                cart_id=cart_id,
+                step_id=None,
+                outcome="skip",
+                rule=rule,
+                reason=text,
+                at=now,
+            )
+        )
 
 
 def _end_enrollments(conn: Connection, cart_id: int, reason: str, text: str, now: datetime) -> None:

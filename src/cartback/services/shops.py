@@ -30,6 +30,7 @@ from cartback.core.events import (
     StoreErasureRequested,
 )
 from cartback.core.flows import Flow
+from cartback.core.lineup import Lineup
 from cartback.core.model import Store
 from cartback.services import erasure
 from cartback.services.ingest import ERASED, EventResult, ingest
@@ -169,7 +170,7 @@ class Outcome:
 @dataclass(frozen=True, slots=True)
 class Context:
     store: Store
-    flow: Flow
+    flow: Flow | Lineup
     now: datetime
     future_skew: timedelta
     suppression_key: str | None

@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
@@ -25,8 +25,8 @@ from starlette.routing import Match, Route
 from cartback import __version__
 from cartback.app import App
 from cartback.core.events import ShopEvent
-from cartback.core.model import Store
-from cartback.services import admin, tracking
+from cartback.core.model import Store, format_duration, parse_duration
+from cartback.services import admin, store_flows, tracking
 from cartback.services import consent as consent_service
 from cartback.services.ingest import EventStatus, ingest
 from cartback.services.providers import ChannelResolver
@@ -44,7 +44,10 @@ from cartback.web.schemas import (
     EventResultOut,
     EventsOut,
     EventWindow,
+    FlowAssignmentOut,
     ProblemOut,
+    StoreFlowsIn,
+    StoreFlowsOut,
     column_length,
 )
 from cartback.web.shop_hooks import shop_router
@@ -87,6 +90,7 @@ _EVENTS_BODY = {
                 "oneOf": [
                     {"$ref": "#/components/schemas/EventBatchIn"},
                     {"$ref": "#/components/schemas/CheckoutUpdatedIn"},
+                    {"$ref": "#/components/schemas/CartUpdatedIn"},
                     {"$ref": "#/components/schemas/OrderPlacedIn"},
                     {"$ref": "#/components/schemas/CartEmptiedIn"},
                     {"$ref": "#/components/schemas/ConsentChangedIn"},
@@ -165,6 +169,41 @@ def create_app(app: App) -> FastAPI:
         events = parse_event_document(await request.body(), window)
         # The database work is blocking; it runs on the thread pool, not the event loop.
         return await run_in_threadpool(_ingest, app, store, events)
+
+    @api.get(
+        "/v1/flows",
+        tags=["flows"],
+        response_model=StoreFlowsOut,
+        summary="The flows the key's store runs, best priority first",
+        responses=_problems(401, 405, 503),
+    )
+    def get_flows(store: Store = Depends(current_store)) -> StoreFlowsOut:
+        with app.engine.connect() as conn:
+            return _store_flows_out(conn, store)
+
+    @api.put(
+        "/v1/flows",
+        tags=["flows"],
+        response_model=StoreFlowsOut,
+        summary="Set the flows the key's store runs, with triggers and priorities",
+        responses=_problems(401, 405, 413, 422, 503),
+    )
+    def put_flows(body: StoreFlowsIn, store: Store = Depends(current_store)) -> StoreFlowsOut:
+        window = None
+        if body.suppression_window is not None:
+            try:
+                window = parse_duration(body.suppression_window)
+            except ValueError as error:
+                raise _field_problem("suppression_window", str(error)) from None
+        wanted = [
+            store_flows.Assignment(item.name, item.priority, item.trigger) for item in body.flows
+        ]
+        with app.engine.begin() as conn:
+            try:
+                store_flows.replace_all(conn, app.registry, store, wanted, window, app.clock.now())
+            except store_flows.AssignmentError as error:
+                raise _field_problem(error.field, error.message) from None
+            return _store_flows_out(conn, store)
 
     @api.get(
         "/v1/carts/{token}/decisions",
@@ -262,8 +301,24 @@ def create_app(app: App) -> FastAPI:
     return api
 
 
+def _store_flows_out(conn: Connection, store: Store) -> StoreFlowsOut:
+    return StoreFlowsOut(
+        flows=[
+            FlowAssignmentOut(name=a.flow_name, priority=a.priority, trigger=a.trigger)
+            for a in store_flows.assignments(conn, store)
+        ],
+        suppression_window=format_duration(store_flows.suppression(conn, store.id)),
+    )
+
+
+def _field_problem(field: str, message: str) -> Problem:
+    return problems.invalid(
+        [{"field": field, "message": message}], title="Invalid flows", slug="invalid-flows"
+    )
+
+
 def _ingest(app: App, store: Store, events: list[ShopEvent]) -> EventsOut:
-    flow = app.registry.current(store.flow_name)
+    flow = store_flows.lineup_for(app.engine, app.registry, store)
     now = app.clock.now()
     skew = timedelta(seconds=app.settings.future_skew_seconds)
     for attempt in range(3):
