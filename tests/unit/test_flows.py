@@ -581,3 +581,27 @@ def test_shipped_flows_conditions_can_be_true_and_false() -> None:
     for step in flow.steps:
         for read_id, _outcome in step.when.step_reads if step.when else ():
             assert step.at - flow.step(read_id).at >= timedelta(hours=1)
+
+
+def test_discount_exclusions_reach_every_discount_and_bad_ones_name_their_line() -> None:
+    text = """\
+name: excl
+abandon_after: 10m
+discount_exclusions:
+  skus: [GIFT-50]
+  tags: [no-discount]
+steps:
+  - id: sms1
+    at: 1h
+    channel: sms
+    body: "{{ brand }}: hi"
+    discount: {code: SAVE, percent: 10}
+"""
+    flow = parse_flow(text, "excl.yaml")
+    discount = flow.steps[0].discount
+    assert discount is not None
+    assert discount.exclusions.skus == {"GIFT-50"} and flow.exclusions.tags == {"no-discount"}
+    with pytest.raises(FlowError) as caught:
+        parse_flow(text.replace("skus: [GIFT-50]", "skus: GIFT-50"), "excl.yaml")
+    [issue] = caught.value.issues
+    assert (issue.line, issue.field) == (4, "discount_exclusions.skus")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import Enum
 
-from cartback.core.model import Cart, Contact, StepOutcome
+from cartback.core.model import Cart, CartLine, Contact, StepOutcome
 
 MAX_LENGTH = 500
 
@@ -41,6 +41,9 @@ CART_FIELDS: Mapping[str, Kind] = {
     "currency": Kind.TEXT,
     "item_count": Kind.NUMBER,
     "tags": Kind.TAGS,
+    "skus": Kind.TAGS,
+    "has_excluded_products": Kind.BOOL,
+    "only_excluded_products": Kind.BOOL,
 }
 CONTACT_FIELDS: Mapping[str, Kind] = {
     "sms_consent": Kind.BOOL,
@@ -54,6 +57,7 @@ CONTACT_FIELDS: Mapping[str, Kind] = {
     "locale": Kind.TEXT,
     "tags": Kind.TAGS,
     "orders_count": Kind.NUMBER,
+    "abandoned_count": Kind.NUMBER,
 }
 STEP_FIELDS: tuple[str, ...] = ("sent", "delivered", "opened", "clicked", "skipped")
 # Outcomes that come from the shopper or the network after the send, not from the decision.
@@ -162,11 +166,39 @@ def parse_condition(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ProductExclusions:
+    """Products a flow's discounts do not cover (gift cards, sale items): lines by SKU or
+    product id, whole carts by tag."""
+
+    skus: frozenset[str] = frozenset()
+    tags: frozenset[str] = frozenset()
+
+    def _line(self, line: CartLine) -> bool:
+        return line.sku in self.skus or line.product_id in self.skus
+
+    def _tagged(self, cart: Cart) -> bool:
+        return not self.tags.isdisjoint(cart.tags)
+
+    def any_in(self, cart: Cart) -> bool:
+        return self._tagged(cart) or any(self._line(line) for line in cart.lines)
+
+    def all_of(self, cart: Cart) -> bool:
+        """True for a cart with lines that are all excluded (or that carries an excluded tag)."""
+        if not cart.lines:
+            return False
+        return self._tagged(cart) or all(self._line(line) for line in cart.lines)
+
+
+NO_EXCLUSIONS = ProductExclusions()
+
+
 def build_facts(
     cart: Cart,
     contact: Contact | None,
     variant: str | None,
     history: Mapping[str, StepOutcome],
+    exclusions: ProductExclusions = NO_EXCLUSIONS,
 ) -> dict[str, object]:
     """The facts a condition sees. Without a contact every contact fact is missing (so false)."""
     facts: dict[str, object] = {
@@ -178,6 +210,9 @@ def build_facts(
         "currency": cart.currency,
         "item_count": Decimal(cart.item_count),
         "tags": tuple(cart.tags),
+        "skus": tuple(line.sku for line in cart.lines if line.sku),
+        "has_excluded_products": exclusions.any_in(cart),
+        "only_excluded_products": exclusions.all_of(cart),
     }
     facts["contact"] = {} if contact is None else _contact_facts(contact)
     facts["variant"] = variant
@@ -197,6 +232,7 @@ def _contact_facts(contact: Contact) -> dict[str, object]:
         "locale": contact.locale,
         "tags": tuple(contact.tags),
         "orders_count": Decimal(contact.orders_count),
+        "abandoned_count": Decimal(contact.abandoned_count),
     }
 
 

@@ -20,12 +20,14 @@ from pathlib import Path
 
 from cartback.core.conditions import (
     ENGAGEMENT_FIELDS,
+    NO_EXCLUSIONS,
     Condition,
     ConditionError,
+    ProductExclusions,
     is_reserved_name,
     parse_condition,
 )
-from cartback.core.model import Channel, format_duration, parse_duration
+from cartback.core.model import Cart, Channel, format_duration, parse_duration
 from cartback.core.render import check_template
 from cartback.core.yamlsrc import (
     Lines,
@@ -53,6 +55,7 @@ _FLOW_KEYS = (
     "holdout",
     "grace",
     "variants",
+    "discount_exclusions",
     "steps",
 )
 _STEP_KEYS = (
@@ -116,8 +119,14 @@ class Discount:
     min_value: Decimal | None
     expires_after: timedelta | None
 
+    # The flow's `discount_exclusions`: a cart made only of these gets no discount.
+    exclusions: ProductExclusions = field(default=NO_EXCLUSIONS, compare=False)
+
     def applies_to(self, cart_value: Decimal) -> bool:
         return self.min_value is None or cart_value >= self.min_value
+
+    def offered_for(self, cart: Cart) -> bool:
+        return self.applies_to(cart.value) and not self.exclusions.all_of(cart)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +180,7 @@ class Flow:
     source: str
     # How late a step may still run (see core.engine.grace_for); None: the gap to the next step.
     grace: timedelta | None = None
+    exclusions: ProductExclusions = field(default=NO_EXCLUSIONS, compare=False)
     # Problems that do not stop the flow from running (printed by `flows check`).
     warnings: tuple[FlowIssue, ...] = field(default=(), compare=False)
 
@@ -490,9 +500,17 @@ class _Parser:
             if isinstance(item, dict) and isinstance(item.get("id"), str)
         ]
         enroll_when = self.condition(data, (), "enroll_when", (), step_ids)
+        exclusions = self.exclusions(data)
         steps = self.steps(raw_steps, step_ids)
         if name is None or abandon_after is None or holdout is None or steps is None:
             return None
+        if exclusions != NO_EXCLUSIONS:
+            steps = tuple(
+                replace(step, discount=replace(step.discount, exclusions=exclusions))
+                if step.discount is not None
+                else step
+                for step in steps
+            )
         return Flow(
             name=name,
             description=description,
@@ -505,7 +523,27 @@ class _Parser:
             steps=steps,
             source=self.source,
             grace=grace,
+            exclusions=exclusions,
         )
+
+    def exclusions(self, data: Mapping[str, object]) -> ProductExclusions:
+        if "discount_exclusions" not in data:
+            return NO_EXCLUSIONS
+        path: FieldPath = ("discount_exclusions",)
+        table = self.mapping(data["discount_exclusions"], path, "a mapping with skus and tags")
+        if table is None:
+            return NO_EXCLUSIONS
+        self.known_keys(table, path, ("skus", "tags"))
+        found: dict[str, frozenset[str]] = {}
+        for key in ("skus", "tags"):
+            value = table.get(key, [])
+            if not isinstance(value, list) or not all(
+                isinstance(item, str) and item.strip() for item in value
+            ):
+                self.issue((*path, key), f"expected a list of text, got {_describe(value)}")
+                value = []
+            found[key] = frozenset(item.strip() for item in value)
+        return ProductExclusions(skus=found["skus"], tags=found["tags"])
 
     def exit_on(self, data: Mapping[str, object]) -> frozenset[str]:
         if "exit_on" not in data:
