@@ -246,11 +246,7 @@ def store_flows_command(
                 elif action == "remove" and name is not None:
                     store_flows.unassign(conn, store, name, now)
                 elif action == "window" and name is not None:
-                    try:
-                        window = parse_duration(name)
-                    except ValueError as error:
-                        raise fail(f"window: {error}") from None
-                    store_flows.set_suppression(conn, store.id, window)
+                    store_flows.set_suppression(conn, store.id, store_flows.parse_window(name))
             except AssignmentError as error:
                 raise fail(f"{error.field}: {error.message}") from None
             listed = store_flows.assignments(conn, store)

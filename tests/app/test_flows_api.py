@@ -82,6 +82,11 @@ def test_a_checkout_matching_both_flows_is_enrolled_in_the_first_and_the_skip_ex
         ({"flows": [{"name": "default", "priority": 1, "trigger": "browse"}]}, "flows[0].trigger"),
         ({"flows": []}, "flows"),
         ({"flows": [{"name": "default", "priority": 1}], "suppression_window": "soon"}, None),
+        ({"flows": [{"name": "default", "priority": 1}], "suppression_window": "400d"}, None),
+        (
+            {"flows": [{"name": "default", "priority": 1}], "suppression_window": "9" * 15 + "w"},
+            None,
+        ),
         (
             {"flows": [{"name": "demo", "priority": 1}, {"name": "demo", "priority": 2}]},
             "flows[1].name",

@@ -234,6 +234,8 @@ def test_the_cli_assigns_lists_and_removes_flows(database_url: str, flows_dir: P
         assert window.exit_code == 0 and "suppression window 12h" in window.output
         with world.app.engine.connect() as conn:
             assert store_flows.suppression(conn, world.store.id) == timedelta(hours=12)
+        too_long = _cli(world, flows_dir, "window", "9999999999999999w")
+        assert too_long.exit_code == 2 and "suppression_window: " in too_long.stderr
         wrong = _cli(world, flows_dir, "set", "carts", "--trigger", "browse")
         assert wrong.exit_code == 2 and "trigger: 'browse' is not a trigger" in wrong.stderr
         unknown = _cli(world, flows_dir, "set", "nope")

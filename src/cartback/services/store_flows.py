@@ -16,11 +16,12 @@ from cartback.core.lineup import (
     AssignedFlow,
     Lineup,
 )
-from cartback.core.model import Store
+from cartback.core.model import Store, format_duration, parse_duration
 from cartback.services.flows import FlowRegistry, UnknownFlow
 from cartback.store import tables as t
 
 MAX_PRIORITY = 1000
+MAX_SUPPRESSION = timedelta(days=365)
 
 
 class AssignmentError(ValueError):
@@ -144,9 +145,25 @@ def replace_all(
         set_suppression(conn, store.id, window)
 
 
+def parse_window(text: str) -> timedelta:
+    """A suppression window as written (`3d`, `12h`, `0` for none)."""
+    try:
+        window = parse_duration(text)
+    except (ValueError, OverflowError) as error:
+        raise AssignmentError("suppression_window", str(error)) from None
+    _check_window(window)
+    return window
+
+
+def _check_window(window: timedelta) -> None:
+    if not timedelta(0) <= window <= MAX_SUPPRESSION:
+        raise AssignmentError(
+            "suppression_window", f"must be from 0 to {format_duration(MAX_SUPPRESSION)}"
+        )
+
+
 def set_suppression(conn: Connection, store_id: int, window: timedelta) -> None:
-    if window < timedelta(0):
-        raise AssignmentError("suppression_window", "must not be negative")
+    _check_window(window)
     conn.execute(
         update(t.stores)
         .where(t.stores.c.id == store_id)

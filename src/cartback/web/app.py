@@ -25,7 +25,7 @@ from starlette.routing import Match, Route
 from cartback import __version__
 from cartback.app import App
 from cartback.core.events import ShopEvent
-from cartback.core.model import Store, format_duration, parse_duration
+from cartback.core.model import Store, format_duration
 from cartback.services import admin, store_flows, tracking
 from cartback.services import consent as consent_service
 from cartback.services.ingest import EventStatus, ingest
@@ -189,21 +189,19 @@ def create_app(app: App) -> FastAPI:
         responses=_problems(401, 405, 413, 422, 503),
     )
     def put_flows(body: StoreFlowsIn, store: Store = Depends(current_store)) -> StoreFlowsOut:
-        window = None
-        if body.suppression_window is not None:
-            try:
-                window = parse_duration(body.suppression_window)
-            except ValueError as error:
-                raise _field_problem("suppression_window", str(error)) from None
         wanted = [
             store_flows.Assignment(item.name, item.priority, item.trigger) for item in body.flows
         ]
-        with app.engine.begin() as conn:
-            try:
+        try:
+            window = None
+            if body.suppression_window is not None:
+                window = store_flows.parse_window(body.suppression_window)
+            # A refused entry raises inside the transaction: nothing of the request is kept.
+            with app.engine.begin() as conn:
                 store_flows.replace_all(conn, app.registry, store, wanted, window, app.clock.now())
-            except store_flows.AssignmentError as error:
-                raise _field_problem(error.field, error.message) from None
-            return _store_flows_out(conn, store)
+                return _store_flows_out(conn, store)
+        except store_flows.AssignmentError as error:
+            raise _field_problem(error.field, error.message) from None
 
     @api.get(
         "/v1/carts/{token}/decisions",
