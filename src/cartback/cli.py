@@ -699,7 +699,7 @@ def shops_replay(
             assert platform is not None
             ctx = shop_service.Context(
                 store=shop,
-                flow=store_flows.lineup_for(app.engine, app.registry, shop),
+                flow=store_flows.lineup(conn, app.registry, shop),
                 now=app.clock.now(),
                 future_skew=timedelta(seconds=app.settings.future_skew_seconds),
                 suppression_key=app.settings.suppression_key,
