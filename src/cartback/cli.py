@@ -22,7 +22,7 @@ from cartback import cli_help
 from cartback.app import App, build_app, register_flows
 from cartback.config import ConfigError, Settings, load_settings
 from cartback.core.flows import FlowError, load_flow
-from cartback.core.model import Store
+from cartback.core.model import Store, format_duration, parse_duration
 from cartback.dashboard_cli import dashboard_cli
 
 cli_help.install()
@@ -220,6 +220,58 @@ def store_policy_command(
             return
         admin.set_store_policy(conn, store.id, settings)
     out.print(f"policy of {slug} updated from {file}")
+
+
+FLOW_ACTIONS = ("list", "set", "remove", "window")
+
+
+@store_cli.command("flows")
+def store_flows_command(
+    slug: str,
+    action: Annotated[str, typer.Argument(help="list, set, remove or window")] = "list",
+    name: Annotated[
+        str | None, typer.Argument(help="The flow's name (set, remove); the window (window)")
+    ] = None,
+    priority: Annotated[int, typer.Option(help="1 is tried first")] = 1,
+    trigger: Annotated[
+        str,
+        typer.Option(help="The event type that enrolls a cart: checkout.updated or cart.updated"),
+    ] = "checkout.updated",
+) -> None:
+    """The flows a store runs, with their triggers and priorities, and its suppression window:
+    `list`; `set NAME --priority N --trigger TYPE`; `remove NAME`; `window 3d`."""
+    from cartback.services import admin, store_flows
+    from cartback.services.store_flows import Assignment, AssignmentError
+
+    if action not in FLOW_ACTIONS:
+        raise fail(f"ACTION: one of {', '.join(FLOW_ACTIONS)}, not {action!r}")
+    if action != "list" and name is None:
+        raise fail(f"{action} needs {'a duration like 3d' if action == 'window' else 'NAME'}")
+    with running_app() as app:
+        _flows_or_exit(app)
+        with app.engine.begin() as conn:
+            store = admin.store_by_slug(conn, slug)
+            if store is None:
+                raise fail(f"no store with slug {slug!r}")
+            now = app.clock.now()
+            try:
+                if action == "set" and name is not None:
+                    wanted = Assignment(name, priority, trigger)
+                    store_flows.assign(conn, app.registry, store, wanted, now)
+                elif action == "remove" and name is not None:
+                    store_flows.unassign(conn, store, name, now)
+                elif action == "window" and name is not None:
+                    store_flows.set_suppression(conn, store.id, store_flows.parse_window(name))
+            except AssignmentError as error:
+                raise fail(f"{error.field}: {error.message}") from None
+            listed = store_flows.assignments(conn, store)
+            window = store_flows.suppression(conn, store.id)
+    table = Table(title=f"flows of {slug} (suppression window {format_duration(window)})")
+    for column in ("priority", "flow", "trigger"):
+        table.add_column(column)
+    for assigned in listed:
+        table.add_row(str(assigned.priority), assigned.flow_name, assigned.trigger)
+    out.print(table)
 
 
 def _policy_file_or_exit(file: Path) -> dict[str, Any]:
@@ -685,7 +737,7 @@ def shops_replay(
     duplicate, so a replay only fills in what was missed."""
     from datetime import timedelta
 
-    from cartback.services import admin, erasure
+    from cartback.services import admin, erasure, store_flows
     from cartback.services import shops as shop_service
     from cartback.shops.base import LinkError, PayloadError, ShopLink
     from cartback.shops.registry import adapter
@@ -726,15 +778,17 @@ def shops_replay(
             raise fail(f"delivery {delivery_id!r}: {error.field}: {error.message}") from None
         except (shop_service.SecretError, LinkError) as error:
             raise fail(f"delivery {delivery_id!r}: {error}", code=1) from None
-        ctx = shop_service.Context(
-            store=shop,
-            flow=app.registry.current(shop.flow_name),
-            now=app.clock.now(),
-            future_skew=timedelta(seconds=app.settings.future_skew_seconds),
-            suppression_key=app.settings.suppression_key,
-        )
         try:
             with app.engine.begin() as conn:
+                # The store's flows are read on this transaction's connection: a second
+                # connection would wait on SQLite's write lock held by this one.
+                ctx = shop_service.Context(
+                    store=shop,
+                    flow=store_flows.lineup(conn, app.registry, shop),
+                    now=app.clock.now(),
+                    future_skew=timedelta(seconds=app.settings.future_skew_seconds),
+                    suppression_key=app.settings.suppression_key,
+                )
                 outcome = shop_service.replay(conn, ctx, platform, delivery, items)
         except erasure.SuppressionKeyMissing as error:
             raise fail(str(error)) from None
@@ -921,6 +975,7 @@ def import_checkouts(
     from cartback.imports import console as screen
     from cartback.imports import run as importer
     from cartback.imports.drafts import FormatError
+    from cartback.services import store_flows
     from cartback.web.app import MAX_AHEAD
 
     if fmt not in importer.FORMATS:
@@ -942,7 +997,7 @@ def import_checkouts(
             lambda advance: importer.run(
                 app.engine,
                 chosen,
-                app.registry.current(chosen.flow_name),
+                store_flows.lineup_for(app.engine, app.registry, chosen),
                 drafts,
                 now=app.clock.now(),
                 max_age=timedelta(days=settings.event_max_age_days),
@@ -1089,12 +1144,27 @@ def worker() -> None:
 
 
 @flows_cli.command("check")
-def flows_check(files: Annotated[list[Path], typer.Argument(help="Flow files")]) -> None:
-    """Validate flow files; errors print as file:line: field: message and exit with code 2."""
+def flows_check(
+    files: Annotated[list[Path], typer.Argument(help="Flow files")],
+    min_gap: Annotated[
+        str,
+        typer.Option(
+            "--min-gap",
+            help="Warn when a condition reads opens/clicks of a step planned less than this "
+            "earlier",
+        ),
+    ] = "1h",
+) -> None:
+    """Validate flow files; errors print as file:line: field: message and exit with code 2.
+    Warnings print the same way, prefixed `warning:`, and do not fail the check."""
+    try:
+        gap = parse_duration(min_gap)
+    except ValueError as error:
+        raise fail(f"--min-gap: {error}") from None
     failed = False
     for path in files:
         try:
-            flow = load_flow(path)
+            flow = load_flow(path, min_condition_gap=gap)
         except FlowError as error:
             failed = True
             for issue in error.issues:
@@ -1104,6 +1174,8 @@ def flows_check(files: Annotated[list[Path], typer.Argument(help="Flow files")])
             failed = True
             err.print(f"{path}:0: file: {error.strerror}", highlight=False, markup=False)
             continue
+        for warning in flow.warnings:
+            err.print(f"warning: {warning}", highlight=False, markup=False)
         steps = f"{len(flow.steps)} step" + ("" if len(flow.steps) == 1 else "s")
         out.print(f"{path}: ok ({flow.name}, {steps}, version {flow.version})")
     if failed:

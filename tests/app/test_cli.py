@@ -52,6 +52,45 @@ def test_flows_check_reports_file_line_field_and_exits_2(tmp_path: Path) -> None
     assert any(line.startswith(f"{bad}:6: steps[0].chanel: ") for line in lines)
 
 
+SAME_TIME = """\
+name: same-time
+abandon_after: 10m
+steps:
+  - id: email1
+    at: 1h
+    channel: email
+    subject: s
+    body: b
+  - id: sms1
+    at: {sms_at}
+    channel: sms
+    when: not email1.opened
+    body: hi
+"""
+
+
+def test_flows_check_rejects_a_condition_on_a_step_planned_at_the_same_time(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "same.yaml"
+    bad.write_text(SAME_TIME.format(sms_at="1h"))
+    result = runner.invoke(cli, ["flows", "check", str(bad)])
+    assert result.exit_code == 2
+    assert f"{bad}:12: steps[1].when: email1.opened cannot be true yet" in result.stderr
+
+
+def test_flows_check_warns_on_a_short_gap_and_passes(tmp_path: Path) -> None:
+    close = tmp_path / "close.yaml"
+    close.write_text(SAME_TIME.format(sms_at="1h20m"))
+    result = runner.invoke(cli, ["flows", "check", str(close)])
+    assert result.exit_code == 0, result.output
+    assert f"warning: {close}:12: steps[1].when: email1.opened is read only 20m" in result.stderr
+    quiet = runner.invoke(cli, ["flows", "check", "--min-gap", "15m", str(close)])
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr
+    wrong = runner.invoke(cli, ["flows", "check", "--min-gap", "soon", str(close)])
+    assert wrong.exit_code == 2 and "--min-gap" in wrong.stderr
+
+
 def test_flows_check_names_a_missing_file(tmp_path: Path) -> None:
     result = runner.invoke(cli, ["flows", "check", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2

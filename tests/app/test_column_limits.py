@@ -16,14 +16,17 @@ from cartback.web.schemas import EventBatchIn
 # (model, field) → the column its value is written to.
 STORED_IN: dict[tuple[str, str], Column[Any]] = {
     ("CheckoutUpdatedIn", "id"): t.event_receipts.c.event_id,
+    ("CartUpdatedIn", "id"): t.event_receipts.c.event_id,
     ("OrderPlacedIn", "id"): t.event_receipts.c.event_id,
     ("CartEmptiedIn", "id"): t.event_receipts.c.event_id,
     ("ConsentChangedIn", "id"): t.event_receipts.c.event_id,
     ("CheckoutUpdatedIn", "cart_token"): t.carts.c.token,
+    ("CartUpdatedIn", "cart_token"): t.carts.c.token,
     ("OrderPlacedIn", "cart_token"): t.carts.c.token,
     ("CartEmptiedIn", "cart_token"): t.carts.c.token,
     ("OrderPlacedIn", "order_id"): t.orders.c.order_ref,
     ("CheckoutUpdatedIn", "currency"): t.carts.c.currency,
+    ("CartUpdatedIn", "currency"): t.carts.c.currency,
     ("OrderPlacedIn", "currency"): t.orders.c.currency,
     ("ContactIn", "email"): t.contacts.c.email,
     ("ContactIn", "first_name"): t.contacts.c.first_name,
@@ -37,6 +40,7 @@ STORED_IN: dict[tuple[str, str], Column[Any]] = {
     ("ConsentChangedIn", "ip"): t.consent_events.c.ip,
     ("ConsentChangedIn", "user_agent"): t.consent_events.c.user_agent,
     ("CheckoutUpdatedIn", "value"): t.carts.c.value,
+    ("CartUpdatedIn", "value"): t.carts.c.value,
     ("OrderPlacedIn", "value"): t.orders.c.value,
     # A line's price × quantity, and their sum, become the cart's value.
     ("LineIn", "price"): t.carts.c.value,
@@ -47,6 +51,8 @@ UNBOUNDED = {
     ("ContactIn", "tags"),
     ("CheckoutUpdatedIn", "tags"),
     ("CheckoutUpdatedIn", "restore_url"),
+    ("CartUpdatedIn", "tags"),
+    ("CartUpdatedIn", "restore_url"),
     ("ConsentIn", "wording"),
     ("ConsentChangedIn", "wording"),
     ("LineIn", "title"),
@@ -56,7 +62,13 @@ UNBOUNDED = {
 }
 EVENT_TIMES = {
     (name, "occurred_at")
-    for name in ("CheckoutUpdatedIn", "OrderPlacedIn", "CartEmptiedIn", "ConsentChangedIn")
+    for name in (
+        "CheckoutUpdatedIn",
+        "CartUpdatedIn",
+        "OrderPlacedIn",
+        "CartEmptiedIn",
+        "ConsentChangedIn",
+    )
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -146,3 +147,28 @@ def test_the_cli_loads_a_pool_file_and_reports_bad_lines(world: World, tmp_path:
     assert f"{bad}:2: code:" in result.stderr
     listed = runner.invoke(cli, ["discounts", "list", "--store", "test"], env=env)
     assert "spring" in listed.stdout
+
+
+def test_the_default_flow_gives_no_code_to_a_cart_made_only_of_excluded_products(
+    world: World,
+) -> None:
+    flow = world.app.registry.current("default")
+    excluded = replace(
+        checkout("gift", world.now, price="60", phone="+4740000001", email="a@x.no"),
+        tags=("no-discount",),
+    )
+    plain = checkout("plain", world.now, price="60", phone="+4740000002", email="b@x.no")
+    with world.app.engine.begin() as conn:
+        ingest(conn, world.store, flow, [excluded, plain], world.now)
+    for _ in range(80):
+        world.clock.advance(timedelta(hours=1))
+        tick(world.app.engine, world.app.registry, world.now)
+    with world.app.engine.connect() as conn:
+        rows = conn.execute(
+            select(t.outbox.c.to_address, t.outbox.c.body).where(t.outbox.c.step_id == "sms3")
+        ).all()
+    sms3 = {row.to_address: row.body for row in rows}
+    assert "COMEBACK10" in sms3["+4740000002"]
+    # The message still goes, without a code.
+    assert "COMEBACK10" not in sms3["+4740000001"]
+    assert "Your cart is still saved" in sms3["+4740000001"]

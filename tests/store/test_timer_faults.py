@@ -153,7 +153,7 @@ def _assert_poison_is_isolated_then_parked(
     start = world.now
     # (step, due) of the first two messages: texts and emails, or emails only.
     first, second = (
-        (("email1", timedelta(minutes=70)), ("email2", timedelta(hours=24, minutes=10)))
+        (("email1", timedelta(minutes=70)), ("email2", timedelta(hours=21, minutes=10)))
         if email_only
         else (("sms1", timedelta(minutes=25)), ("email1", timedelta(minutes=70)))
     )
@@ -350,10 +350,10 @@ def test_after_three_days_down_the_worker_catches_up_without_a_burst(world: Worl
     assert queued[("b0", "email3")] == start + timedelta(days=1, hours=72, minutes=10)
     c_abandoned = restart - timedelta(hours=2, minutes=50)
     assert queued[("c0", "email1")] == restart  # 1h50m late, within grace
-    # email2 is planned at abandonment + 24h, but email1 went out late: 23 h after email1.
-    assert c_abandoned + timedelta(hours=24) < restart + timedelta(hours=23)
-    assert queued[("c0", "email2")] == restart + timedelta(hours=23)
-    assert queued[("c0", "email3")] == restart + timedelta(hours=23 + 48)
+    # email2 is planned at abandonment + 21h, but email1 went out late: 20 h after email1.
+    assert c_abandoned + timedelta(hours=21) < restart + timedelta(hours=20)
+    assert queued[("c0", "email2")] == restart + timedelta(hours=20)
+    assert queued[("c0", "email3")] == restart + timedelta(hours=20 + 51)
     # Every enrollment finished, and no step was late once the worker was back.
     e = t.enrollments.c
     with world.app.engine.connect() as conn:

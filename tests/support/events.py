@@ -45,8 +45,17 @@ def checkout(
 
 
 def order(
-    token: str, at: datetime, *, order_id: str | None = None, value: str = "120"
+    token: str | None,
+    at: datetime,
+    *,
+    order_id: str | None = None,
+    value: str = "120",
+    email: str | None = None,
+    phone: str | None = None,
 ) -> OrderPlaced:
+    """An order; with `email` or `phone` it names the shopper (an order from another device
+    passes a token the store never saw, or None)."""
+    contact = ContactInfo(email=email, phone=phone) if (email or phone) else None
     return OrderPlaced(
         event_id=f"order-{order_id or token}",
         occurred_at=at,
@@ -54,6 +63,7 @@ def order(
         value=Decimal(value),
         currency="NOK",
         cart_token=token,
+        contact=contact,
     )
 
 

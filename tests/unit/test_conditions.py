@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -15,6 +16,7 @@ from cartback.core.conditions import (
     MAX_LENGTH,
     Condition,
     ConditionError,
+    ProductExclusions,
     build_facts,
     parse_condition,
 )
@@ -351,3 +353,40 @@ def test_evaluation_never_raises_on_odd_facts(facts: Facts) -> None:
     ]
     for source in sources:
         assert isinstance(cond(source).evaluate(facts), bool)
+
+
+def test_product_and_history_facts() -> None:
+    lines = (
+        CartLine(title="Gift card", quantity=1, price=Decimal(50), sku="GIFT-50"),
+        CartLine(title="Socks", quantity=2, price=Decimal(30), sku="SOCK-1"),
+    )
+    cart = Cart(
+        id=1,
+        store_id=1,
+        token="t",
+        contact_id=1,
+        lines=lines,
+        value=Decimal(110),
+        currency="NOK",
+        restore_url=None,
+        status=CartStatus.OPEN,
+        updated_at=datetime(2026, 6, 1, tzinfo=UTC),
+    )
+    contact = Contact(id=1, store_id=1, phone="+4791234567", orders_count=2, abandoned_count=3)
+    gifts = ProductExclusions(skus=frozenset({"GIFT-50"}))
+
+    def holds(source: str, exclusions: ProductExclusions = gifts, on: Cart = cart) -> bool:
+        facts = build_facts(on, contact, None, {}, exclusions)
+        return parse_condition(source, ()).evaluate(facts)
+
+    assert holds("'SOCK-1' in cart.skus and 'GIFT-50' in cart.skus")
+    assert holds("cart.has_excluded_products and not cart.only_excluded_products")
+    assert not holds("cart.has_excluded_products", ProductExclusions())
+    only_gift = replace(cart, lines=lines[:1], value=Decimal(50))
+    assert holds("cart.only_excluded_products", on=only_gift)
+    tagged = ProductExclusions(tags=frozenset({"no-discount"}))
+    assert holds("cart.only_excluded_products", tagged, replace(cart, tags=("no-discount",)))
+    assert holds("contact.abandoned_count >= 3 and contact.orders_count == 2")
+    assert not holds("contact.abandoned_count > 3")
+    with pytest.raises(ConditionError, match=r"did you mean cart\.skus"):
+        parse_condition("'x' in cart.sku", ())

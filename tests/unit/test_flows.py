@@ -56,7 +56,7 @@ def test_default_flow_sequence() -> None:
         ("sms1", timedelta(minutes=15), Channel.SMS, "contact.sms_consent"),
         ("email1", timedelta(hours=1), Channel.EMAIL, "contact.email_consent"),
         ("sms2", timedelta(hours=8), Channel.SMS, "contact.sms_consent and not email1.opened"),
-        ("email2", timedelta(hours=24), Channel.EMAIL, "contact.email_consent"),
+        ("email2", timedelta(hours=21), Channel.EMAIL, "contact.email_consent"),
         (
             "sms3",
             timedelta(hours=24),
@@ -352,7 +352,7 @@ steps:
     body: "{{ brand }}: hi"
     discount: {unique: true, amount: 4.99, min_value: "50.50"}
   - id: mail
-    at: 0
+    at: 2h
     channel: email
     when: variant == 'b' and not sms1.clicked
     subject: s
@@ -527,3 +527,81 @@ def test_grace_is_optional_and_read_as_a_duration() -> None:
 def test_a_bad_grace_names_its_line(value: str, message: str) -> None:
     issues = issues_of(MINIMAL + f"grace: {value}\n")
     assert len(issues) == 1 and issues[0].startswith(message), issues
+
+
+TIMED = """\
+name: timed
+abandon_after: 10m
+steps:
+  - id: email1
+    at: 1h
+    channel: email
+    subject: s
+    body: b
+  - id: sms1
+    at: {sms_at}
+    channel: sms
+    when: {when}
+    body: "{{{{ brand }}}}: hi"
+"""
+
+
+def test_condition_on_a_step_planned_at_the_same_time_is_an_error_with_its_line() -> None:
+    text = TIMED.format(sms_at="1h", when="not email1.opened")
+    with pytest.raises(FlowError) as caught:
+        parse_flow(text, "timed.yaml")
+    [issue] = caught.value.issues
+    assert (issue.source, issue.line, issue.field) == ("timed.yaml", 12, "steps[1].when")
+    assert "email1.opened cannot be true yet" in issue.message
+
+
+def test_condition_on_a_step_planned_shortly_before_is_a_warning() -> None:
+    text = TIMED.format(sms_at="1h30m", when="not email1.clicked")
+    flow = parse_flow(text, "timed.yaml")
+    [warning] = flow.warnings
+    assert (warning.line, warning.field) == (12, "steps[1].when")
+    assert "only 30m after email1" in warning.message
+    assert parse_flow(text, "timed.yaml", min_condition_gap=timedelta(minutes=30)).warnings == ()
+    assert parse_flow(TIMED.format(sms_at="3h", when="email1.delivered"), "t").warnings == ()
+
+
+def test_sent_and_skipped_are_known_at_once_so_timing_does_not_apply() -> None:
+    flow = parse_flow(TIMED.format(sms_at="1h", when="not email1.sent"), "timed.yaml")
+    assert flow.warnings == ()
+
+
+def test_stored_versions_are_loaded_without_the_timing_check() -> None:
+    text = TIMED.format(sms_at="1h", when="not email1.opened")
+    assert parse_flow(text, "stored", check_templates=False).steps[1].id == "sms1"
+
+
+def test_shipped_flows_conditions_can_be_true_and_false() -> None:
+    flow = load_flow(default_flow_path())
+    assert flow.warnings == ()
+    for step in flow.steps:
+        for read_id, _outcome in step.when.step_reads if step.when else ():
+            assert step.at - flow.step(read_id).at >= timedelta(hours=1)
+
+
+def test_discount_exclusions_reach_every_discount_and_bad_ones_name_their_line() -> None:
+    text = """\
+name: excl
+abandon_after: 10m
+discount_exclusions:
+  skus: [GIFT-50]
+  tags: [no-discount]
+steps:
+  - id: sms1
+    at: 1h
+    channel: sms
+    body: "{{ brand }}: hi"
+    discount: {code: SAVE, percent: 10}
+"""
+    flow = parse_flow(text, "excl.yaml")
+    discount = flow.steps[0].discount
+    assert discount is not None
+    assert discount.exclusions.skus == {"GIFT-50"} and flow.exclusions.tags == {"no-discount"}
+    with pytest.raises(FlowError) as caught:
+        parse_flow(text.replace("skus: [GIFT-50]", "skus: GIFT-50"), "excl.yaml")
+    [issue] = caught.value.issues
+    assert (issue.line, issue.field) == (4, "discount_exclusions.skus")

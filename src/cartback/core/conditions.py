@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import Enum
 
-from cartback.core.model import Cart, Contact, StepOutcome
+from cartback.core.model import Cart, CartLine, Contact, StepOutcome
 
 MAX_LENGTH = 500
 
@@ -41,6 +41,9 @@ CART_FIELDS: Mapping[str, Kind] = {
     "currency": Kind.TEXT,
     "item_count": Kind.NUMBER,
     "tags": Kind.TAGS,
+    "skus": Kind.TAGS,
+    "has_excluded_products": Kind.BOOL,
+    "only_excluded_products": Kind.BOOL,
 }
 CONTACT_FIELDS: Mapping[str, Kind] = {
     "sms_consent": Kind.BOOL,
@@ -54,8 +57,11 @@ CONTACT_FIELDS: Mapping[str, Kind] = {
     "locale": Kind.TEXT,
     "tags": Kind.TAGS,
     "orders_count": Kind.NUMBER,
+    "abandoned_count": Kind.NUMBER,
 }
 STEP_FIELDS: tuple[str, ...] = ("sent", "delivered", "opened", "clicked", "skipped")
+# Outcomes that come from the shopper or the network after the send, not from the decision.
+ENGAGEMENT_FIELDS: frozenset[str] = frozenset({"delivered", "opened", "clicked"})
 # Top-level fact names; a step id may not take one of these (or a Python keyword).
 RESERVED_NAMES = frozenset({"cart", "contact", "variant", "true", "false"})
 
@@ -109,11 +115,17 @@ class Condition:
     source: str
     _tree: _Expr = field(repr=False, compare=False)
     _step_refs: frozenset[str] = field(repr=False, compare=False)
+    _step_reads: frozenset[tuple[str, str]] = field(default=frozenset(), repr=False, compare=False)
 
     @property
     def step_refs(self) -> frozenset[str]:
         """The step ids this condition reads (`sms1.sent` -> "sms1")."""
         return self._step_refs
+
+    @property
+    def step_reads(self) -> frozenset[tuple[str, str]]:
+        """(step id, field) pairs this condition reads (`email1.opened` -> ("email1", "opened"))."""
+        return self._step_reads
 
     def evaluate(self, facts: Mapping[str, object]) -> bool:
         """True or false for these facts (see `build_facts`); never raises on odd facts."""
@@ -146,7 +158,39 @@ def parse_condition(
         raise ConditionError(f"cannot parse the condition: {error}") from None
     translator = _Translator(text, known_steps if steps_allowed else (), all_steps, steps_allowed)
     tree = translator.expression(module.body)
-    return Condition(source=text, _tree=tree, _step_refs=frozenset(translator.step_refs))
+    return Condition(
+        source=text,
+        _tree=tree,
+        _step_refs=frozenset(translator.step_refs),
+        _step_reads=frozenset(translator.step_reads),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ProductExclusions:
+    """Products a flow's discounts do not cover (gift cards, sale items): lines by SKU or
+    product id, whole carts by tag."""
+
+    skus: frozenset[str] = frozenset()
+    tags: frozenset[str] = frozenset()
+
+    def _line(self, line: CartLine) -> bool:
+        return line.sku in self.skus or line.product_id in self.skus
+
+    def _tagged(self, cart: Cart) -> bool:
+        return not self.tags.isdisjoint(cart.tags)
+
+    def any_in(self, cart: Cart) -> bool:
+        return self._tagged(cart) or any(self._line(line) for line in cart.lines)
+
+    def all_of(self, cart: Cart) -> bool:
+        """True for a cart with lines that are all excluded (or that carries an excluded tag)."""
+        if not cart.lines:
+            return False
+        return self._tagged(cart) or all(self._line(line) for line in cart.lines)
+
+
+NO_EXCLUSIONS = ProductExclusions()
 
 
 def build_facts(
@@ -154,6 +198,7 @@ def build_facts(
     contact: Contact | None,
     variant: str | None,
     history: Mapping[str, StepOutcome],
+    exclusions: ProductExclusions = NO_EXCLUSIONS,
 ) -> dict[str, object]:
     """The facts a condition sees. Without a contact every contact fact is missing (so false)."""
     facts: dict[str, object] = {
@@ -165,6 +210,9 @@ def build_facts(
         "currency": cart.currency,
         "item_count": Decimal(cart.item_count),
         "tags": tuple(cart.tags),
+        "skus": tuple(line.sku for line in cart.lines if line.sku),
+        "has_excluded_products": exclusions.any_in(cart),
+        "only_excluded_products": exclusions.all_of(cart),
     }
     facts["contact"] = {} if contact is None else _contact_facts(contact)
     facts["variant"] = variant
@@ -184,6 +232,7 @@ def _contact_facts(contact: Contact) -> dict[str, object]:
         "locale": contact.locale,
         "tags": tuple(contact.tags),
         "orders_count": Decimal(contact.orders_count),
+        "abandoned_count": Decimal(contact.abandoned_count),
     }
 
 
@@ -246,6 +295,7 @@ class _Translator:
         self.known_steps = frozenset(known_steps)
         self.all_steps = frozenset(all_steps)
         self.step_refs: set[str] = set()
+        self.step_reads: set[tuple[str, str]] = set()
 
     def expression(self, node: ast.expr) -> _Expr:
         if isinstance(node, ast.BoolOp):
@@ -341,6 +391,7 @@ class _Translator:
     def step_fact(self, node: ast.AST, step_id: str, dotted: str) -> _Fact:
         if step_id in self.known_steps:
             self.step_refs.add(step_id)
+            self.step_reads.add((step_id, dotted.split(".")[1]))
             return _Fact((step_id, dotted.split(".")[1]), is_step=True)
         if not self.steps_allowed and (step_id in self.all_steps or not self.all_steps):
             raise ConditionError(f"{dotted}: this condition cannot refer to steps")

@@ -140,7 +140,7 @@ def may_enroll(flow: Flow, cart: Cart, contact: Contact | None) -> bool:
         return False
     if flow.enroll_when is None:
         return True
-    return flow.enroll_when.evaluate(build_facts(cart, contact, None, {}))
+    return flow.enroll_when.evaluate(build_facts(cart, contact, None, {}, flow.exclusions))
 
 
 def exit_reason(flow: Flow, cart: Cart, contact: Contact | None, *, opted_out: bool) -> str | None:
@@ -236,7 +236,7 @@ def advance(
             index += 1
             continue
         if step.when is not None and not step.when.evaluate(
-            build_facts(cart, contact, enrollment.variant, history)
+            build_facts(cart, contact, enrollment.variant, history, flow.exclusions)
         ):
             decisions.append(
                 StepDecision(

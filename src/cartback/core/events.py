@@ -51,6 +51,10 @@ class CheckoutUpdated:
     consent: ConsentFlags | None = None
     tags: tuple[str, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict)
+    # The event type, for the flows it can start: "checkout.updated", or "cart.updated" for a
+    # cart seen before checkout (its contact, if any, comes from the shop's customer account,
+    # and it carries no consent).
+    trigger: str = "checkout.updated"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,13 +13,21 @@ import difflib
 import hashlib
 import re
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from cartback.core.conditions import Condition, ConditionError, is_reserved_name, parse_condition
-from cartback.core.model import Channel, format_duration, parse_duration
+from cartback.core.conditions import (
+    ENGAGEMENT_FIELDS,
+    NO_EXCLUSIONS,
+    Condition,
+    ConditionError,
+    ProductExclusions,
+    is_reserved_name,
+    parse_condition,
+)
+from cartback.core.model import Cart, Channel, format_duration, parse_duration
 from cartback.core.render import check_template
 from cartback.core.yamlsrc import (
     Lines,
@@ -34,6 +42,9 @@ MAX_HOLDOUT_PERCENT = Decimal(50)
 MAX_SMS_SEGMENTS = 10
 # The shortest grace a step gets, and the one a flow may set: a tick's own delay is not lateness.
 MIN_GRACE = timedelta(minutes=1)
+# A condition on an earlier step's opens, clicks or deliveries planned less than this before
+# its own step is warned about: the shopper has had little time to act.
+DEFAULT_MIN_CONDITION_GAP = timedelta(hours=1)
 
 _FLOW_KEYS = (
     "name",
@@ -45,6 +56,7 @@ _FLOW_KEYS = (
     "channel_holdout",
     "grace",
     "variants",
+    "discount_exclusions",
     "steps",
 )
 _STEP_KEYS = (
@@ -108,8 +120,14 @@ class Discount:
     min_value: Decimal | None
     expires_after: timedelta | None
 
+    # The flow's `discount_exclusions`: a cart made only of these gets no discount.
+    exclusions: ProductExclusions = field(default=NO_EXCLUSIONS, compare=False)
+
     def applies_to(self, cart_value: Decimal) -> bool:
         return self.min_value is None or cart_value >= self.min_value
+
+    def offered_for(self, cart: Cart) -> bool:
+        return self.applies_to(cart.value) and not self.exclusions.all_of(cart)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +190,9 @@ class Flow:
     # How late a step may still run (see core.engine.grace_for); None: the gap to the next step.
     grace: timedelta | None = None
     channel_holdout: ChannelHoldout | None = None
+    exclusions: ProductExclusions = field(default=NO_EXCLUSIONS, compare=False)
+    # Problems that do not stop the flow from running (printed by `flows check`).
+    warnings: tuple[FlowIssue, ...] = field(default=(), compare=False)
 
     def step(self, step_id: str) -> Step:
         return self.steps[self.index_of(step_id)]
@@ -195,10 +216,18 @@ class FlowError(ValueError):
         return "\n".join(str(issue) for issue in self.issues)
 
 
-def parse_flow(text: str, source: str = "<flow>", *, check_templates: bool = True) -> Flow:
+def parse_flow(
+    text: str,
+    source: str = "<flow>",
+    *,
+    check_templates: bool = True,
+    min_condition_gap: timedelta = DEFAULT_MIN_CONDITION_GAP,
+) -> Flow:
     """Validate and build a flow from YAML text; FlowError lists every problem found.
-    `check_templates=False` skips the template checks, for versions stored before they existed
-    (their renders still run under the sandbox's runtime limits)."""
+    `check_templates=False` skips the template and condition-timing checks, for versions stored
+    before they existed (their renders still run under the sandbox's runtime limits).
+    `min_condition_gap`: a condition reading a step planned less than this earlier is warned
+    about (see `Flow.warnings`)."""
     try:
         data, lines = load_with_lines(text, source)
     except YamlSourceError as error:
@@ -208,12 +237,61 @@ def parse_flow(text: str, source: str = "<flow>", *, check_templates: bool = Tru
         message = f"duplicate key (first set on line {duplicate.first_line})"
         parser.issue(duplicate.path, message, line=duplicate.line)
     flow = parser.flow(data, version=hashlib.sha256(text.encode()).hexdigest()[:12])
+    warnings: list[FlowIssue] = []
+    if flow is not None and check_templates:
+        errors, warnings = condition_timing(flow, lines, min_condition_gap)
+        parser.issues.extend(errors)
     if parser.issues or flow is None:
         raise FlowError(sorted(parser.issues, key=lambda issue: issue.line))
-    return flow
+    return replace(flow, warnings=tuple(warnings)) if warnings else flow
 
 
-def load_flow(path: str | Path) -> Flow:
+def condition_timing(
+    flow: Flow, lines: Lines, min_gap: timedelta
+) -> tuple[list[FlowIssue], list[FlowIssue]]:
+    """(errors, warnings) for `when` conditions that read a step's delivery, opens or clicks.
+    A step planned at the same time or later has had no chance of being opened: the condition
+    could only ever take one branch. One planned less than `min_gap` earlier barely has."""
+    errors: list[FlowIssue] = []
+    warnings: list[FlowIssue] = []
+    for index, step in enumerate(flow.steps):
+        if step.when is None:
+            continue
+        path = ("steps", index, "when")
+        where, name = lines.line_of(path), format_path(path)
+        for read_id, outcome in sorted(step.when.step_reads):
+            if outcome not in ENGAGEMENT_FIELDS:
+                continue  # sent and skipped are known as soon as that step is decided
+            read = flow.step(read_id)
+            gap = step.at - read.at
+            if gap <= timedelta(0):
+                errors.append(
+                    FlowIssue(
+                        flow.source,
+                        where,
+                        name,
+                        f"{read_id}.{outcome} cannot be true yet: {read_id} is planned at "
+                        f"{format_duration(read.at)}, not before this step "
+                        f"({format_duration(step.at)}); plan this step later",
+                    )
+                )
+            elif gap < min_gap:
+                warnings.append(
+                    FlowIssue(
+                        flow.source,
+                        where,
+                        name,
+                        f"{read_id}.{outcome} is read only {format_duration(gap)} after "
+                        f"{read_id} is planned (less than {format_duration(min_gap)}): "
+                        "it will rarely be true",
+                    )
+                )
+    return errors, warnings
+
+
+def load_flow(
+    path: str | Path, *, min_condition_gap: timedelta = DEFAULT_MIN_CONDITION_GAP
+) -> Flow:
     """Read a flow file (the only I/O in this module) and parse it."""
     source = str(path)
     try:
@@ -221,7 +299,7 @@ def load_flow(path: str | Path) -> Flow:
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise FlowError([FlowIssue(source, 1, "(file)", f"cannot read: {reason}")]) from error
-    return parse_flow(text, source)
+    return parse_flow(text, source, min_condition_gap=min_condition_gap)
 
 
 def default_flow_path() -> Path:
@@ -433,9 +511,17 @@ class _Parser:
             if isinstance(item, dict) and isinstance(item.get("id"), str)
         ]
         enroll_when = self.condition(data, (), "enroll_when", (), step_ids)
+        exclusions = self.exclusions(data)
         steps = self.steps(raw_steps, step_ids)
         if name is None or abandon_after is None or holdout is None or steps is None:
             return None
+        if exclusions != NO_EXCLUSIONS:
+            steps = tuple(
+                replace(step, discount=replace(step.discount, exclusions=exclusions))
+                if step.discount is not None
+                else step
+                for step in steps
+            )
         return Flow(
             name=name,
             description=description,
@@ -449,7 +535,27 @@ class _Parser:
             source=self.source,
             grace=grace,
             channel_holdout=channel_holdout,
+            exclusions=exclusions,
         )
+
+    def exclusions(self, data: Mapping[str, object]) -> ProductExclusions:
+        if "discount_exclusions" not in data:
+            return NO_EXCLUSIONS
+        path: FieldPath = ("discount_exclusions",)
+        table = self.mapping(data["discount_exclusions"], path, "a mapping with skus and tags")
+        if table is None:
+            return NO_EXCLUSIONS
+        self.known_keys(table, path, ("skus", "tags"))
+        found: dict[str, frozenset[str]] = {}
+        for key in ("skus", "tags"):
+            value = table.get(key, [])
+            if not isinstance(value, list) or not all(
+                isinstance(item, str) and item.strip() for item in value
+            ):
+                self.issue((*path, key), f"expected a list of text, got {_describe(value)}")
+                value = []
+            found[key] = frozenset(item.strip() for item in value)
+        return ProductExclusions(skus=found["skus"], tags=found["tags"])
 
     def exit_on(self, data: Mapping[str, object]) -> frozenset[str]:
         if "exit_on" not in data:

@@ -88,6 +88,9 @@ class Contact:
     email_marketing: bool = False
     orders_count: int = 0
     tags: tuple[str, ...] = ()
+    # Carts of this shopper that entered a recovery flow this calendar year (UTC), counted when
+    # the facts are loaded; 0 when not counted.
+    abandoned_count: int = 0
     # Derived from `phone` at ingest; None means work it out from the number now.
     phone_facts: PhoneFacts | None = None
 

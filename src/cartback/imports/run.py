@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from cartback.core.events import ShopEvent
 from cartback.core.flows import Flow
+from cartback.core.lineup import Lineup
 from cartback.core.model import Store
 from cartback.imports import events_csv, shopify_csv
 from cartback.imports.drafts import Draft, FormatError, Rejection, open_csv, read_rows
@@ -75,7 +76,7 @@ def validate(draft: Draft, window: EventWindow) -> ShopEvent | list[Rejection]:
 def run(
     engine: Engine,
     store: Store,
-    flow: Flow,
+    flow: Flow | Lineup,
     drafts: Sequence[Draft],
     *,
     now: datetime,
@@ -127,7 +128,7 @@ def run(
 def _apply(
     engine: Engine,
     store: Store,
-    flow: Flow,
+    flow: Flow | Lineup,
     events: list[ShopEvent],
     now: datetime,
     future_skew: timedelta,

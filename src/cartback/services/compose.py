@@ -166,7 +166,7 @@ def content_locale(step: Step, wanted: str | None, fallback: str) -> str:
 def _offer(step: Step, cart: Cart, codes: CodeSource) -> Discount | None:
     """The step's discount as the message shows it, when this cart qualifies for it."""
     spec = step.discount
-    if spec is None or not spec.applies_to(cart.value):
+    if spec is None or not spec.offered_for(cart):
         return None
     if spec.code is not None:
         code = spec.code

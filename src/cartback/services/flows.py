@@ -56,21 +56,27 @@ class FlowRegistry:
             raise
         return self.register_text(text, str(path), now)
 
-    def current(self, name: str) -> Flow:
+    def current(self, name: str, conn: Connection | None = None) -> Flow:
+        """The version new enrollments use. `conn`: read through this connection (inside a
+        transaction that holds SQLite's write lock, another connection would wait for it)."""
         with self._lock:
             flow = self._current.get(name)
         if flow is not None:
             return flow
-        with self._engine.connect() as conn:
-            row = conn.execute(
-                select(flow_versions.c.version)
-                .where(flow_versions.c.name == name)
-                .order_by(flow_versions.c.id.desc())
-                .limit(1)
-            ).first()
+        query = (
+            select(flow_versions.c.version)
+            .where(flow_versions.c.name == name)
+            .order_by(flow_versions.c.id.desc())
+            .limit(1)
+        )
+        if conn is None:
+            with self._engine.connect() as own:
+                row = own.execute(query).first()
+        else:
+            row = conn.execute(query).first()
         if row is None:
             raise UnknownFlow(f"no flow named {name!r} is registered")
-        flow = self.get(name, row.version)
+        flow = self.get(name, row.version, conn)
         with self._lock:
             self._current.setdefault(name, flow)
         return flow

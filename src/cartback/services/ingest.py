@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Table, select, update
+from sqlalchemy import Connection, Table, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cartback import metrics
@@ -32,6 +32,13 @@ from cartback.core.events import (
     ShopEvent,
 )
 from cartback.core.flows import Flow
+from cartback.core.lineup import (
+    PRIORITY_RULE,
+    SUPPRESSION_RULE,
+    Lineup,
+    priority_skip_reason,
+    suppression_reason,
+)
 from cartback.core.model import (
     CartStatus,
     Channel,
@@ -43,6 +50,7 @@ from cartback.services import attribution, outbound
 from cartback.services.consent import record_consent
 from cartback.services.erasure import suppressed
 from cartback.services.experiments import promoted_variant
+from cartback.services.facts import abandoned_this_year
 from cartback.store import tables as t
 from cartback.store.rows import (
     cart_from_row,
@@ -70,7 +78,7 @@ class EventResult:
 def ingest(
     conn: Connection,
     store: Store,
-    flow: Flow,
+    flow: Flow | Lineup,
     events: Sequence[ShopEvent],
     now: datetime,
     *,
@@ -82,7 +90,9 @@ def ingest(
     """`suppression_key` keys the hashes of erased shoppers (services.erasure): with it, a
     shopper erased on request is never stored again. `history_before` (imports): a checkout
     whose first message would have been due before this time is stored as history, without
-    enrolling, so importing old checkouts never sends a recovery message for them."""
+    enrolling, so importing old checkouts never sends a recovery message for them. `flow` is the
+    store's lineup (services.store_flows.lineup), or one flow run on checkouts."""
+    lineup = flow if isinstance(flow, Lineup) else Lineup.single(flow)
     results = []
     latest = now + future_skew
     for event in events:
@@ -98,7 +108,7 @@ def ingest(
         if applied is None:
             results.append(EventResult(event.event_id, EventStatus.STALE, ERASED))
             continue
-        result = _apply(conn, store, flow, applied, now, shop_time, history_before)
+        result = _apply(conn, store, lineup, applied, now, shop_time, history_before)
         if erased:
             result = replace(result, detail=ERASED)
         if ahead is not None:
@@ -161,14 +171,14 @@ def _first_receipt(
 def _apply(
     conn: Connection,
     store: Store,
-    flow: Flow,
+    lineup: Lineup,
     event: ShopEvent,
     now: datetime,
     clamped_from: datetime | None,
     history_before: datetime | None = None,
 ) -> EventResult:
     if isinstance(event, CheckoutUpdated):
-        return _checkout_updated(conn, store, flow, event, now, clamped_from, history_before)
+        return _checkout_updated(conn, store, lineup, event, now, clamped_from, history_before)
     if isinstance(event, OrderPlaced):
         return _order_placed(conn, store, event, now)
     if isinstance(event, CartEmptied):
@@ -334,7 +344,7 @@ def _has_cart_reminders(conn: Connection, contact_id: int) -> bool:
 def _checkout_updated(
     conn: Connection,
     store: Store,
-    flow: Flow,
+    lineup: Lineup,
     event: CheckoutUpdated,
     now: datetime,
     clamped_from: datetime | None,
@@ -369,7 +379,9 @@ def _checkout_updated(
         _checkout_consent(conn, store.id, contact_id, event, now, clamped_from)
     if status is CartStatus.EMPTIED:
         _end_enrollments(conn, cart_id, "cart_emptied", "exit: the cart was emptied", now)
-    elif not _enroll_or_touch(conn, store, flow, cart_id, event.occurred_at, now, history_before):
+    elif not _enroll_or_touch(
+        conn, store, lineup, event.trigger, cart_id, event.occurred_at, now, history_before
+    ):
         return EventResult(event.event_id, EventStatus.ACCEPTED, HISTORY)
     return EventResult(event.event_id, EventStatus.ACCEPTED)
 
@@ -412,39 +424,29 @@ HISTORY = "kept as history: its first message would have been due before the imp
 def _enroll_or_touch(
     conn: Connection,
     store: Store,
-    flow: Flow,
+    lineup: Lineup,
+    trigger: str,
     cart_id: int,
     activity: datetime,
     now: datetime,
     history_before: datetime | None = None,
 ) -> bool:
-    """Enroll the cart, or move a waiting enrollment's abandonment later. False only when a
-    new enrollment was withheld because its first step falls before `history_before`."""
+    """Enroll the cart in the first of the store's flows that this event triggers and that will
+    take it, or move a waiting enrollment's abandonment later. A cart is in one live flow at a
+    time; the flows that also matched record why they did not start. False only when a new
+    enrollment was withheld because its first step falls before `history_before`."""
     e = t.enrollments.c
-    existing = conn.execute(
-        select(e.id, e.state, e.step_index, e.abandoned_at).where(
-            e.cart_id == cart_id, e.flow_name == flow.name
-        )
-    ).first()
-    if existing is not None:
-        # While nothing has fired yet the shopper is still shopping: abandonment moves later.
-        # Once the sequence has started, an update only changes what later messages show.
-        if existing.state == EnrollmentState.ACTIVE and existing.step_index == 0:
-            started = conn.execute(
-                select(t.decisions.c.id).where(t.decisions.c.enrollment_id == existing.id).limit(1)
-            ).first()
-            abandoned_at = activity + flow.abandon_after
-            if started is None and abandoned_at > existing.abandoned_at:
-                conn.execute(
-                    update(t.enrollments)
-                    .where(e.id == existing.id)
-                    .values(
-                        abandoned_at=abandoned_at,
-                        wake_at=abandoned_at + flow.steps[0].at,
-                        updated_at=now,
-                    )
-                )
+    rows = conn.execute(
+        select(e.id, e.flow_name, e.state, e.step_index, e.abandoned_at).where(e.cart_id == cart_id)
+    ).all()
+    live = next((row for row in rows if row.state in _LIVE), None)
+    candidates = lineup.triggered_by(trigger)
+    if live is not None:
+        assigned = lineup.get(live.flow_name)
+        if assigned is not None and assigned in candidates:
+            _touch(conn, live, assigned.flow, activity, now)
         return True
+    tried = {row.flow_name for row in rows}  # a flow runs once per cart
     cart_row = conn.execute(select(t.carts).where(t.carts.c.id == cart_id)).mappings().one()
     cart = cart_from_row(cart_row)
     contact = None
@@ -455,13 +457,28 @@ def _enroll_or_touch(
             .one()
         )
         contact = contact_from_row(contact_row)
-    if not may_enroll(flow, cart, contact):
+        counted = abandoned_this_year(conn, [contact.id], now).get(contact.id, 0)
+        contact = replace(contact, abandoned_count=counted)
+    willing = [
+        assigned
+        for assigned in candidates
+        if assigned.flow.name not in tried and may_enroll(assigned.flow, cart, contact)
+    ]
+    if not willing:
         return True
+    chosen, *others = willing
+    flow = chosen.flow
     # A winner the store promoted goes to new carts only; enrolled carts keep their variant.
     promoted = promoted_variant(conn, store.id, flow.name) if flow.variants else None
     plan = plan_enrollment(flow, cart.token, activity, promoted=promoted)
     if history_before is not None and plan.wake_at < history_before:
         return False
+    if cart.contact_id is not None and lineup.suppression > timedelta(0):
+        busy = _in_other_flow(conn, cart.contact_id, flow.name, now - lineup.suppression)
+        if busy is not None:
+            text = suppression_reason(chosen, busy, lineup.suppression)
+            _skip_once(conn, store.id, cart_id, SUPPRESSION_RULE, text, now)
+            return True
     conn.execute(
         t.enrollments.insert().values(
             store_id=store.id,
@@ -479,7 +496,78 @@ def _enroll_or_touch(
             updated_at=now,
         )
     )
+    for other in others:
+        text = priority_skip_reason(other, chosen)
+        _skip_once(conn, store.id, cart_id, PRIORITY_RULE, text, now)
     return True
+
+
+def _touch(conn: Connection, live: Any, flow: Flow, activity: datetime, now: datetime) -> None:
+    """While nothing has fired yet the shopper is still shopping: abandonment moves later.
+    Once the sequence has started, an update only changes what later messages show."""
+    if live.state != EnrollmentState.ACTIVE or live.step_index != 0:
+        return
+    started = conn.execute(
+        select(t.decisions.c.id).where(t.decisions.c.enrollment_id == live.id).limit(1)
+    ).first()
+    abandoned_at = activity + flow.abandon_after
+    if started is None and abandoned_at > live.abandoned_at:
+        conn.execute(
+            update(t.enrollments)
+            .where(t.enrollments.c.id == live.id)
+            .values(
+                abandoned_at=abandoned_at,
+                wake_at=abandoned_at + flow.steps[0].at,
+                updated_at=now,
+            )
+        )
+
+
+def _in_other_flow(
+    conn: Connection, contact_id: int, flow_name: str, since: datetime
+) -> str | None:
+    """The name of another flow the shopper is live in, started at or after `since`."""
+    e = t.enrollments.c
+    return conn.execute(
+        select(e.flow_name)
+        .join(t.carts, t.carts.c.id == e.cart_id)
+        .where(
+            t.carts.c.contact_id == contact_id,
+            e.flow_name != flow_name,
+            e.state.in_(_LIVE),
+            e.created_at >= since,
+        )
+        .order_by(e.id)
+        .limit(1)
+    ).scalar()
+
+
+def _skip_once(
+    conn: Connection,
+    store_id: int,
+    cart_id: int,
+    rule: str,
+    text: str,
+    now: datetime,
+) -> None:
+    """Record why a flow did not start; a repeated checkout update does not repeat it."""
+    d = t.decisions.c
+    seen = conn.execute(
+        select(d.id).where(d.cart_id == cart_id, d.rule == rule, d.reason == text).limit(1)
+    ).first()
+    if seen is None:
+        conn.execute(
+            t.decisions.insert().values(
+                store_id=store_id,
+                enrollment_id=None,
+                cart_id=cart_id,
+                step_id=None,
+                outcome="skip",
+                rule=rule,
+                reason=text,
+                at=now,
+            )
+        )
 
 
 def _end_enrollments(conn: Connection, cart_id: int, reason: str, text: str, now: datetime) -> None:
@@ -487,12 +575,20 @@ def _end_enrollments(conn: Connection, cart_id: int, reason: str, text: str, now
     e = t.enrollments.c
     live = conn.execute(
         # A parked enrollment ends too: resuming it after the order must not send anything.
-        select(e.id, e.store_id).where(
-            e.cart_id == cart_id,
-            e.state.in_((str(EnrollmentState.ACTIVE), str(EnrollmentState.PARKED))),
-        )
+        select(e.id, e.store_id, e.cart_id).where(e.cart_id == cart_id, e.state.in_(_LIVE))
     ).all()
-    for enrollment_id, store_id in live:
+    _exit_enrollments(conn, live, reason, text, now)
+
+
+_LIVE = (str(EnrollmentState.ACTIVE), str(EnrollmentState.PARKED))
+
+
+def _exit_enrollments(
+    conn: Connection, live: Sequence[Any], reason: str, text: str, now: datetime
+) -> None:
+    """Exit these (id, store_id, cart_id) enrollments, each with its decision."""
+    e = t.enrollments.c
+    for enrollment_id, store_id, cart_id in live:
         conn.execute(
             update(t.enrollments)
             .where(e.id == enrollment_id)
@@ -523,6 +619,35 @@ def _end_enrollments(conn: Connection, cart_id: int, reason: str, text: str, now
             )
             .values(status="cancelled", error=text, updated_at=now)
         )
+
+
+def _end_for_shopper(conn: Connection, store_id: int, event: OrderPlaced, now: datetime) -> None:
+    """An order without a known cart token (a second device, an order by phone) still ends the
+    flows of the shopper it names: every live enrollment of a contact with the order's email or
+    phone (both normalised at intake) that started before the order was placed."""
+    info = event.contact
+    if info is None or not (info.email or info.phone):
+        return
+    c, e = t.contacts.c, t.enrollments.c
+    matches = []
+    if info.email:
+        matches.append(c.email == info.email)
+    if info.phone:
+        matches.append(c.phone == info.phone)
+    shoppers = select(c.id).where(c.store_id == store_id, or_(*matches))
+    live = conn.execute(
+        select(e.id, e.store_id, e.cart_id)
+        .join(t.carts, t.carts.c.id == e.cart_id)
+        .where(
+            e.store_id == store_id,
+            t.carts.c.contact_id.in_(shoppers),
+            e.state.in_(_LIVE),
+            e.created_at <= event.occurred_at,
+        )
+        .order_by(e.id)
+    ).all()
+    text = "exit: the shopper placed an order (matched by email or phone, not by cart)"
+    _exit_enrollments(conn, live, "order_placed", text, now)
 
 
 def _order_placed(conn: Connection, store: Store, event: OrderPlaced, now: datetime) -> EventResult:
@@ -571,6 +696,8 @@ def _order_placed(conn: Connection, store: Store, event: OrderPlaced, now: datet
             .values(status=str(CartStatus.ORDERED), updated_at=now)
         )
         _end_enrollments(conn, cart_id, "order_placed", "exit: the shopper placed an order", now)
+    else:
+        _end_for_shopper(conn, store.id, event, now)
     outbound.cart_recovered(
         conn, store.id, cart_id, event.order_id, event.value, event.currency, now
     )

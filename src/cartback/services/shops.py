@@ -29,6 +29,7 @@ from cartback.core.events import (
     StoreErasureRequested,
 )
 from cartback.core.flows import Flow
+from cartback.core.lineup import Lineup
 from cartback.core.model import CartStatus, Store
 from cartback.services import erasure
 from cartback.services.ingest import ERASED, EventResult, ingest
@@ -176,7 +177,7 @@ class Outcome:
 @dataclass(frozen=True, slots=True)
 class Context:
     store: Store
-    flow: Flow
+    flow: Flow | Lineup
     now: datetime
     future_skew: timedelta
     suppression_key: str | None

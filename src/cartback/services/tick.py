@@ -43,6 +43,7 @@ from cartback.services.compose import ComposeError, compose
 from cartback.services.consent import LazyViews
 from cartback.services.consent import ledger as consent_ledger
 from cartback.services.discounts import code_for
+from cartback.services.facts import abandoned_this_year
 from cartback.services.flows import FlowRegistry, UnknownFlow
 from cartback.services.gates import policy_gate
 from cartback.store import tables as t
@@ -249,6 +250,9 @@ def _load_context(conn: Connection, rows: list[Mapping[Any, Any]], now: datetime
         query = query.with_for_update()
     contact_rows = list(conn.execute(query).mappings())
     contacts = _read_each(contact_rows, contact_from_row, "contacts", unreadable)
+    for contact_id, count in abandoned_this_year(conn, contact_ids, now).items():
+        if contact_id in contacts:
+            contacts[contact_id] = replace(contacts[contact_id], abandoned_count=count)
     for r in contact_rows:
         opted_out_at[r["id"]] = r["opted_out_at"]
         if r["erased_at"] is not None:

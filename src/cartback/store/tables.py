@@ -79,7 +79,24 @@ stores = Table(
     # Attribution windows and model, currency rates and message prices (core.attribution,
     # services.reports); NULL for the defaults.
     Column("measurement", JSON),
+    # How long a shopper in one flow is kept out of the store's other flows; NULL: the default.
+    Column("flow_suppression_seconds", Integer),
     Column("created_at", UtcDateTime, nullable=False),
+)
+
+# The flows a store runs, each with the event type that enrolls a cart and a priority (1 first).
+# A store with no rows runs `stores.flow_name` on checkouts (as every store did before).
+store_flows = Table(
+    "store_flows",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("flow_name", String(64), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("trigger", String(32), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("store_id", "flow_name"),
 )
 
 # A store's own SMS or email provider. `secrets` holds references only (`env:NAME`,

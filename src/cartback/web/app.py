@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
@@ -25,8 +25,8 @@ from starlette.routing import Match, Route
 from cartback import __version__
 from cartback.app import App
 from cartback.core.events import ShopEvent
-from cartback.core.model import Store
-from cartback.services import admin, tracking
+from cartback.core.model import Store, format_duration
+from cartback.services import admin, store_flows, tracking
 from cartback.services import consent as consent_service
 from cartback.services.ingest import EventStatus, ingest
 from cartback.services.providers import ChannelResolver
@@ -46,7 +46,10 @@ from cartback.web.schemas import (
     EventResultOut,
     EventsOut,
     EventWindow,
+    FlowAssignmentOut,
     ProblemOut,
+    StoreFlowsIn,
+    StoreFlowsOut,
     column_length,
 )
 from cartback.web.shop_hooks import shop_router
@@ -89,6 +92,7 @@ _EVENTS_BODY = {
                 "oneOf": [
                     {"$ref": "#/components/schemas/EventBatchIn"},
                     {"$ref": "#/components/schemas/CheckoutUpdatedIn"},
+                    {"$ref": "#/components/schemas/CartUpdatedIn"},
                     {"$ref": "#/components/schemas/OrderPlacedIn"},
                     {"$ref": "#/components/schemas/CartEmptiedIn"},
                     {"$ref": "#/components/schemas/ConsentChangedIn"},
@@ -169,6 +173,39 @@ def create_app(app: App) -> FastAPI:
         events = parse_event_document(await request.body(), window)
         # The database work is blocking; it runs on the thread pool, not the event loop.
         return await run_in_threadpool(_ingest, app, store, events)
+
+    @api.get(
+        "/v1/flows",
+        tags=["flows"],
+        response_model=StoreFlowsOut,
+        summary="The flows the key's store runs, best priority first",
+        responses=_problems(401, 405, 503),
+    )
+    def get_flows(store: Store = Depends(current_store)) -> StoreFlowsOut:
+        with app.engine.connect() as conn:
+            return _store_flows_out(conn, store)
+
+    @api.put(
+        "/v1/flows",
+        tags=["flows"],
+        response_model=StoreFlowsOut,
+        summary="Set the flows the key's store runs, with triggers and priorities",
+        responses=_problems(401, 405, 413, 422, 503),
+    )
+    def put_flows(body: StoreFlowsIn, store: Store = Depends(current_store)) -> StoreFlowsOut:
+        wanted = [
+            store_flows.Assignment(item.name, item.priority, item.trigger) for item in body.flows
+        ]
+        try:
+            window = None
+            if body.suppression_window is not None:
+                window = store_flows.parse_window(body.suppression_window)
+            # A refused entry raises inside the transaction: nothing of the request is kept.
+            with app.engine.begin() as conn:
+                store_flows.replace_all(conn, app.registry, store, wanted, window, app.clock.now())
+                return _store_flows_out(conn, store)
+        except store_flows.AssignmentError as error:
+            raise _field_problem(error.field, error.message) from None
 
     @api.get(
         "/v1/carts/{token}/decisions",
@@ -267,8 +304,24 @@ def create_app(app: App) -> FastAPI:
     return api
 
 
+def _store_flows_out(conn: Connection, store: Store) -> StoreFlowsOut:
+    return StoreFlowsOut(
+        flows=[
+            FlowAssignmentOut(name=a.flow_name, priority=a.priority, trigger=a.trigger)
+            for a in store_flows.assignments(conn, store)
+        ],
+        suppression_window=format_duration(store_flows.suppression(conn, store.id)),
+    )
+
+
+def _field_problem(field: str, message: str) -> Problem:
+    return problems.invalid(
+        [{"field": field, "message": message}], title="Invalid flows", slug="invalid-flows"
+    )
+
+
 def _ingest(app: App, store: Store, events: list[ShopEvent]) -> EventsOut:
-    flow = app.registry.current(store.flow_name)
+    flow = store_flows.lineup_for(app.engine, app.registry, store)
     now = app.clock.now()
     skew = timedelta(seconds=app.settings.future_skew_seconds)
     for attempt in range(3):

@@ -17,13 +17,16 @@ from cartback.core.events import (
     OrderPlaced,
     ShopEvent,
 )
+from cartback.core.lineup import CART_UPDATED
 from cartback.core.model import CartLine, Channel, Purpose
 from cartback.web.schemas import (
     MONEY_MAX,
     CartEmptiedIn,
+    CartUpdatedIn,
     CheckoutUpdatedIn,
     ConsentChangedIn,
     ContactIn,
+    LineIn,
     OrderPlacedIn,
     ShippingIn,
 )
@@ -75,11 +78,55 @@ def _check_totals(lines: tuple[CartLine, ...], prefix: str) -> None:
         raise FieldError(f"{prefix}.lines", f"the lines' total is over {MONEY_MAX}")
 
 
+def _lines(lines: list[LineIn], prefix: str) -> tuple[CartLine, ...]:
+    converted = tuple(
+        CartLine(
+            title=line.title,
+            quantity=line.quantity,
+            price=line.price,
+            sku=line.sku,
+            product_id=line.product_id,
+            image_url=line.image_url,
+        )
+        for line in lines
+    )
+    _check_totals(converted, prefix)
+    return converted
+
+
+def _cart_updated(model: CartUpdatedIn, prefix: str, raw: dict[str, Any]) -> CheckoutUpdated:
+    """A cart event is stored as a cart like a checkout's, without consent; its trigger lets
+    only cart-abandonment flows start from it."""
+    lines = _lines(model.lines, prefix)
+    contact = (
+        ContactInfo()
+        if model.contact is None
+        else _contact(model.contact, model.shipping, f"{prefix}.contact")
+    )
+    return CheckoutUpdated(
+        event_id=model.id,
+        occurred_at=model.occurred_at.astimezone(UTC),
+        cart_token=model.cart_token,
+        contact=contact,
+        lines=lines,
+        value=model.value
+        if model.value is not None
+        else sum((line.total for line in lines), start=Decimal(0)),
+        currency=model.currency,
+        restore_url=model.restore_url,
+        tags=tuple(model.tags),
+        raw=raw,
+        trigger=CART_UPDATED,
+    )
+
+
 def to_event(
-    model: CheckoutUpdatedIn | OrderPlacedIn | CartEmptiedIn | ConsentChangedIn,
+    model: CheckoutUpdatedIn | CartUpdatedIn | OrderPlacedIn | CartEmptiedIn | ConsentChangedIn,
     prefix: str,
     raw: dict[str, Any],
 ) -> ShopEvent:
+    if isinstance(model, CartUpdatedIn):
+        return _cart_updated(model, prefix, raw)
     if isinstance(model, CheckoutUpdatedIn):
         lines = tuple(
             CartLine(

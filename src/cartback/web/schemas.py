@@ -274,6 +274,22 @@ class CheckoutUpdatedIn(_Event):
     tags: list[Text] = Field(default_factory=list, max_length=MAX_TAGS)
 
 
+class CartUpdatedIn(_Event):
+    """A cart before checkout. It can start cart-abandonment flows (trigger `cart.updated`)
+    once the shopper is known: by `contact` (a signed-in customer) or by an earlier checkout of
+    the same cart. It carries no consent: that is given at checkout or by `consent.changed`."""
+
+    type: Literal["cart.updated"]
+    cart_token: Token
+    contact: ContactIn | None = None
+    shipping: ShippingIn | None = None
+    lines: list[LineIn] = Field(max_length=MAX_LINES)
+    value: Money | None = Field(None, description="Defaults to the sum of the lines.")
+    currency: Currency
+    restore_url: Annotated[str, _bounded(URL_LENGTH, pattern=r"^https?://"), LINE] | None = None
+    tags: list[Text] = Field(default_factory=list, max_length=MAX_TAGS)
+
+
 class OrderPlacedIn(_Event):
     type: Literal["order.placed"]
     order_id: Annotated[str, _bounded(column_length(t.orders.c.order_ref), min_length=1), LINE]
@@ -304,10 +320,12 @@ class ConsentChangedIn(_Event):
 
 
 EventIn = Annotated[
-    CheckoutUpdatedIn | OrderPlacedIn | CartEmptiedIn | ConsentChangedIn,
+    CheckoutUpdatedIn | CartUpdatedIn | OrderPlacedIn | CartEmptiedIn | ConsentChangedIn,
     Field(discriminator="type"),
 ]
-EVENT_TYPES = frozenset({"checkout.updated", "order.placed", "cart.emptied", "consent.changed"})
+EVENT_TYPES = frozenset(
+    {"checkout.updated", "cart.updated", "order.placed", "cart.emptied", "consent.changed"}
+)
 
 
 class EventBatchIn(_Strict):
@@ -350,3 +368,33 @@ class ProblemOut(BaseModel):
     instance: str | None = None
     field: str | None = Field(None, description="The first invalid field, as a path.")
     errors: list[FieldErrorOut] | None = None
+
+
+class FlowAssignmentIn(_Strict):
+    """One flow the store runs: the event type that enrolls a cart, and its priority."""
+
+    name: str = Field(min_length=1, max_length=column_length(t.store_flows.c.flow_name))
+    priority: int = Field(ge=1, le=1000, description="1 is tried first")
+    trigger: Literal["checkout.updated", "cart.updated"] = "checkout.updated"
+
+
+class StoreFlowsIn(_Strict):
+    """The store's whole list of flows (it replaces the current list)."""
+
+    flows: list[FlowAssignmentIn] = Field(min_length=1, max_length=50)
+    suppression_window: str | None = Field(
+        default=None,
+        max_length=16,
+        description="How long a shopper in one flow is kept out of the others, like 3d or 12h",
+    )
+
+
+class FlowAssignmentOut(BaseModel):
+    name: str
+    priority: int
+    trigger: str
+
+
+class StoreFlowsOut(BaseModel):
+    flows: list[FlowAssignmentOut]
+    suppression_window: str

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cartback.app import App
 from cartback.core.model import Store
-from cartback.services import admin, erasure
+from cartback.services import admin, erasure, store_flows
 from cartback.services import shops as shop_service
 from cartback.shops.base import (
     Adapter,
@@ -141,7 +141,7 @@ def _apply(
 ) -> shop_service.Outcome:
     ctx = shop_service.Context(
         store=store,
-        flow=app.registry.current(store.flow_name),
+        flow=store_flows.lineup_for(app.engine, app.registry, store),
         now=app.clock.now(),
         future_skew=timedelta(seconds=app.settings.future_skew_seconds),
         suppression_key=app.settings.suppression_key,
