@@ -120,6 +120,14 @@ def header(headers: Headers, name: str) -> str | None:
     return None
 
 
+def required_header(headers: Headers, name: str) -> str:
+    """A header the platform always sends; a delivery without it is answered 422 naming it."""
+    value = (header(headers, name) or "").strip()
+    if not value:
+        raise PayloadError(name, "header is required")
+    return value
+
+
 def base64_hmac_matches(secrets: Sequence[bytes], raw_body: bytes, signature: str | None) -> bool:
     """base64(HMAC-SHA256(secret, raw body)) against the header, in constant time, for each
     accepted secret (the current one and, during a rotation, the previous one)."""

@@ -37,6 +37,7 @@ from cartback.shops.base import (
     decimal,
     header,
     obj,
+    required_header,
     text,
     timestamp,
 )
@@ -82,15 +83,9 @@ def verify(
 
 
 def meta(headers: Headers, raw_body: bytes = b"") -> DeliveryMeta:
-    delivery_id = header(headers, "X-Shopify-Webhook-Id")
-    if not delivery_id:
-        raise PayloadError("X-Shopify-Webhook-Id", "header is required")
-    topic = header(headers, "X-Shopify-Topic")
-    if not topic:
-        raise PayloadError("X-Shopify-Topic", "header is required")
     return DeliveryMeta(
-        delivery_id=delivery_id.strip()[:200],
-        topic=topic.strip().lower(),
+        delivery_id=required_header(headers, "X-Shopify-Webhook-Id")[:200],
+        topic=required_header(headers, "X-Shopify-Topic").lower(),
         event_id=(header(headers, "X-Shopify-Event-Id") or "").strip()[:200] or None,
         shop_domain=(header(headers, "X-Shopify-Shop-Domain") or "").strip().lower() or None,
     )

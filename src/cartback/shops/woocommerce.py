@@ -28,6 +28,7 @@ from cartback.shops.base import (
     decimal,
     header,
     obj,
+    required_header,
     text,
 )
 from cartback.web.convert import FieldError, normalize_phone
@@ -63,15 +64,9 @@ def verify(
 
 
 def meta(headers: Headers, raw_body: bytes = b"") -> DeliveryMeta:
-    delivery_id = header(headers, "X-WC-Webhook-Delivery-ID")
-    if not delivery_id:
-        raise PayloadError("X-WC-Webhook-Delivery-ID", "header is required")
-    topic = header(headers, "X-WC-Webhook-Topic")
-    if not topic:
-        raise PayloadError("X-WC-Webhook-Topic", "header is required")
     return DeliveryMeta(
-        delivery_id=delivery_id.strip()[:200],
-        topic=topic.strip().lower(),
+        delivery_id=required_header(headers, "X-WC-Webhook-Delivery-ID")[:200],
+        topic=required_header(headers, "X-WC-Webhook-Topic").lower(),
         event_id=(header(headers, "X-WC-Webhook-ID") or "").strip()[:200] or None,
         shop_domain=site_host(header(headers, "X-WC-Webhook-Source")),
     )
