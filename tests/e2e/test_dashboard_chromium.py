@@ -7,15 +7,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import Connection
 
 from cartback.services.flows import FlowRegistry
 from cartback.store.db import make_engine
+from tests.reports import scenario
 from tests.support import dashboard as seeded
 from tests.support.procs import (
     CARTBACK,
@@ -49,8 +52,10 @@ def _chromium() -> str:
     return CHROMIUM
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def _serving(tmp_path: Path, seed: Callable[[Connection, str], None]) -> Iterator[str]:
+    """A migrated database with one store and dashboard user, `seed(conn, flow_version)` run
+    on it, then `cartback web` serving it; yields its base URL."""
     url = f"sqlite:///{tmp_path / 'cartback.db'}"
     port = free_port()
     env = cartback_env(url, CARTBACK_PORT=str(port), CARTBACK_BASE_URL=f"http://127.0.0.1:{port}")
@@ -73,7 +78,7 @@ def server(tmp_path: Path) -> Iterator[str]:
     try:
         version = FlowRegistry(engine).current("default").version
         with engine.begin() as conn:
-            seeded.seed(conn, 1, version, datetime.now(UTC))
+            seed(conn, version)
     finally:
         engine.dispose()
     process = start_cartback(["web"], env, tmp_path, tmp_path / "web.log")
@@ -83,6 +88,14 @@ def server(tmp_path: Path) -> Iterator[str]:
         yield base
     finally:
         stop(process)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    with _serving(
+        tmp_path, lambda conn, version: seeded.seed(conn, 1, version, datetime.now(UTC))
+    ) as base:
+        yield base
 
 
 def _healthy(base: str) -> bool:
@@ -177,3 +190,78 @@ def test_dashboard_in_chromium(server: str, tmp_path: Path) -> None:
     log = (tmp_path / "web.log").read_text()
     assert "/dashboard/messages" in log
     assert seeded.phone(2)[1:] not in log and "shopper2" not in log
+
+
+def _seed_report_scenario(conn: Connection, _version: str) -> None:
+    """The report scenario's 1,000 carts (tests/reports/scenario.py), abandoned five days ago,
+    in the served store's own flow so that its flow page reads them."""
+    scenario.seed(conn, 1, datetime.now(UTC) - timedelta(days=5), flow_name="default")
+
+
+@pytest.mark.slow
+def test_flow_report_figures_in_chromium(tmp_path: Path) -> None:
+    """The flow page shows the seeded scenario's known figures (as tests/reports checks them
+    in the report itself), the holdout lift with its interval included."""
+    executable = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with (
+        _serving(tmp_path, _seed_report_scenario) as server,
+        sync_api.sync_playwright() as playwright,
+    ):
+        browser = playwright.chromium.launch(
+            executable_path=executable, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.set_default_timeout(10_000)
+            page.goto(f"{server}/dashboard/login")
+            page.fill("input[name=email]", seeded.USER)
+            page.fill("input[name=password]", seeded.PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{server}/dashboard")
+            page.click("header >> text=Flow")
+            panel = page.locator("#report-panel")
+            assert panel.locator("h2").inner_text() == "Attributed results (USD)"
+            rendered = page.eval_on_selector_all(
+                "#report tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.innerText))"
+            )
+            rows = {cells[0]: cells[1:] for cells in rendered}
+            # Sent, delivered, clicked, recovered, revenue, cost, return on spend, opt-outs/send.
+            assert rows["flow"] == [
+                "1800",
+                "890",
+                "200",
+                "161",
+                "11580.00",
+                "659.00",
+                "17.57",
+                "0.0033",
+            ]
+            assert rows["step sms1"] == [
+                "900",
+                "890",
+                "200",
+                "161",
+                "11580.00",
+                "650.00",
+                "17.82",
+                "0.0056",
+            ]
+            assert rows["step email1"][:6] == ["900", "0", "0", "0", "0.00", "9.00"]
+            assert rows["variant A"][:6] == ["1000", "490", "100", "61", "6080.00", "255.00"]
+            assert rows["variant B"][:6] == ["800", "400", "100", "100", "5500.00", "404.00"]
+            assert rows["channel sms"] == rows["step sms1"]
+            notes = panel.locator("p").all_inner_texts()
+            assert "step sms1: 0.0056 opt-outs per send is over 0.005 (5 of 900)" in notes
+            # 161 of 900 treated carts against 10 of 100 held out: +7.9 points, Newcombe's
+            # interval from the two Wilson intervals (as tests/reports checks).
+            assert (
+                "Holdout: recovery +7.9% against held-out carts (95 % interval +0.1% to +13.1%)"
+                in notes
+            )
+            shot = tmp_path / "dashboard-flow-report.png"
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"flow report screenshot: {shot}")
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000

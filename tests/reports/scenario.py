@@ -37,7 +37,7 @@ def variant_of(i: int) -> str | None:
     return "A" if i % 10 <= 5 else "B"
 
 
-def seed(conn: Connection, store_id: int, base: datetime) -> None:
+def seed(conn: Connection, store_id: int, base: datetime, flow_name: str = "recover") -> None:
     conn.execute(t.stores.update().where(t.stores.c.id == store_id).values(measurement=MEASUREMENT))
     common = {"store_id": store_id, "created_at": base, "updated_at": base}
     contacts, carts, enrollments, outbox, links, clicks = [], [], [], [], [], []
@@ -75,7 +75,7 @@ def seed(conn: Connection, store_id: int, base: datetime) -> None:
                 **common,
                 "id": n,
                 "cart_id": n,
-                "flow_name": "recover",
+                "flow_name": flow_name,
                 "flow_version": "1",
                 "step_index": 2,
                 "state": "completed",
