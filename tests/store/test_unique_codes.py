@@ -120,6 +120,19 @@ def _rules(world: World) -> list[tuple[str, str | None]]:
         ]
 
 
+def _all_rules(world: World) -> list[tuple[str, str | None]]:
+    d = t.decisions.c
+    with world.app.engine.connect() as conn:
+        return [(r.outcome, r.rule) for r in conn.execute(select(d.outcome, d.rule).order_by(d.id))]
+
+
+def _state(world: World) -> tuple[str, Any]:
+    e = t.enrollments.c
+    with world.app.engine.connect() as conn:
+        row = conn.execute(select(e.state, e.wake_at)).one()
+    return row.state, row.wake_at
+
+
 def _stored(world: World) -> list[str]:
     d = t.discount_codes.c
     with world.app.engine.connect() as conn:
@@ -173,7 +186,9 @@ def test_a_step_due_before_its_code_waits_for_it(
     world.clock.advance(timedelta(seconds=1))
     _tick(world)
     assert _bodies(world) == []
-    assert _rules(world) == [("defer", "discount.pending")]
+    # Only the wait is recorded: the flow is not complete while its last step waits.
+    assert _all_rules(world) == [("defer", "discount.pending")]
+    assert _state(world) == ("active", world.now + unique_codes.PENDING_WAIT)
     _issue(world, server)
     world.clock.advance(unique_codes.PENDING_WAIT)
     _tick(world)
@@ -246,3 +261,28 @@ def test_the_admin_api_is_never_called_inside_a_transaction(
             event.remove(engine, name, hook)
     assert stats.issued == 3
     assert len(seen) == 6 and set(seen) == {0}
+
+
+def test_a_cart_in_two_flows_gets_one_code(
+    world: World, monkeypatch: pytest.MonkeyPatch, shopify: tuple[Shopify, RecordingServer]
+) -> None:
+    _, server = shopify
+    _setup(world, monkeypatch, at="0s", connected=True)
+    second = UNIQUE_FLOW.format(at="0s").replace("name: unique", "name: unique2")
+    flow2 = world.app.registry.register_text(second, "unique2.yaml", world.now)
+    _checkouts(world, 1)
+    e = t.enrollments.c
+    with world.app.engine.begin() as conn:
+        row = dict(conn.execute(select(t.enrollments)).mappings().one())
+        del row["id"]
+        row.update(flow_name="unique2", flow_version=flow2.version)
+        conn.execute(t.enrollments.insert().values(**row))
+        assert len(conn.execute(select(e.id)).all()) == 2
+    assert _issue(world, server).issued == 1
+    [code] = _stored(world)
+    world.clock.advance(timedelta(seconds=1))
+    _tick(world)
+    # The shopper's cooldown lets one of the two messages out now; it carries the one code.
+    [body] = _bodies(world)
+    assert f"with {code}: " in body
+    assert len(server.requests) == 2  # one price rule, one code

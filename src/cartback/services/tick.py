@@ -415,7 +415,12 @@ def _collect(
     contact = context.contact(cart.contact_id)
     stats = item.stats
     sends = {step.id: step for step in result.sends}
+    # Set when a step waits for its unique code: what advance decided after it (the flow's
+    # completion) has not happened, so it is not recorded.
+    waiting = False
     for decision in result.decisions:
+        if waiting:
+            break
         outcome, rule, reason = decision.outcome, decision.rule, decision.reason
         step = sends.get(decision.step_id or "")
         if outcome is Outcome.SEND and step is not None and contact is not None:
@@ -443,6 +448,7 @@ def _collect(
                         wake_at=now + unique_codes.PENDING_WAIT,
                     )
                     stats.deferred += 1
+                    waiting = True
                 else:
                     stats.skipped += 1
             except SQLAlchemyError:

@@ -125,7 +125,11 @@ def wanted(
         .limit(limit)
     ).mappings()
     found: list[Wanted] = []
+    # A cart in several flows gets one code, which every flow's message then shows.
+    carts: set[int] = set()
     for row in rows:
+        if row["id"] in carts:
+            continue
         try:
             steps = registry.get(row["flow_name"], row["flow_version"], conn).steps
             cart = cart_from_row(row)
@@ -136,6 +140,7 @@ def wanted(
         if spec is None or not spec.unique or not spec.offered_for(cart):
             continue
         expires = now + spec.expires_after if spec.expires_after is not None else None
+        carts.add(cart.id)
         found.append(
             Wanted(
                 cart.store_id,
