@@ -196,6 +196,7 @@ class Worker:
                 self.app.registry,
                 self.app.clock.now(),
                 unique_codes.shopify_issuers(clock=self.app.clock.now),
+                stop=self.stop,
             )
         except Exception:
             log.exception("issuing unique discount codes failed; retrying at the next run")

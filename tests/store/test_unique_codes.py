@@ -5,8 +5,10 @@ the message; a code not there yet defers the step, a few times, then skips it.""
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from cartback.services import shops as shop_service
 from cartback.services import unique_codes
 from cartback.services.ingest import ingest
 from cartback.services.tick import tick
+from cartback.shops import shopify_admin
 from cartback.shops.shopify_admin import API_VERSION
 from cartback.store import tables as t
 from tests.support.events import checkout
@@ -26,6 +29,7 @@ from tests.support.world import World
 TOKEN_ENV = "TEST_SHOPIFY_CODES_TOKEN"
 TOKEN = "shpat_codes_token"
 PRICE_RULES = f"/admin/api/{API_VERSION}/price_rules.json"
+START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 UNIQUE_FLOW = """
 name: unique
@@ -286,3 +290,41 @@ def test_a_cart_in_two_flows_gets_one_code(
     [body] = _bodies(world)
     assert f"with {code}: " in body
     assert len(server.requests) == 2  # one price rule, one code
+
+
+def test_a_fixed_amount_code_without_expiry_and_a_refusal(
+    shopify: tuple[Shopify, RecordingServer],
+) -> None:
+    script, server = shopify
+    with shopify_admin.client(server.url, TOKEN.encode()) as http:
+        issuer = shopify_admin.ShopifyDiscountIssuer(http, clock=lambda: START)
+        code = issuer.issue(
+            cart_token="c1", percent=None, amount=Decimal("5.00"), currency="EUR", expires_at=None
+        )
+        script.failing = True
+        with pytest.raises(shopify_admin.AdminError, match=r"price_rules\.json: 503"):
+            issuer.issue(
+                cart_token="c2", percent=Decimal(10), amount=None, currency="EUR", expires_at=None
+            )
+    rule = server.requests[0].body["price_rule"]
+    assert (rule["value_type"], rule["value"], rule["ends_at"]) == ("fixed_amount", "-5.00", None)
+    assert rule["title"] == f"{code} (EUR)"
+    assert rule["starts_at"] == START.isoformat(timespec="seconds")
+    # The refused price rule is not followed by a code request.
+    assert [r.path for r in server.requests].count(PRICE_RULES) == 2
+    assert len(server.requests) == 3
+
+
+def test_the_issuer_stops_between_carts_when_the_worker_stops(
+    world: World, monkeypatch: pytest.MonkeyPatch, shopify: tuple[Shopify, RecordingServer]
+) -> None:
+    _, server = shopify
+    _setup(world, monkeypatch, at="0s", connected=True)
+    _checkouts(world, 2)
+    stop = threading.Event()
+    stop.set()
+    issuers = unique_codes.shopify_issuers(api_base=server.url)
+    stats = unique_codes.issue_due(
+        world.app.engine, world.app.registry, world.now, issuers, stop=stop
+    )
+    assert (stats.issued, len(server.requests)) == (0, 0)

@@ -11,6 +11,7 @@ deferred by `PENDING_WAIT`, up to `PENDING_LIMIT` times, then skipped (`services
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -163,6 +164,7 @@ def issue_due(
     *,
     lead: timedelta = LEAD,
     limit: int = 100,
+    stop: threading.Event | None = None,
 ) -> IssueStats:
     """Issue the codes soon needed. One cart's failure is logged and the others go on; the
     failed cart is tried again on the next run (its step is deferred meanwhile)."""
@@ -173,6 +175,8 @@ def issue_due(
     stats = IssueStats()
     issuers: dict[int, DiscountIssuer] = {}
     for want in wants:
+        if stop is not None and stop.is_set():
+            break  # the rest are asked for after the restart; their steps wait meanwhile
         link = links.get(want.store_id)
         if link is None:
             continue
