@@ -4,6 +4,7 @@ the message; a code not there yet defers the step, a few times, then skips it.""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -14,13 +15,17 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select, update
 
+from cartback.core.flows import parse_flow
+from cartback.core.model import Store
 from cartback.services import shops as shop_service
 from cartback.services import unique_codes
 from cartback.services.ingest import ingest
 from cartback.services.tick import tick
 from cartback.shops import shopify_admin
 from cartback.shops.shopify_admin import API_VERSION
+from cartback.simulate import timeline
 from cartback.store import tables as t
+from cartback.web.intake import parse_event_document
 from tests.support.events import checkout
 from tests.support.recording import RecordingServer, recording_server
 from tests.support.shopify import SHOP_DOMAIN
@@ -328,3 +333,25 @@ def test_the_issuer_stops_between_carts_when_the_worker_stops(
         world.app.engine, world.app.registry, world.now, issuers, stop=stop
     )
     assert (stats.issued, len(server.requests)) == (0, 0)
+
+
+def test_flows_test_shows_where_the_unique_code_goes() -> None:
+    flow = parse_flow(UNIQUE_FLOW.format(at="0s"), "unique.yaml")
+    store = Store(
+        id=1, name="Demo", brand="Demo", domains=("shop.example",), postal_address="1 Demo St"
+    )
+    event = {
+        "id": "e1",
+        "type": "checkout.updated",
+        "occurred_at": "2026-11-23T10:00:00+01:00",
+        "cart_token": "c1",
+        "contact": {"phone": "+4791234567", "email": "shopper@example.com"},
+        "shipping": {"country": "NO"},
+        "lines": [{"title": "Rain jacket", "quantity": 1, "price": "120.00"}],
+        "currency": "NOK",
+        "restore_url": "https://shop.example/cart/c1",
+        "consent": {"sms_marketing": True, "cart_reminders": True, "double_opt_in": True},
+    }
+    entries = timeline(flow, store, parse_event_document(json.dumps(event).encode()))
+    [sent] = [entry for entry in entries if entry.outcome == "send"]
+    assert sent.text is not None and "with UNIQUE-SAMPLE: " in sent.text
