@@ -154,8 +154,9 @@ class ProviderChannel(MessageChannel, Protocol):
 class DiscountIssuer(Protocol):
     """A shop integration that creates a single-use code for one cart (`discount.unique`).
 
-    Shop adapters implement it where the platform's API allows; until a store has one, steps
-    that ask for unique codes are skipped with the rule `discount.unique`."""
+    Shop adapters implement it where the platform's API allows (`ShopifyDiscountIssuer`). The
+    worker calls it ahead of the step with no transaction open (`services/unique_codes.py`);
+    a store without one skips steps that ask for unique codes with the rule `discount.unique`."""
 
     def issue(
         self,

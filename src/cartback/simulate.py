@@ -27,7 +27,7 @@ from cartback.core.model import (
 )
 from cartback.core.policy import SentRecord
 from cartback.core.storepolicy import store_policy
-from cartback.services.compose import ComposeError, compose
+from cartback.services.compose import UNIQUE_POOL, ComposeError, compose
 from cartback.services.gates import policy_gate
 
 MAX_WAKES = 1000
@@ -156,8 +156,8 @@ def _contact(event: CheckoutUpdated) -> Contact:
 
 
 def _sample_code(pool: str, _cart: Cart) -> str:
-    """The simulator hands out no real codes; it shows where a pooled one would go."""
-    return f"{pool.upper()}-SAMPLE"
+    """The simulator hands out no real codes; it shows where a pooled or unique one would go."""
+    return "UNIQUE-SAMPLE" if pool == UNIQUE_POOL else f"{pool.upper()}-SAMPLE"
 
 
 def _consent(event: CheckoutUpdated) -> dict[Channel, ConsentView]:

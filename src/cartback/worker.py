@@ -34,6 +34,8 @@ log = logging.getLogger("cartback.worker")
 
 # How often the timer thread blanks shop webhook payloads past their retention.
 PRUNE_EVERY_SECONDS = 3600.0
+# How often the worker issues the per-cart discount codes of steps due soon.
+ISSUE_CODES_EVERY_SECONDS = 60.0
 # Delivered and given-up webhook deliveries are kept this long for `cartback webhooks list`.
 WEBHOOK_DELIVERIES_KEPT = timedelta(days=30)
 # Time for the last writes of a batch once its provider calls are done.
@@ -106,6 +108,9 @@ class Worker:
                 target=self._webhook_loop, args=(webhooks,), name="webhooks", daemon=True
             ),
         ]
+        # Per-cart discount codes are asked of the shop here, never inside the timer's
+        # transaction; a slow shop API holds up only this thread.
+        threads.append(threading.Thread(target=self._codes_loop, name="unique-codes", daemon=True))
         if settings.magento_poll_minutes > 0:
             # Its own thread: a slow shop API must not hold up timers or sends.
             threads.append(threading.Thread(target=self._magento_loop, name="magento", daemon=True))
@@ -174,6 +179,30 @@ class Worker:
             return
         if count:
             log.info("removed %d shop webhook payloads past their retention", count)
+
+    def _codes_loop(self) -> None:
+        while not self.stop.is_set():
+            self.issue_unique_codes()
+            self.stop.wait(ISSUE_CODES_EVERY_SECONDS)
+
+    def issue_unique_codes(self) -> None:
+        """Issue the per-cart codes that steps due soon ask for; failures are logged and
+        tried again on the next run, while the timer defers those steps."""
+        from cartback.services import unique_codes
+
+        try:
+            stats = unique_codes.issue_due(
+                self.app.engine,
+                self.app.registry,
+                self.app.clock.now(),
+                unique_codes.shopify_issuers(clock=self.app.clock.now),
+                stop=self.stop,
+            )
+        except Exception:
+            log.exception("issuing unique discount codes failed; retrying at the next run")
+            return
+        if stats.issued or stats.failed:
+            log.info("unique discount codes: %d issued, %d failed", stats.issued, stats.failed)
 
     def _magento_loop(self) -> None:
         every = self.app.settings.magento_poll_minutes * 60

@@ -21,6 +21,10 @@ from cartback.core.render import (
 )
 from cartback.services.tracking import mint
 
+# The pool name under which issued per-cart codes are stored; flows cannot name it.
+UNIQUE_POOL = "@unique"
+PENDING_RULE = "discount.pending"
+
 
 class ComposeError(Exception):
     def __init__(self, rule: str, message: str) -> None:
@@ -180,11 +184,13 @@ def _offer(step: Step, cart: Cart, codes: CodeSource) -> Discount | None:
             )
         code = found
     else:
-        raise ComposeError(
-            "discount.unique",
-            f"step {step.id} asks for a unique code per cart, which needs a shop integration "
-            "that issues codes; none is configured for this store",
-        )
+        # Issued ahead by the worker (services/unique_codes.py); here it is only read.
+        issued = codes(UNIQUE_POOL, cart)
+        if issued is None:
+            raise ComposeError(
+                PENDING_RULE, f"step {step.id} asks for a unique code; none is issued yet"
+            )
+        code = issued
     return Discount(code=code, percent=spec.percent, amount=spec.amount)
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cartback.core.consent import erased_view
 from cartback.core.engine import LATE_RULE, Advance, Outcome, advance
-from cartback.core.flows import Flow
+from cartback.core.flows import Flow, Step
 from cartback.core.model import (
     Cart,
     Channel,
@@ -38,8 +38,8 @@ from cartback.core.model import (
 )
 from cartback.core.policy import SentRecord
 from cartback.core.storepolicy import store_policy
-from cartback.services import outbound
-from cartback.services.compose import ComposeError, compose
+from cartback.services import outbound, unique_codes
+from cartback.services.compose import PENDING_RULE, UNIQUE_POOL, ComposeError, compose
 from cartback.services.consent import LazyViews
 from cartback.services.consent import ledger as consent_ledger
 from cartback.services.discounts import code_for
@@ -365,6 +365,41 @@ def _pooled_code(
     return code_for(conn, store_id, pool, cart, now)
 
 
+def _codes(conn: Connection, store_id: int, pool: str, cart: Cart, *, now: datetime) -> str | None:
+    if pool == UNIQUE_POOL:
+        return unique_codes.stored_code(conn, store_id, cart.id)
+    return code_for(conn, store_id, pool, cart, now)
+
+
+def _pending(
+    conn: Connection, flow: Flow, enrollment: Enrollment, step: Step, reason: str
+) -> tuple[Outcome, str, str]:
+    """A due step whose unique code is not issued yet: deferred a few times while the worker's
+    issuer loop tries, then skipped. Stores that cannot issue codes skip at once."""
+    if not unique_codes.can_issue(conn, enrollment.store_id):
+        return (
+            Outcome.SKIP,
+            unique_codes.UNIQUE_RULE,
+            f"step {step.id} asks for a unique code per cart, which needs a shop integration "
+            "that issues codes (Shopify with an API token); none is configured for this store",
+        )
+    waited = unique_codes.pending_count(conn, enrollment.id, step.id)
+    if waited >= unique_codes.PENDING_LIMIT:
+        return (
+            Outcome.SKIP,
+            unique_codes.UNIQUE_RULE,
+            f"step {step.id}: no unique code was issued after {waited} waits of "
+            f"{format_duration(unique_codes.PENDING_WAIT)}; the shop's API may be failing "
+            "(see the worker's log)",
+        )
+    return (
+        Outcome.DEFER,
+        PENDING_RULE,
+        f"{reason}; waiting {format_duration(unique_codes.PENDING_WAIT)} "
+        f"({waited + 1} of {unique_codes.PENDING_LIMIT})",
+    )
+
+
 def _collect(
     conn: Connection,
     result: Advance,
@@ -380,7 +415,12 @@ def _collect(
     contact = context.contact(cart.contact_id)
     stats = item.stats
     sends = {step.id: step for step in result.sends}
+    # Set when a step waits for its unique code: what advance decided after it (the flow's
+    # completion) has not happened, so it is not recorded.
+    waiting = False
     for decision in result.decisions:
+        if waiting:
+            break
         outcome, rule, reason = decision.outcome, decision.rule, decision.reason
         step = sends.get(decision.step_id or "")
         if outcome is Outcome.SEND and step is not None and contact is not None:
@@ -393,11 +433,24 @@ def _collect(
                     step,
                     now,
                     base_url,
-                    codes=partial(code_for, conn, store.id, now=now),
+                    codes=partial(_codes, conn, store.id, now=now),
                 )
             except ComposeError as error:
                 outcome, rule, reason = Outcome.SKIP, error.rule, str(error)
-                stats.skipped += 1
+                if rule == PENDING_RULE:
+                    outcome, rule, reason = _pending(conn, flow, enrollment, step, reason)
+                if outcome is Outcome.DEFER:
+                    # Back on this step, woken again once the issuer loop has had its turn.
+                    enrollment = replace(
+                        enrollment,
+                        step_index=flow.steps.index(step),
+                        state=EnrollmentState.ACTIVE,
+                        wake_at=now + unique_codes.PENDING_WAIT,
+                    )
+                    stats.deferred += 1
+                    waiting = True
+                else:
+                    stats.skipped += 1
             except SQLAlchemyError:
                 raise
             except Exception as error:

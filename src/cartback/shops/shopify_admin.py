@@ -1,4 +1,4 @@
-"""Shopify Admin API: register cartback's webhook topics for a shop.
+"""Shopify Admin API: register cartback's webhook topics for a shop, and issue per-cart codes.
 
 REST `webhooks.json` with the shop's access token in `X-Shopify-Access-Token`. Registering is
 idempotent: topics already delivered to the address are left as they are. The GDPR topics are
@@ -7,8 +7,11 @@ not registered here: Shopify takes them only from the app's configuration.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import httpx
 
@@ -90,3 +93,70 @@ def _json(response: httpx.Response) -> dict[str, object]:
 
 def _reason(response: httpx.Response) -> str:
     return response.text[:200].replace("\n", " ")
+
+
+@dataclass
+class ShopifyDiscountIssuer:
+    """`ports.DiscountIssuer` for Shopify: one price rule per cart, limited to one use, with
+    one discount code under it. Called only outside any database transaction."""
+
+    http: httpx.Client
+    api_version: str = API_VERSION
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    def issue(
+        self,
+        *,
+        cart_token: str,
+        percent: Decimal | None,
+        amount: Decimal | None,
+        currency: str,
+        expires_at: datetime | None,
+    ) -> str:
+        if (percent is None) == (amount is None):
+            raise AdminError("a unique code needs exactly one of percent or amount")
+        code = unique_code_text(cart_token)
+        value = -(percent if percent is not None else amount or Decimal(0))
+        rule: dict[str, object] = {
+            "title": code,
+            "target_type": "line_item",
+            "target_selection": "all",
+            "allocation_method": "across",
+            "value_type": "percentage" if percent is not None else "fixed_amount",
+            "value": f"{value}",
+            "customer_selection": "all",
+            "usage_limit": 1,
+            "once_per_customer": True,
+            "starts_at": _iso(self.clock()),
+            "ends_at": _iso(expires_at) if expires_at is not None else None,
+        }
+        if amount is not None:
+            # A fixed amount is in the shop's currency; it is named so a mismatch is visible.
+            rule["title"] = f"{code} ({currency})"
+        base = f"/admin/api/{self.api_version}"
+        made = _json(
+            _call(self.http, "POST", f"{base}/price_rules.json", json={"price_rule": rule})
+        )
+        created = made.get("price_rule")
+        rule_id = created.get("id") if isinstance(created, dict) else None
+        if rule_id is None:
+            raise AdminError(f"POST {base}/price_rules.json: the answer has no price_rule.id")
+        path = f"{base}/price_rules/{rule_id}/discount_codes.json"
+        answer = _json(_call(self.http, "POST", path, json={"discount_code": {"code": code}}))
+        made_code = answer.get("discount_code")
+        if not isinstance(made_code, dict) or not made_code.get("code"):
+            raise AdminError(f"POST {path}: the answer has no discount_code.code")
+        return str(made_code["code"])
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def unique_code_text(cart_token: str) -> str:
+    """A code no one can guess from the cart: random, short enough to type, upper case."""
+    del cart_token  # the code must not reveal the cart token
+    return "CB-" + secrets.token_hex(5).upper()
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
