@@ -25,7 +25,8 @@ FAST_DEMO = Path(__file__).resolve().parents[2] / "src/cartback/flows/demo.yaml"
 
 def _fast_flow(tmp_path: Path) -> Path:
     text = FAST_DEMO.read_text()
-    for old, new in (("5s", "1s"), ("15s", "4s"), ("30s", "6s"), ("45s", "7s"), ("60s", "8s")):
+    pace = (("5s", "1s"), ("15s", "4s"), ("30s", "6s"), ("40s", "7s"), ("45s", "8s"), ("60s", "9s"))
+    for old, new in pace:
         text = text.replace(f"at: {old}", f"at: {new}").replace(f"after: {old}", f"after: {new}")
     folder = tmp_path / "flows"
     folder.mkdir()
