@@ -40,6 +40,21 @@ def kill9(rig: Rig, rounds: int = 5) -> Counts:
     return rig.counts("kill9", rig.settle(LEASE_SECONDS + 40))
 
 
+def kill_mid_call(rig: Rig) -> Counts:
+    """A worker killed with SIGKILL after the provider took a message and before the worker
+    recorded the answer (the provider answers a second late). After the lease the row is
+    looked up with the provider and settled as sent: never sent again, never lost."""
+    rig.provider.switch("hang", delay=1.0)
+    rig.start_worker("w1")
+    rig.wait_running("w1")
+    rig.seed_carts(12, "mid", sms=False)
+    wait_until(lambda: rig.provider.count() >= 1, 30, "the provider to take a message", every=0.01)
+    rig.signal("w1", signal.SIGKILL)
+    rig.provider.switch("normal")
+    rig.start_worker("w1")
+    return rig.counts("kill_mid_call", rig.settle(LEASE_SECONDS + 40))
+
+
 def sigstop(rig: Rig) -> Counts:
     """A worker paused (SIGSTOP) in the middle of a batch until past its lease, while a second
     worker runs; then resumed (SIGCONT)."""
@@ -315,6 +330,7 @@ def poison_row(rig: Rig, others: int = 20) -> Counts:
 
 SCENARIOS: dict[str, Callable[..., Counts]] = {
     "kill9": kill9,
+    "kill_mid_call": kill_mid_call,
     "sigstop": sigstop,
     "provider_hang": provider_hang,
     "provider_fail_in_turn": provider_fail_in_turn,

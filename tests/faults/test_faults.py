@@ -51,6 +51,14 @@ def test_kill9(
 
 
 @pytest.mark.parametrize("backend", backends())
+def test_kill9_between_the_provider_call_and_its_record(
+    backend: str, fault_database: str, tmp_path: Path, seed: int, request: pytest.FixtureRequest
+) -> None:
+    with rig(backend, fault_database, tmp_path, seed) as made:
+        _report(scenarios.kill_mid_call(made), request)
+
+
+@pytest.mark.parametrize("backend", backends())
 def test_sigstop_past_the_lease(
     backend: str, fault_database: str, tmp_path: Path, seed: int, request: pytest.FixtureRequest
 ) -> None:
