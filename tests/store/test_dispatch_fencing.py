@@ -495,3 +495,64 @@ def test_a_stopping_dispatcher_starts_no_new_call_and_returns_its_claim(world: W
     assert _statuses(world) == Counter({"sent": 1, "pending": 5})
     rows = [row for row in _rows(world) if row["status"] == "pending"]
     assert all(row["lease_owner"] is None and row["attempts"] == 0 for row in rows)
+
+
+def test_claims_stranded_by_a_database_blip_go_back_at_the_next_run(world: World) -> None:
+    """The database fails on the fences of a claimed batch (a restart, a dropped connection):
+    the rows were never handed over, so the dispatcher's next run returns them to the queue at
+    once instead of leaving them `claimed` for the whole lease, and each is sent exactly once."""
+    _due_messages(world, carts=4)
+    sent: list[str] = []
+    channel = Provider(sent)
+    dispatcher = _dispatcher(world.app.engine, channel, concurrency=1, clock=world.clock.now)
+    fence = dispatcher._mark_sending
+    failing = {"on": True}
+
+    def blip(row_id: int, at: datetime) -> bool:
+        if failing["on"]:
+            raise ConnectionError("server closed the connection unexpectedly")
+        return fence(row_id, at)
+
+    dispatcher._mark_sending = blip  # type: ignore[method-assign]
+    try:
+        dispatcher.run_once(world.now)
+        assert sent == []
+        assert _statuses(world) == Counter({"claimed": 4})
+        failing["on"] = False
+        # Well inside the lease: without the fix nothing would move for another minute.
+        world.clock.advance(timedelta(seconds=1))
+        dispatcher.run_once(world.clock.now())
+    finally:
+        dispatcher.close()
+    assert sorted(Counter(sent).values()) == [1, 1, 1, 1]
+    assert _statuses(world) == Counter({"sent": 4})
+
+
+def test_a_stranded_claim_returned_while_its_fence_waits_is_still_sent_once(
+    world: World,
+) -> None:
+    """Returning this dispatcher's own `claimed` rows is safe even for a row whose fence has not
+    run yet: the fence then fails, and whoever claims the row next sends it, once."""
+    _due_messages(world, carts=3)
+    sent: list[str] = []
+    other_sent: list[str] = []
+    first = _dispatcher(world.app.engine, Provider(sent), concurrency=1, clock=world.clock.now)
+    other = _dispatcher(
+        world.app.engine, Provider(other_sent), concurrency=1, clock=world.clock.now
+    )
+    fence = first._mark_sending
+
+    def return_then_fence(row_id: int, at: datetime) -> bool:
+        first._unclaim_mine()
+        other.run_once(world.clock.now())
+        return fence(row_id, at)
+
+    first._mark_sending = return_then_fence  # type: ignore[method-assign]
+    try:
+        first.run_once(world.now)
+    finally:
+        first.close()
+        other.close()
+    assert sent == []
+    assert sorted(Counter(other_sent).values()) == [1, 1, 1]
+    assert _statuses(world) == Counter({"sent": 3})

@@ -283,7 +283,8 @@ class Rig:
                 select(func.count())
                 .select_from(t.outbox)
                 .where(
-                    (o.status == "sending") | ((o.status == "pending") & (o.available_at <= now))
+                    o.status.in_(["claimed", "sending"])
+                    | ((o.status == "pending") & (o.available_at <= now))
                 )
             ).scalar_one()
         return bool(overdue or due)
@@ -336,20 +337,23 @@ class Rig:
         counts.quiet = sum(
             1 for item in taken if item.channel == "sms" and in_quiet_hours(item.to, item.at)
         )
-        lost = sum(1 for token in self.accepted if token not in carts)
+        # Each kind of loss counted apart, so a failing run says which promise broke.
+        lost: Counter[str] = Counter()
+        lost["no_cart"] = sum(1 for token in self.accepted if token not in carts)
         for row in enrollments:
             if row.state == "active":
-                lost += row.wake_at is not None and row.wake_at <= late
+                lost["overdue_enrollment"] += row.wake_at is not None and row.wake_at <= late
             else:
-                lost += row.id not in explained
+                lost[f"ended_unexplained_{row.state}"] += row.id not in explained
         for key, row in messages.items():
-            if (
-                row.status == "sending"
-                or (row.status == "pending" and row.available_at <= late)
-                or (row.status == "sent" and key not in keys)
-            ):
-                lost += 1
-        counts.lost = lost
+            if row.status in ("claimed", "sending"):
+                lost[f"left_{row.status}"] += 1
+            elif row.status == "pending" and row.available_at <= late:
+                lost["overdue_pending"] += 1
+            elif row.status == "sent" and key not in keys:
+                lost["sent_not_taken"] += 1
+        counts.lost = sum(lost.values())
+        counts.extra.update({f"lost_{kind}": n for kind, n in lost.items() if n})
         counts.unknown = sum(1 for row in messages.values() if row.status == "unknown")
         return counts
 

@@ -9,10 +9,11 @@ covers one message and is longer than the provider timeout, so recovery never ta
 row whose call may still be running.
 
 If the process dies, `claimed` rows (never handed over) simply go back to `pending` once
-their lease expires. `sending` rows (at most the calls in flight) are reconciled with the
-provider's records where the channel can look them up; otherwise they become `unknown` and
-are never sent again: a missed reminder is better than a duplicate marketing text. No
-provider call is ever made inside a database transaction.
+their lease expires; if only the database failed around a claim or a fence, the dispatcher
+returns its own stranded `claimed` rows at its next run. `sending` rows (at most the calls in
+flight) are reconciled with the provider's records where the channel can look them up;
+otherwise they become `unknown` and are never sent again: a missed reminder is better than a
+duplicate marketing text. No provider call is ever made inside a database transaction.
 
 Each message goes out on its store's own provider where the store has one, else on the global
 channel of its kind (`ChannelResolver`, settings read in the claim's transaction). A provider
@@ -161,6 +162,10 @@ class Dispatcher:
         # Once set, no new provider call starts: the rest of the claim goes back to the queue,
         # so a shutdown waits only for the calls already in flight.
         self._stopping = stopping or threading.Event()
+        # Set when the database failed around a claim or a fence: rows this dispatcher claimed
+        # may be stranded `claimed`, never handed over, and go back to the queue at the next
+        # run rather than waiting out the lease (minutes in production) after a blip.
+        self._stranded = False
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -170,8 +175,15 @@ class Dispatcher:
         stats = DispatchStats()
         if self._clock is None:
             self._now = _since(now)
+        if self._stranded:
+            self._unclaim_mine()
         self.recover_expired(now, stats)
-        claimed = self._claim(now, limit, stats)
+        try:
+            claimed = self._claim(now, limit, stats)
+        except Exception:
+            # The claim may have committed even though its answer was lost.
+            self._stranded = True
+            raise
         if claimed:
             self._send_all(claimed, stats)
         return stats
@@ -204,8 +216,9 @@ class Dispatcher:
         try:
             handed = self._send(item)
         except Exception:
-            # The database failed around the fence: the row stays `claimed` or `sending` under
-            # its lease, and recovery settles it once the lease expires.
+            # The database failed around the fence: the row stays `claimed` (returned at the
+            # next run) or `sending` (settled by recovery once its lease expires).
+            self._stranded = True
             log.exception("outbox row %s: could not hand it to its provider", item.id)
         finally:
             answers.put((item, handed))
@@ -247,6 +260,14 @@ class Dispatcher:
     def _unclaim(self, row_id: int) -> None:
         with self.engine.begin() as conn:
             conn.execute(_UNCLAIM, {"b_id": row_id, "b_owner": self.owner, "b_now": self._now()})
+
+    def _unclaim_mine(self) -> None:
+        """Every row still `claimed` by this dispatcher back to the queue. Safe even for a row
+        whose fence is still to run on the pool: the fence then fails, and the row is sent
+        once, by whoever claims it next."""
+        with self.engine.begin() as conn:
+            conn.execute(_UNCLAIM_MINE, {"b_owner": self.owner, "b_now": self._now()})
+        self._stranded = False
 
     def _release(self, row_id: int) -> None:
         with self.engine.begin() as conn:
@@ -515,6 +536,17 @@ _UNCLAIM = (
         _o.lease_owner == bindparam("b_owner"),
         _o.status == "claimed",
     )
+    .values(
+        status="pending",
+        lease_owner=None,
+        lease_until=None,
+        updated_at=bindparam("b_now", type_=UtcDateTime),
+    )
+)
+
+_UNCLAIM_MINE = (
+    update(t.outbox)
+    .where(_o.lease_owner == bindparam("b_owner"), _o.status == "claimed")
     .values(
         status="pending",
         lease_owner=None,
