@@ -27,6 +27,7 @@ from cartback.core.conditions import (
     is_reserved_name,
     parse_condition,
 )
+from cartback.core.locales import matches
 from cartback.core.model import Cart, Channel, format_duration, parse_duration
 from cartback.core.render import check_template
 from cartback.core.yamlsrc import (
@@ -57,6 +58,7 @@ _FLOW_KEYS = (
     "grace",
     "variants",
     "discount_exclusions",
+    "language",
     "steps",
 )
 _STEP_KEYS = (
@@ -142,6 +144,15 @@ class Step:
     max_segments: int
     discount: Discount | None
     line: int
+    # The language of the step's own text (the flow's `language`); None: the store's default.
+    language: str | None = None
+
+    def offered_locales(self, store_default: str) -> tuple[str, ...]:
+        """The locales this step has text for, its own text's language first."""
+        keys = [self.language or store_default, *self.locales]
+        for override in self.variant_overrides.values():
+            keys.extend(override.locales)
+        return tuple(dict.fromkeys(keys))
 
     def content_for(self, variant: str | None, locale: str | None) -> Content:
         """The variant's override (its own locale first), then the step's locale, then the
@@ -193,6 +204,8 @@ class Flow:
     exclusions: ProductExclusions = field(default=NO_EXCLUSIONS, compare=False)
     # Problems that do not stop the flow from running (printed by `flows check`).
     warnings: tuple[FlowIssue, ...] = field(default=(), compare=False)
+    # The language of the steps' own text; None: the store's default language.
+    language: str | None = None
 
     def step(self, step_id: str) -> Step:
         return self.steps[self.index_of(step_id)]
@@ -316,11 +329,13 @@ def _match_locale(
 ) -> list[ContentOverride]:
     if not locale or not table:
         return []
-    by_key = {_locale_key(key): value for key, value in table.items()}
     wanted = _locale_key(locale)
-    for candidate in (wanted, wanted.split("-")[0]):
-        if candidate in by_key:
-            return [by_key[candidate]]
+    for key, value in table.items():
+        if _locale_key(key) == wanted:
+            return [value]
+    for key, value in table.items():
+        if matches(locale, key):
+            return [value]
     return []
 
 
@@ -512,9 +527,14 @@ class _Parser:
         ]
         enroll_when = self.condition(data, (), "enroll_when", (), step_ids)
         exclusions = self.exclusions(data)
+        language = self.text(
+            data, (), "language", pattern=_LOCALE, hint="use a language like en or nb"
+        )
         steps = self.steps(raw_steps, step_ids)
         if name is None or abandon_after is None or holdout is None or steps is None:
             return None
+        if language is not None:
+            steps = tuple(replace(step, language=language) for step in steps)
         if exclusions != NO_EXCLUSIONS:
             steps = tuple(
                 replace(step, discount=replace(step.discount, exclusions=exclusions))
@@ -536,6 +556,7 @@ class _Parser:
             grace=grace,
             channel_holdout=channel_holdout,
             exclusions=exclusions,
+            language=language,
         )
 
     def exclusions(self, data: Mapping[str, object]) -> ProductExclusions:
