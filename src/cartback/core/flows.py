@@ -254,6 +254,7 @@ def parse_flow(
     if flow is not None and check_templates:
         errors, warnings = condition_timing(flow, lines, min_condition_gap)
         parser.issues.extend(errors)
+        warnings.extend(locale_coverage(flow, lines))
     if parser.issues or flow is None:
         raise FlowError(sorted(parser.issues, key=lambda issue: issue.line))
     return replace(flow, warnings=tuple(warnings)) if warnings else flow
@@ -300,6 +301,55 @@ def condition_timing(
                     )
                 )
     return errors, warnings
+
+
+def locale_coverage(flow: Flow, lines: Lines) -> list[FlowIssue]:
+    """Warnings for a locale that only some steps speak, and for an email locale that leaves
+    the subject or the body to the step: a shopper would get a message half in another
+    language. Each names the step (file:line) and the language the gap falls back to."""
+    base = flow.language or "the store's default language"
+    spoken = [_step_locales(step) for step in flow.steps]
+    everywhere = {key: name for table in spoken for key, name in table.items()}
+    warnings: list[FlowIssue] = []
+    for index, (step, table) in enumerate(zip(flow.steps, spoken, strict=True)):
+        missing = [name for key, name in everywhere.items() if key not in table]
+        if missing:
+            path: tuple[str | int, ...] = ("steps", index)
+            path = (*path, "locales") if step.locales else path
+            others = "another step has it" if len(missing) == 1 else "other steps have them"
+            warnings.append(
+                FlowIssue(
+                    flow.source,
+                    lines.line_of(path),
+                    format_path(path),
+                    f"{step.id} has no wording for {', '.join(sorted(missing))} ({others}): "
+                    f"those shoppers get this step in {base}",
+                )
+            )
+        if step.channel is not Channel.EMAIL:
+            continue
+        for key, override in step.locales.items():
+            unset = [name for name in ("subject", "body") if getattr(override, name) is None]
+            if unset:
+                entry = ("steps", index, "locales", key)
+                warnings.append(
+                    FlowIssue(
+                        flow.source,
+                        lines.line_of(entry),
+                        format_path(entry),
+                        f"sets no {' and no '.join(unset)}: {key} shoppers get the "
+                        f"{' and the '.join(unset)} in {base}",
+                    )
+                )
+    return warnings
+
+
+def _step_locales(step: Step) -> dict[str, str]:
+    """The locales a step has wording for, by normalised key (to the key as written)."""
+    keys = list(step.locales)
+    for override in step.variant_overrides.values():
+        keys.extend(override.locales)
+    return {_locale_key(key): key for key in keys}
 
 
 def load_flow(

@@ -30,7 +30,6 @@ from sqlalchemy.exc import IntegrityError
 
 from cartback.core.consent import ConsentSource
 from cartback.core.events import ContactInfo, InboundReply
-from cartback.core.locales import LOCALE_TEXTS, pick_locale
 from cartback.core.model import Channel, Purpose, Store
 from cartback.core.render import help_reply, opt_in_confirmation, opt_out_confirmation
 from cartback.core.replies import ReplyClassification, ReplyKind, classify_reply
@@ -108,13 +107,7 @@ def on_reply(conn: Connection, store: Store, reply: InboundReply, now: datetime)
             )
         ).inserted_primary_key[0]  # type: ignore[index]
     )
-    # The same pick as for the flow's messages, among the languages the answers are written in.
-    locale = pick_locale(
-        (store.default_locale, *LOCALE_TEXTS),
-        checkout_locale=contact.locale if contact else None,
-        country=contact.country if contact else None,
-        store_default=store.default_locale,
-    )
+    locale = (contact.locale if contact else None) or store.default_locale
     action, answer, step = "recorded", None, None
     forward_url: str | None = None
     if classification.kind is ReplyKind.STOP:
@@ -191,13 +184,14 @@ def _contact(conn: Connection, store_id: int, reply: InboundReply) -> Any:
         # Some gateways (Kannel, Vonage) drop the "+" of an E.164 number.
         candidates = {sender, "+" + sender} if sender.isdigit() else {sender}
         match = c.phone.in_(candidates)
-    query = select(c.id, c.locale, c.country).where(c.store_id == store_id, match)
-    return conn.execute(query.order_by(c.id).limit(1)).first()
+    return conn.execute(
+        select(c.id, c.locale).where(c.store_id == store_id, match).order_by(c.id).limit(1)
+    ).first()
 
 
 def _contact_by_id(conn: Connection, contact_id: int) -> Any:
     c = t.contacts.c
-    return conn.execute(select(c.id, c.locale, c.country).where(c.id == contact_id)).first()
+    return conn.execute(select(c.id, c.locale).where(c.id == contact_id)).first()
 
 
 def _latest_cart(
