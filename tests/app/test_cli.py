@@ -93,6 +93,22 @@ def test_flows_check_warns_on_a_short_gap_and_passes(tmp_path: Path) -> None:
     assert wrong.exit_code == 2 and "--min-gap" in wrong.stderr
 
 
+def test_flows_check_warns_about_a_locale_some_steps_lack_and_passes(tmp_path: Path) -> None:
+    partial = tmp_path / "partial.yaml"
+    partial.write_text(
+        SAME_TIME.format(sms_at="3h").replace(
+            "    body: hi\n", "    body: hi\n    locales:\n      nb: {body: hei}\n"
+        )
+    )
+    result = runner.invoke(cli, ["flows", "check", str(partial)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"warning: {partial}:4: steps[0]: email1 has no wording for nb (another step has it): "
+        "those shoppers get this step in the store's default language"
+    ]
+    assert "ok (same-time, 2 steps" in result.stdout
+
+
 def test_flows_check_names_a_missing_file(tmp_path: Path) -> None:
     result = runner.invoke(cli, ["flows", "check", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2
