@@ -225,7 +225,25 @@ def timeline(
         for step_id in sent:
             enrollment, shown = _engage(enrollment, step_id, engagement, now)
             entries.extend(shown)
+    entries.extend(_unused(engagement, entries))
     return entries
+
+
+def _unused(engagement: Engagement, entries: Sequence[TimelineEntry]) -> list[TimelineEntry]:
+    """A note for each open or click asked for on a message that was never sent."""
+    done = {(entry.step_id, entry.outcome) for entry in entries}
+    last = entries[-1].at
+    return [
+        TimelineEntry(
+            last,
+            step_id,
+            "note",
+            f"{step_id} was not sent, so --{action} {step_id} changed nothing",
+        )
+        for action, names in (("opened", engagement.opened), ("clicked", engagement.clicked))
+        for step_id in sorted(names)
+        if (step_id, action) not in done
+    ]
 
 
 def _actions(engagement: Engagement, abandoned_at: datetime) -> list[_Action]:

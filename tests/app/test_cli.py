@@ -195,6 +195,17 @@ def test_flows_test_a_click_on_email2_skips_the_discount_text(tmp_path: Path) ->
     assert set(_by_step(entries, "send")) == {"sms1", "email1", "sms2", "email2", "email3"}
 
 
+def test_flows_test_notes_an_open_of_a_message_that_was_never_sent(tmp_path: Path) -> None:
+    no_sms = {"sms_marketing": False, "email_marketing": True}
+    entries = _flows_test(tmp_path, "--clicked", "sms1", "--opened", "email1", consent=no_sms)
+    assert [(e["step_id"], e["outcome"]) for e in entries if e["outcome"] == "opened"] == [
+        ("email1", "opened")
+    ]
+    [note] = [e for e in entries if e["outcome"] == "note"]
+    assert note["step_id"] == "sms1"
+    assert note["reason"] == "sms1 was not sent, so --clicked sms1 changed nothing"
+
+
 def test_flows_test_an_order_ends_the_flow_at_its_time(tmp_path: Path) -> None:
     entries = _flows_test(tmp_path, "--ordered-at", "9h")
     # Abandoned at 09:10 UTC; the order 9 hours later.
