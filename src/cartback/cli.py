@@ -11,12 +11,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from cartback import cli_help
 from cartback.app import App, build_app, register_flows
@@ -1201,8 +1203,47 @@ def flows_test(
     policy: Annotated[
         Path | None, typer.Option(help="Store policy YAML (cooldowns, caps, stricter rules)")
     ] = None,
+    opened: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--opened", metavar="STEP", help="The shopper opens this email once sent (repeatable)"
+        ),
+    ] = None,
+    clicked: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--clicked",
+            metavar="STEP",
+            help="The shopper clicks this message's link once sent (repeatable)",
+        ),
+    ] = None,
+    ordered_at: Annotated[
+        str | None,
+        typer.Option(
+            "--ordered-at",
+            metavar="DURATION",
+            help="The shopper places an order this long after abandonment, e.g. 9h",
+        ),
+    ] = None,
+    replied: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--replied",
+            metavar="TEXT",
+            help='The shopper texts this (e.g. "STOP"); pair each with an --at (repeatable)',
+        ),
+    ] = None,
+    reply_at: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--at",
+            metavar="DURATION",
+            help="When the --replied text in the same position is sent, after abandonment",
+        ),
+    ] = None,
 ) -> None:
-    """Run one cart through a flow in virtual time and print every decision."""
+    """Run one cart through a flow in virtual time and print every decision, the branch each
+    condition takes, and what the shopper did. Times after abandonment: 90s, 15m, 9h, 2d."""
     from cartback.app import SHIPPED_FLOWS
     from cartback.simulate import timeline
     from cartback.web.intake import parse_event_document
@@ -1215,6 +1256,7 @@ def flows_test(
         raise fail(str(error)) from None
     except OSError as error:
         raise fail(f"{flow_path}: {error.strerror}") from None
+    engagement = _engagement_or_exit(flow, opened, clicked, ordered_at, replied, reply_at)
     try:
         events = parse_event_document(event.read_bytes())
     except OSError as error:
@@ -1234,15 +1276,70 @@ def flows_test(
         policy=_policy_file_or_exit(policy) if policy is not None else {},
     )
     try:
-        entries = timeline(flow, store, events, base_url=settings.base_url)
+        entries = timeline(flow, store, events, base_url=settings.base_url, engagement=engagement)
     except ValueError as error:
         raise fail(f"{event}: {error}") from None
+    zone = _shopper_zone(events, store)
     if as_json:
-        sys.stdout.write(
-            json.dumps([asdict(entry) for entry in entries], default=str, indent=2) + "\n"
-        )
+        rows = [_timeline_row(entry, zone) for entry in entries]
+        sys.stdout.write(json.dumps(rows, default=str, indent=2, ensure_ascii=False) + "\n")
         return
-    _print_timeline(flow.name, entries, _shopper_zone(events, store))
+    _print_timeline(flow.name, entries, zone)
+
+
+def _engagement_or_exit(
+    flow: Any,
+    opened: list[str] | None,
+    clicked: list[str] | None,
+    ordered_at: str | None,
+    replied: list[str] | None,
+    reply_at: list[str] | None,
+) -> Any:
+    """The shopper's actions from the `flows test` options; exit 2 naming the option."""
+    from cartback.simulate import Engagement, ShopperReply
+
+    texts, times = replied or [], reply_at or []
+    if len(texts) != len(times):
+        raise fail(
+            f"--replied and --at go in pairs: {len(texts)} --replied, {len(times)} --at "
+            '(e.g. --replied "STOP" --at 3h)'
+        )
+    engagement = Engagement(
+        opened=frozenset(opened or ()),
+        clicked=frozenset(clicked or ()),
+        ordered_after=_duration_or_exit("--ordered-at", ordered_at) if ordered_at else None,
+        replies=tuple(
+            ShopperReply(text, _duration_or_exit("--at", at))
+            for text, at in zip(texts, times, strict=True)
+        ),
+    )
+    problems = engagement.problems(flow)
+    if problems:
+        raise fail("; ".join(problems))
+    return engagement
+
+
+def _duration_or_exit(option: str, text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise fail(f"{option}: {error}") from None
+
+
+def _instant(moment: datetime) -> str:
+    """An ISO 8601 instant in UTC, as the API writes them: 2026-06-10T08:25:00Z."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _timeline_row(entry: Any, zone: Any) -> dict[str, Any]:
+    row = asdict(entry)
+    local = entry.at.astimezone(zone)
+    return {
+        "at": _instant(entry.at),
+        "local_at": local.isoformat(),
+        "zone": zone.key,
+        **{key: value for key, value in row.items() if key != "at"},
+    }
 
 
 def _shopper_zone(events: list[Any], store: Store) -> Any:
@@ -1272,8 +1369,14 @@ def _print_timeline(name: str, entries: list[Any], zone: Any) -> None:
             detail = (f"Subject: {entry.subject}\n" if entry.subject else "") + entry.text
             if entry.segments is not None:
                 detail += f"\n[{entry.encoding}, {entry.segments} segment(s)]"
+            if entry.outcome == "replied":
+                detail = f"{entry.reason}\nanswer: {detail}"
         else:
             detail = entry.reason + (f" [rule: {entry.rule}]" if entry.rule else "")
+        if entry.condition is not None:
+            # A false condition is the whole reason: say it once, with the facts.
+            reason = "" if entry.rule == "when" else f"\n{detail}"
+            detail = f"{_branch_text(entry)}{reason}"
         table.add_row(
             entry.at.strftime("%Y-%m-%d %H:%M:%S")
             + "\n"
@@ -1281,9 +1384,28 @@ def _print_timeline(name: str, entries: list[Any], zone: Any) -> None:
             entry.step_id or "",
             entry.outcome,
             entry.channel or "",
-            detail,
+            Text(detail),
         )
     out.print(table)
+
+
+def _branch_text(entry: Any) -> str:
+    """`when A and not B -> false (A = true, B = true)`: the branch and what decided it."""
+    if entry.branch is None:
+        return f"when {entry.condition} -> not read (the step was late)"
+    facts = ", ".join(f"{name} = {_fact_text(value)}" for name, value in entry.facts.items())
+    branch = "true" if entry.branch else "false"
+    return f"when {entry.condition} -> {branch}" + (f" ({facts})" if facts else "")
+
+
+def _fact_text(value: object) -> str:
+    if value is None:
+        return "unknown"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return str(value)
 
 
 def _safe_url(url: str) -> str:

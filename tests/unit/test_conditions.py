@@ -390,3 +390,24 @@ def test_product_and_history_facts() -> None:
     assert not holds("contact.abandoned_count > 3")
     with pytest.raises(ConditionError, match=r"did you mean cart\.skus"):
         parse_condition("'x' in cart.sku", ())
+
+
+def test_facts_read_names_each_fact_with_its_value_in_reading_order() -> None:
+    condition = parse_condition(
+        'contact.sms_consent and not email1.opened and cart.value >= 100 and variant in ["a"]',
+        ["email1"],
+    )
+    facts = {
+        "contact": {"sms_consent": True},
+        "email1": {"opened": True},
+        "cart": {"value": 120},
+        "variant": None,
+    }
+    assert condition.facts_read(facts) == {
+        "contact.sms_consent": True,
+        "email1.opened": True,
+        "cart.value": Decimal(120),
+        "variant": None,
+    }
+    # A step that has not run reads as false, as evaluate() reads it.
+    assert condition.facts_read({})["email1.opened"] is False

@@ -99,7 +99,7 @@ def test_default_sms_bodies_are_short_gsm7_and_use_the_variables() -> None:
     sms_steps = [step for step in flow.steps if step.channel is Channel.SMS]
     bodies = [(step, step.content.body) for step in sms_steps]
     bodies += [(step, locale.body or "") for step in sms_steps for locale in step.locales.values()]
-    assert len(bodies) == 4  # three SMS steps and the Norwegian sms1
+    assert len(bodies) == 3 * 9  # three SMS steps, in English and eight more languages
     for step, body in bodies:
         rendered = env.from_string(body).render(**_SAMPLE)
         assert len(rendered) < 120, rendered
@@ -605,3 +605,72 @@ steps:
         parse_flow(text.replace("skus: [GIFT-50]", "skus: GIFT-50"), "excl.yaml")
     [issue] = caught.value.issues
     assert (issue.line, issue.field) == (4, "discount_exclusions.skus")
+
+
+# ---- languages --------------------------------------------------------------------------------
+
+PARTIAL = """\
+name: partial
+language: en
+abandon_after: 10m
+steps:
+  - id: sms1
+    at: 15m
+    channel: sms
+    body: "{{ brand }}: hi {{ link }}"
+    locales:
+      nb: {body: "{{ brand }}: hei {{ link }}"}
+      da: {body: "{{ brand }}: hej {{ link }}"}
+  - id: email1
+    at: 1h
+    channel: email
+    subject: s
+    body: b
+    locales:
+      nb: {subject: s-nb}
+  - id: sms2
+    at: 8h
+    channel: sms
+    body: "{{ brand }}: again {{ link }}"
+"""
+
+
+def test_a_locale_that_covers_only_some_steps_is_a_warning_with_its_line() -> None:
+    flow = parse_flow(PARTIAL, "partial.yaml")
+    assert [str(warning) for warning in flow.warnings] == [
+        "partial.yaml:17: steps[1].locales: email1 has no wording for da (another step has "
+        "it): those shoppers get this step in en",
+        "partial.yaml:18: steps[1].locales.nb: sets no body: nb shoppers get the body in en",
+        "partial.yaml:19: steps[2]: sms2 has no wording for da, nb (other steps have them): "
+        "those shoppers get this step in en",
+    ]
+    assert flow.language == "en" and all(step.language == "en" for step in flow.steps)
+
+
+def test_a_flow_without_a_language_falls_back_to_the_stores() -> None:
+    flow = parse_flow(PARTIAL.replace("language: en\n", ""), "partial.yaml")
+    assert flow.language is None
+    assert flow.warnings[0].message.endswith("get this step in the store's default language")
+    assert flow.step("sms1").offered_locales("de") == ("de", "nb", "da")
+
+
+def test_a_flow_whose_locales_cover_every_step_has_no_warning() -> None:
+    text = PARTIAL.replace(
+        "nb: {subject: s-nb}",
+        "nb: {subject: s-nb, body: b-nb}\n      da: {subject: s-da, body: b-da}",
+    )
+    text += '    locales:\n      NB: {body: "{{ brand }}: igjen {{ link }}"}\n      da: {body: x}\n'
+    assert parse_flow(text, "full.yaml").warnings == ()
+
+
+def test_a_bad_language_is_an_error_with_its_line() -> None:
+    with pytest.raises(FlowError) as caught:
+        parse_flow(PARTIAL.replace("language: en", "language: english please"), "bad.yaml")
+    assert [str(issue) for issue in caught.value.issues] == [
+        "bad.yaml:2: language: 'english please' is not valid: use a language like en or nb"
+    ]
+
+
+def test_step_offers_its_own_language_first_then_its_locales() -> None:
+    flow = parse_flow(CONTENT_FLOW)
+    assert flow.step("e").offered_locales("de") == ("de", "nb", "nb-NO", "sv")

@@ -17,8 +17,10 @@ from cartback.core.sms import (
     detect_encoding,
     first_non_gsm7,
     fit_to_segments,
+    gsm7_spelling,
     normalize_lookalikes,
     shorten_product,
+    without_symbols,
 )
 
 EMOJI = "😀"
@@ -226,26 +228,102 @@ def test_fit_shortens_the_product_to_the_longest_prefix_that_fits() -> None:
 
 
 def test_fit_uses_the_unicode_ellipsis_when_the_message_is_ucs2_anyway() -> None:
+    # The brand is UCS-2, so spelling the product in GSM-7 cannot help: only the emoji goes.
     product = f"{EMOJI} Party Balloon Set With Confetti and Streamers and Candles and Plates"
-    result = fit_to_segments(lambda p: f"Acme: {p} waits", product, 1)
+    result = fit_to_segments(lambda p: f"Łódź: {p} waits", product, 1)
     assert result.fits and result.product_shortened
     assert result.info.encoding == "UCS-2"
-    assert result.text.endswith("… waits")
+    assert result.text.startswith("Łódź: Party Balloon") and result.text.endswith("… waits")
+    assert EMOJI not in result.text
 
 
-def test_fit_keeps_at_least_the_minimum_product_length() -> None:
+def test_fit_drops_the_product_for_the_fallback_when_no_prefix_fits() -> None:
     product = "Wonderful Widget " * 12
-    result = fit_to_segments(lambda p: p + " " + "z" * 150, product, 1)
-    assert not result.fits and result.product_shortened
-    assert result.text == "Wonderfu... " + "z" * 150
-    assert result.reason == "needs 2 segments, max 1 (GSM-7, 162 septets)"
+    result = fit_to_segments(lambda p: f"Acme: {p} " + "z" * 145, product, 1, "it")
+    assert result.fits and result.product_shortened
+    assert result.text == "Acme: it " + "z" * 145
 
 
-def test_fit_keeps_the_full_product_when_shortening_saves_no_segment() -> None:
-    result = fit_to_segments(lambda p: p + " " + "z" * 152, "Wonderful Widget", 1)
+def test_fit_without_a_fallback_word_drops_the_product() -> None:
+    result = fit_to_segments(lambda p: f"Acme: {p} " + "z" * 145, "Wonderful Widget", 1)
+    assert result.fits and result.product_shortened
+    assert result.text == "Acme:  " + "z" * 145
+
+
+def test_fit_keeps_the_full_product_when_nothing_saves_a_segment() -> None:
+    result = fit_to_segments(lambda p: p + " " + "z" * 200, "Wonderful Widget", 1, "it")
     assert not result.fits and not result.product_shortened
-    assert result.text == "Wonderful Widget " + "z" * 152
-    assert result.reason == "needs 2 segments, max 1 (GSM-7, 169 septets)"
+    assert result.text == "Wonderful Widget " + "z" * 200
+    assert result.reason == "needs 2 segments, max 1 (GSM-7, 217 septets)"
+
+
+def test_fit_reports_the_attempt_with_the_fewest_segments() -> None:
+    product = "Wonderful Widget " * 20
+    result = fit_to_segments(lambda p: p + " " + "z" * 200, product, 1, "it")
+    assert not result.fits and result.product_shortened
+    assert result.info.segments == 2
+    assert result.reason == f"needs 2 segments, max 1 (GSM-7, {len(result.text)} septets)"
+
+
+@pytest.mark.parametrize(
+    ("product", "sent"),
+    [
+        (f"{EMOJI} Gift box", "Gift box"),
+        ("🎁 Gift box", "Gift box"),
+        ("Gift 🎁 box", "Gift box"),
+        ("Gift box 👨\u200d👩\u200d👧", "Gift box"),
+        ("Crème brûlée torch 🔥 set", "Crème brulée torch set"),
+        ("Bœuf bourguignon pot", "Boeuf bourguignon pot"),
+    ],
+)
+def test_fit_drops_emoji_and_spells_the_product_in_gsm7(product: str, sent: str) -> None:
+    result = fit_to_segments(message_for, product, 1, "your items")
+    assert result.fits and result.product_shortened
+    assert result.info.encoding == "GSM-7" and result.info.segments == 1
+    assert result.text == message_for(sent)
+
+
+def test_fit_uses_the_fallback_word_for_a_product_of_emoji_only() -> None:
+    result = fit_to_segments(message_for, "🎁🎉", 1, "your items")
+    assert result.fits and result.text == message_for("your items")
+
+
+def test_fit_keeps_letters_of_other_scripts_in_a_message_that_is_ucs2_anyway() -> None:
+    def render(product: str) -> str:
+        return f"Acme: Привет Ольга, {product} ждёт вас здесь!: https://acme.test/c/abc123"
+
+    result = fit_to_segments(render, "🎁 Кофе", 1, "товары")
+    assert result.fits and result.text == render("Кофе")
+
+
+@pytest.mark.parametrize(
+    ("text", "spelled", "plain"),
+    [
+        ("🎁 Gift box", "Gift box", "Gift box"),
+        ("Crème brûlée ½ kg", "Crème brulée 1/2 kg", "Crème brûlée ½ kg"),
+        ("Nike™ Air 👟🏽", "Nike Air", "Nike Air"),
+        ("1️⃣ Set", "1 Set", "1 Set"),
+        ("Кофе", "", "Кофе"),
+        ("Wait… “yes”", 'Wait... "yes"', "Wait… “yes”"),
+        ("Façade Ça", "Facade Ça", "Façade Ça"),
+    ],
+)
+def test_gsm7_spelling_and_without_symbols(text: str, spelled: str, plain: str) -> None:
+    assert gsm7_spelling(text) == spelled
+    assert detect_encoding(spelled) == "GSM-7"
+    assert without_symbols(text) == plain
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    product=st.text(
+        alphabet=st.sampled_from([*"abc XYZ-’…éêç€", "ł", "Ж", "中", EMOJI, "🎁", "\u200d"]),
+        max_size=200,
+    )
+)
+def test_a_product_name_never_stops_a_message_that_fits_with_the_fallback(product: str) -> None:
+    result = fit_to_segments(message_for, product, 1, "your items")
+    assert result.fits and result.info.segments == 1
 
 
 def test_fit_failure_names_the_first_non_gsm_character() -> None:

@@ -131,6 +131,11 @@ class Condition:
         """True or false for these facts (see `build_facts`); never raises on odd facts."""
         return _truthy(_evaluate(self._tree, facts))
 
+    def facts_read(self, facts: Mapping[str, object]) -> dict[str, object]:
+        """The value of each fact the condition reads, by its dotted name, in reading order
+        (`{"contact.sms_consent": True, "email1.opened": False}`): what decided its branch."""
+        return {".".join(fact.path): _lookup(fact, facts) for fact in _facts_in(self._tree)}
+
 
 def parse_condition(
     source: str,
@@ -515,6 +520,21 @@ def _evaluate(expr: _Expr, facts: Mapping[str, object]) -> object:
             return False
         left = right
     return True
+
+
+def _facts_in(expr: _Expr | _Choices) -> list[_Fact]:
+    if isinstance(expr, _Fact):
+        return [expr]
+    if isinstance(expr, _Not):
+        return _facts_in(expr.operand)
+    if isinstance(expr, _BoolOp):
+        return [fact for operand in expr.operands for fact in _facts_in(operand)]
+    if isinstance(expr, _Compare):
+        found = _facts_in(expr.left)
+        for _op, right in expr.links:
+            found.extend(_facts_in(right))
+        return found
+    return []
 
 
 def _lookup(fact: _Fact, facts: Mapping[str, object]) -> object:

@@ -27,6 +27,7 @@ from cartback.core.conditions import (
     is_reserved_name,
     parse_condition,
 )
+from cartback.core.locales import matches
 from cartback.core.model import Cart, Channel, format_duration, parse_duration
 from cartback.core.render import check_template
 from cartback.core.yamlsrc import (
@@ -57,6 +58,7 @@ _FLOW_KEYS = (
     "grace",
     "variants",
     "discount_exclusions",
+    "language",
     "steps",
 )
 _STEP_KEYS = (
@@ -142,6 +144,15 @@ class Step:
     max_segments: int
     discount: Discount | None
     line: int
+    # The language of the step's own text (the flow's `language`); None: the store's default.
+    language: str | None = None
+
+    def offered_locales(self, store_default: str) -> tuple[str, ...]:
+        """The locales this step has text for, its own text's language first."""
+        keys = [self.language or store_default, *self.locales]
+        for override in self.variant_overrides.values():
+            keys.extend(override.locales)
+        return tuple(dict.fromkeys(keys))
 
     def content_for(self, variant: str | None, locale: str | None) -> Content:
         """The variant's override (its own locale first), then the step's locale, then the
@@ -193,6 +204,8 @@ class Flow:
     exclusions: ProductExclusions = field(default=NO_EXCLUSIONS, compare=False)
     # Problems that do not stop the flow from running (printed by `flows check`).
     warnings: tuple[FlowIssue, ...] = field(default=(), compare=False)
+    # The language of the steps' own text; None: the store's default language.
+    language: str | None = None
 
     def step(self, step_id: str) -> Step:
         return self.steps[self.index_of(step_id)]
@@ -241,6 +254,7 @@ def parse_flow(
     if flow is not None and check_templates:
         errors, warnings = condition_timing(flow, lines, min_condition_gap)
         parser.issues.extend(errors)
+        warnings.extend(locale_coverage(flow, lines))
     if parser.issues or flow is None:
         raise FlowError(sorted(parser.issues, key=lambda issue: issue.line))
     return replace(flow, warnings=tuple(warnings)) if warnings else flow
@@ -289,6 +303,55 @@ def condition_timing(
     return errors, warnings
 
 
+def locale_coverage(flow: Flow, lines: Lines) -> list[FlowIssue]:
+    """Warnings for a locale that only some steps speak, and for an email locale that leaves
+    the subject or the body to the step: a shopper would get a message half in another
+    language. Each names the step (file:line) and the language the gap falls back to."""
+    base = flow.language or "the store's default language"
+    spoken = [_step_locales(step) for step in flow.steps]
+    everywhere = {key: name for table in spoken for key, name in table.items()}
+    warnings: list[FlowIssue] = []
+    for index, (step, table) in enumerate(zip(flow.steps, spoken, strict=True)):
+        missing = [name for key, name in everywhere.items() if key not in table]
+        if missing:
+            path: tuple[str | int, ...] = ("steps", index)
+            path = (*path, "locales") if step.locales else path
+            others = "another step has it" if len(missing) == 1 else "other steps have them"
+            warnings.append(
+                FlowIssue(
+                    flow.source,
+                    lines.line_of(path),
+                    format_path(path),
+                    f"{step.id} has no wording for {', '.join(sorted(missing))} ({others}): "
+                    f"those shoppers get this step in {base}",
+                )
+            )
+        if step.channel is not Channel.EMAIL:
+            continue
+        for key, override in step.locales.items():
+            unset = [name for name in ("subject", "body") if getattr(override, name) is None]
+            if unset:
+                entry = ("steps", index, "locales", key)
+                warnings.append(
+                    FlowIssue(
+                        flow.source,
+                        lines.line_of(entry),
+                        format_path(entry),
+                        f"sets no {' and no '.join(unset)}: {key} shoppers get the "
+                        f"{' and the '.join(unset)} in {base}",
+                    )
+                )
+    return warnings
+
+
+def _step_locales(step: Step) -> dict[str, str]:
+    """The locales a step has wording for, by normalised key (to the key as written)."""
+    keys = list(step.locales)
+    for override in step.variant_overrides.values():
+        keys.extend(override.locales)
+    return {_locale_key(key): key for key in keys}
+
+
 def load_flow(
     path: str | Path, *, min_condition_gap: timedelta = DEFAULT_MIN_CONDITION_GAP
 ) -> Flow:
@@ -316,11 +379,13 @@ def _match_locale(
 ) -> list[ContentOverride]:
     if not locale or not table:
         return []
-    by_key = {_locale_key(key): value for key, value in table.items()}
     wanted = _locale_key(locale)
-    for candidate in (wanted, wanted.split("-")[0]):
-        if candidate in by_key:
-            return [by_key[candidate]]
+    for key, value in table.items():
+        if _locale_key(key) == wanted:
+            return [value]
+    for key, value in table.items():
+        if matches(locale, key):
+            return [value]
     return []
 
 
@@ -512,9 +577,14 @@ class _Parser:
         ]
         enroll_when = self.condition(data, (), "enroll_when", (), step_ids)
         exclusions = self.exclusions(data)
+        language = self.text(
+            data, (), "language", pattern=_LOCALE, hint="use a language like en or nb"
+        )
         steps = self.steps(raw_steps, step_ids)
         if name is None or abandon_after is None or holdout is None or steps is None:
             return None
+        if language is not None:
+            steps = tuple(replace(step, language=language) for step in steps)
         if exclusions != NO_EXCLUSIONS:
             steps = tuple(
                 replace(step, discount=replace(step.discount, exclusions=exclusions))
@@ -536,6 +606,7 @@ class _Parser:
             grace=grace,
             channel_holdout=channel_holdout,
             exclusions=exclusions,
+            language=language,
         )
 
     def exclusions(self, data: Mapping[str, object]) -> ProductExclusions:

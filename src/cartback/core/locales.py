@@ -9,7 +9,10 @@ providers act on them; Norwegian and Swedish use STOPP, which both also accept.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import babel.languages
 
 DEFAULT_LANGUAGE = "en"
 
@@ -27,6 +30,8 @@ class LocaleTexts:
     opt_in_confirmation: str  # "{brand}"
     discount: str  # "{value}" is "10 %" or "€5.00"
     unsubscribe_line: str  # "{url}", email footer
+    # Stands in for a product name that cannot fit an SMS; reads as the object of a sentence.
+    product_fallback: str
 
 
 LOCALE_TEXTS: dict[str, LocaleTexts] = {
@@ -45,6 +50,7 @@ LOCALE_TEXTS: dict[str, LocaleTexts] = {
         ),
         discount="{value} off",
         unsubscribe_line="Unsubscribe: {url}",
+        product_fallback="your items",
     ),
     "nb": LocaleTexts(
         opt_out_footer="Svar STOPP for å melde deg av",
@@ -63,6 +69,7 @@ LOCALE_TEXTS: dict[str, LocaleTexts] = {
         ),
         discount="{value} rabatt",
         unsubscribe_line="Meld deg av: {url}",
+        product_fallback="varene dine",
     ),
     "da": LocaleTexts(
         opt_out_footer="Svar STOP for at afmelde",
@@ -79,6 +86,7 @@ LOCALE_TEXTS: dict[str, LocaleTexts] = {
         ),
         discount="{value} rabat",
         unsubscribe_line="Afmeld: {url}",
+        product_fallback="dine varer",
     ),
     "sv": LocaleTexts(
         opt_out_footer="Svara STOPP för att avregistrera dig",
@@ -99,6 +107,7 @@ LOCALE_TEXTS: dict[str, LocaleTexts] = {
         ),
         discount="{value} rabatt",
         unsubscribe_line="Avregistrera: {url}",
+        product_fallback="dina varor",
     ),
     "de": LocaleTexts(
         opt_out_footer="Zum Abmelden STOP antworten",
@@ -118,6 +127,7 @@ LOCALE_TEXTS: dict[str, LocaleTexts] = {
         ),
         discount="{value} Rabatt",
         unsubscribe_line="Abmelden: {url}",
+        product_fallback="Ihre Artikel",
     ),
     "fr": LocaleTexts(
         opt_out_footer="Répondez STOP pour vous désabonner",
@@ -135,6 +145,7 @@ LOCALE_TEXTS: dict[str, LocaleTexts] = {
         ),
         discount="{value} de réduction",
         unsubscribe_line="Se désabonner : {url}",
+        product_fallback="vos articles",
     ),
     "es": LocaleTexts(
         opt_out_footer="Responde STOP para darte de baja",
@@ -155,6 +166,7 @@ LOCALE_TEXTS: dict[str, LocaleTexts] = {
         ),
         discount="{value} de descuento",
         unsubscribe_line="Darse de baja: {url}",
+        product_fallback="tus productos",
     ),
     "it": LocaleTexts(
         opt_out_footer="Rispondi STOP per annullare l'iscrizione",
@@ -175,6 +187,7 @@ LOCALE_TEXTS: dict[str, LocaleTexts] = {
         ),
         discount="{value} di sconto",
         unsubscribe_line="Annulla iscrizione: {url}",
+        product_fallback="i tuoi articoli",
     ),
     "nl": LocaleTexts(
         opt_out_footer="Antwoord STOP om je af te melden",
@@ -195,6 +208,7 @@ LOCALE_TEXTS: dict[str, LocaleTexts] = {
         ),
         discount="{value} korting",
         unsubscribe_line="Afmelden: {url}",
+        product_fallback="je artikelen",
     ),
     "fi": LocaleTexts(
         opt_out_footer="Vastaa STOP peruaksesi tilauksen",
@@ -214,6 +228,7 @@ LOCALE_TEXTS: dict[str, LocaleTexts] = {
         ),
         discount="{value} alennus",
         unsubscribe_line="Peru tilaus: {url}",
+        product_fallback="tuotteesi",
     ),
     "pl": LocaleTexts(
         opt_out_footer="Rezygnacja: odpowiedz STOP",
@@ -233,6 +248,7 @@ LOCALE_TEXTS: dict[str, LocaleTexts] = {
         ),
         discount="{value} rabatu",
         unsubscribe_line="Wypisz się: {url}",
+        product_fallback="Twoje produkty",
     ),
 }
 
@@ -252,3 +268,55 @@ def language_of(locale: str | None) -> str:
 def texts_for(locale: str | None) -> LocaleTexts:
     """The wording for a locale, by its language; English for unknown or malformed locales."""
     return LOCALE_TEXTS.get(language_of(locale), LOCALE_TEXTS[DEFAULT_LANGUAGE])
+
+
+def _tag(locale: str) -> str:
+    return locale.strip().replace("_", "-").lower()
+
+
+def matches(locale: str, offered: str) -> bool:
+    """True when `offered` (a locale a flow has text for) serves a shopper with `locale`: the
+    same tag ("nb-NO"), or `offered` is the shopper's language ("nb" serves "nb-NO" and "no")."""
+    wanted, key = _tag(locale), _tag(offered)
+    if not key:
+        return False
+    return wanted == key or ("-" not in key and language_of(locale) == language_of(key))
+
+
+def country_languages(country: str | None) -> tuple[str, ...]:
+    """The languages of a country (ISO 3166 alpha-2), most spoken first, from the CLDR data
+    babel ships: ("fi", "sv") for FI, ("nb", "nn") for NO; () for an unknown code."""
+    code = (country or "").strip().upper()
+    if len(code) != 2 or not code.isalpha():
+        return ()
+    found: list[str] = []
+    for language in babel.languages.get_official_languages(code, de_facto=True):
+        language = language_of(language)
+        if language not in found:
+            found.append(language)
+    return tuple(found)
+
+
+def pick_locale(
+    offered: Sequence[str],
+    *,
+    checkout_locale: str | None,
+    country: str | None,
+    store_default: str,
+) -> str:
+    """The locale to write to a shopper in, among those `offered`: the checkout's locale, then
+    a language of the shipping country, then the store's default, then `offered[0]` (the
+    language of the text that has no locale of its own)."""
+    if not offered:
+        raise ValueError("pick_locale needs at least one offered locale")
+    wanted = (checkout_locale or "").strip()
+    if wanted and any(matches(wanted, key) for key in offered):
+        return wanted
+    code = (country or "").strip().upper()
+    for language in country_languages(code):
+        if any(matches(language, key) for key in offered):
+            # With the country, so that money is written the local way (nb-NO: "1 200,00 kr").
+            return f"{language}-{code}"
+    if any(matches(store_default, key) for key in offered):
+        return store_default
+    return offered[0]

@@ -291,7 +291,8 @@ def ensure_opt_out(text: str, texts: LocaleTexts) -> str:
 
 def render_sms(body_source: str, ctx: MessageContext, *, max_segments: int) -> RenderedSms:
     """Render an SMS body with the brand prefix and the localised opt-out text guaranteed,
-    then fit it into `max_segments` (normalising look-alikes, then shortening the product)."""
+    then fit it into `max_segments`: look-alikes normalised, then the product name spelled in
+    GSM-7 (emoji dropped), shortened, or replaced by the locale's word for "your items"."""
     template = compile_template(body_source)
     texts = texts_for(ctx.locale)
     variables = ctx.variables()
@@ -302,7 +303,7 @@ def render_sms(body_source: str, ctx: MessageContext, *, max_segments: int) -> R
             raise RenderError("the SMS body renders empty")
         return ensure_opt_out(ensure_brand_prefix(body, ctx.brand), texts)
 
-    fit = fit_to_segments(compose, ctx.product, max_segments)
+    fit = fit_to_segments(compose, ctx.product, max_segments, texts.product_fallback)
     return RenderedSms(
         text=fit.text,
         info=fit.info,

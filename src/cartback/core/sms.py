@@ -81,6 +81,7 @@ class FitResult:
     text: str
     fits: bool
     info: SegmentInfo
+    # The product name was changed to fit: spelled in GSM-7, shortened, or replaced.
     product_shortened: bool
     normalized: bool
     reason: str | None
@@ -214,9 +215,14 @@ def _failure_reason(info: SegmentInfo, text: str, max_segments: int) -> str:
     return f"{limit} (UCS-2 because of {offender!r})"
 
 
-def fit_to_segments(render: Callable[[str], str], product: str, max_segments: int) -> FitResult:
+def fit_to_segments(
+    render: Callable[[str], str], product: str, max_segments: int, fallback: str = ""
+) -> FitResult:
     """Render a message so that it fits in `max_segments`, degrading it step by step:
-    as is → look-alikes normalised → product name shortened (longest prefix that fits).
+    as is → look-alikes normalised → the product name without what forces UCS-2 (emoji and
+    other characters outside GSM-7 dropped, accented letters spelled plainly) → that name
+    shortened (longest prefix that fits) → `fallback` in place of the name ("your items", or
+    nothing). Only a message that fits none of these fails: a product name alone never stops it.
     """
     if max_segments < 1:
         raise ValueError(f"max_segments must be at least 1, got {max_segments}")
@@ -229,24 +235,109 @@ def fit_to_segments(render: Callable[[str], str], product: str, max_segments: in
     if best.info.segments <= max_segments:
         return FitResult(best.text, True, best.info, False, best.normalized, None)
 
-    shortened = False
-    if len(product) > MIN_PRODUCT_CHARS:
-        shortest = _attempt_shortened(render, product, MIN_PRODUCT_CHARS)
-        if shortest.info.segments < best.info.segments:
-            best, shortened = shortest, True
+    changed = False
+
+    def fitted(attempt: _Attempt) -> FitResult:
+        return FitResult(attempt.text, True, attempt.info, True, attempt.normalized, None)
+
+    def keep_if_better(attempt: _Attempt) -> None:
+        nonlocal best, changed
+        if attempt.info.segments < best.info.segments:
+            best, changed = attempt, True
+
+    name = _cheaper_product(render, product)
+    if name and name != product:  # nothing left of the name: the fallback word stands in
+        cleaned = _attempt(render, name)
+        if cleaned.info.segments <= max_segments:
+            return fitted(cleaned)
+        keep_if_better(cleaned)
+    if len(name) > MIN_PRODUCT_CHARS:
+        shortest = _attempt_shortened(render, name, MIN_PRODUCT_CHARS)
         if shortest.info.segments <= max_segments:
             # Binary search for the longest prefix that fits; `low` always fits.
-            low, high = MIN_PRODUCT_CHARS, len(product) - 1
+            found, low, high = shortest, MIN_PRODUCT_CHARS, len(name) - 1
             while low < high:
                 middle = (low + high + 1) // 2
-                attempt = _attempt_shortened(render, product, middle)
+                attempt = _attempt_shortened(render, name, middle)
                 if attempt.info.segments <= max_segments:
-                    low, best = middle, attempt
+                    low, found = middle, attempt
                 else:
                     high = middle - 1
-            if low == MIN_PRODUCT_CHARS:
-                best = shortest
-            return FitResult(best.text, True, best.info, True, best.normalized, None)
+            return fitted(found)
+        keep_if_better(shortest)
+    if product.strip() and fallback != name:
+        replaced = _attempt(render, fallback)
+        if replaced.info.segments <= max_segments:
+            return fitted(replaced)
+        keep_if_better(replaced)
 
     reason = _failure_reason(best.info, best.text, max_segments)
-    return FitResult(best.text, False, best.info, shortened, best.normalized, reason)
+    return FitResult(best.text, False, best.info, changed, best.normalized, reason)
+
+
+def _attempt(render: Callable[[str], str], product: str) -> _Attempt:
+    plain = render(product)
+    text = normalize_lookalikes(plain)
+    return _Attempt(text, count_segments(text), text != plain)
+
+
+def _cheaper_product(render: Callable[[str], str], product: str) -> str:
+    """The product name spelled in GSM-7 when that makes the whole message GSM-7; otherwise
+    (the message is UCS-2 for other reasons, such as the shopper's name) only its emoji and
+    symbols go, which cost units without saying anything."""
+    spelled = gsm7_spelling(product)
+    if spelled != product and detect_encoding(normalize_lookalikes(render(spelled))) == "GSM-7":
+        return spelled
+    return without_symbols(product)
+
+
+# Letters that Unicode does not decompose into a GSM-7 letter and an accent.
+_SPELLED_OUT: dict[str, str] = {
+    "œ": "oe",
+    "Œ": "OE",
+    "ĳ": "ij",
+    "Ĳ": "IJ",
+    "ł": "l",
+    "Ł": "L",
+    "đ": "d",
+    "Đ": "D",
+    "ð": "d",
+    "þ": "th",
+    "Þ": "Th",
+    "ı": "i",
+}
+
+
+def gsm7_spelling(text: str) -> str:
+    """`text` in the GSM-7 alphabet: look-alikes replaced, letters and digits outside it spelled
+    with their base letters (ê → e, ç → c, ½ → 1/2), everything else (emoji, symbols, letters of
+    other scripts) dropped, and the spaces tidied."""
+    kept: list[str] = []
+    for char in text.translate(_ONE_TO_ONE_TABLE).translate(_EXPANDING_TABLE):
+        if is_gsm7_char(char):
+            kept.append(char)
+        elif char in _SPELLED_OUT:
+            kept.append(_SPELLED_OUT[char])
+        elif unicodedata.category(char)[0] in "LN":
+            decomposed = unicodedata.normalize("NFKD", char).translate(_ONE_TO_ONE_TABLE)
+            kept.extend(part for part in decomposed if is_gsm7_char(part))
+        elif unicodedata.category(char)[0] == "Z":
+            kept.append(" ")
+    return " ".join("".join(kept).split())
+
+
+def without_symbols(text: str) -> str:
+    """`text` without emoji, other pictographic symbols and the invisible characters that join
+    or style them (ZWJ, variation selectors, skin tones, keycaps, tags); the spaces tidied."""
+    kept = (
+        char
+        for char in text
+        if unicodedata.category(char) not in _SYMBOL_CATEGORIES
+        and not ("\ufe00" <= char <= "\ufe0f" or "\U000e0000" <= char <= "\U000e007f")
+        and char != "\u20e3"
+    )
+    return " ".join("".join(kept).split())
+
+
+# Other symbols (emoji, ™), modifier symbols (skin tones) and format characters (ZWJ).
+_SYMBOL_CATEGORIES = frozenset({"So", "Sk", "Cf", "Cs", "Co"})

@@ -10,6 +10,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from cartback.core.flows import Step
 from cartback.core.links import LinkRejected, checked_destination, with_utm
+from cartback.core.locales import pick_locale
 from cartback.core.model import Cart, Channel, Contact, Enrollment, Store
 from cartback.core.render import (
     Discount,
@@ -61,7 +62,7 @@ def compose(
             "can_spam.postal_address",
             "marketing email needs the store's postal address in every message; set it first",
         )
-    locale = content_locale(step, contact.locale, store.default_locale)
+    locale = content_locale(step, contact, store)
     content = step.content_for(enrollment.variant, locale)
     discount = _offer(step, cart, codes)
     minted = mint(
@@ -154,17 +155,16 @@ def _with_pixel(document: str | None, open_url: str | None) -> str | None:
     return f"{document[:end]}{pixel}{document[end:]}" if end != -1 else document + pixel
 
 
-def content_locale(step: Step, wanted: str | None, fallback: str) -> str:
-    """The shopper's locale when the step has text for it, else the store's: the words, the
+def content_locale(step: Step, contact: Contact, store: Store) -> str:
+    """The locale of the shopper's message, among those the step has text for: the checkout's
+    locale, then the shipping country's language, then the store's default. The words, the
     opt-out line and the money format then all speak one language."""
-    if wanted:
-        language = wanted.replace("_", "-").split("-")[0].lower()
-        keys = {key.lower() for key in step.locales}
-        variants = (o.locales for o in step.variant_overrides.values())
-        keys |= {key.lower() for table in variants for key in table}
-        if wanted.lower() in keys or language in {key.split("-")[0] for key in keys}:
-            return wanted
-    return fallback
+    return pick_locale(
+        step.offered_locales(store.default_locale),
+        checkout_locale=contact.locale,
+        country=contact.country,
+        store_default=store.default_locale,
+    )
 
 
 def _offer(step: Step, cart: Cart, codes: CodeSource) -> Discount | None:
