@@ -305,9 +305,10 @@ class Worker:
             self.reconcile_shopify()
             self.stop.wait(every)
 
-    def reconcile_shopify(self) -> None:
+    def reconcile_shopify(self, api_base: str | None = None) -> None:
         """Reconcile every store connected to Shopify with an API token, over the last
-        `shopify_reconcile_window_hours`; one store's failure is logged and the others run."""
+        `shopify_reconcile_window_hours`; one store's failure is logged and the others run.
+        (`api_base` replaces the shops' address in tests.)"""
         from cartback.services import shopify_reconcile
 
         settings = self.app.settings
@@ -324,6 +325,7 @@ class Worker:
                 self.app.engine,
                 contexts,
                 now - timedelta(hours=settings.shopify_reconcile_window_hours),
+                api_base=api_base,
                 stop=self.stop,
             )
         except Exception:
