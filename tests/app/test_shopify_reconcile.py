@@ -416,3 +416,26 @@ def test_an_api_error_exits_1_with_the_request_and_no_traceback(
 def test_bad_options_exit_2(world_: World, args: list[str], message: str) -> None:
     result = _cli(world_, *args)
     assert result.exit_code == 2 and message in result.stderr
+
+
+def test_a_race_with_a_webhook_on_the_same_cart_is_applied_again(
+    world_: World, shop: tuple[Shop, RecordingServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    script, server = shop
+    script.checkouts = [checkout(1, world_.now - timedelta(minutes=30))]
+    real = shop_service.apply_items
+    calls: list[int] = []
+
+    def raced(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            # What a concurrent webhook's insert of the same cart makes the first attempt see.
+            raise IntegrityError("INSERT INTO carts", {}, Exception("unique"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shop_service, "apply_items", raced)
+    report = reconcile(world_, server)
+    assert (len(calls), report.new) == (2, 1)
+    assert states(world_) == {"ck-0001": "active"}

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import IntegrityError
 
 from cartback.core.events import CheckoutUpdated, OrderPlaced
 from cartback.core.model import Store
@@ -35,6 +36,7 @@ from cartback.store import tables as t
 log = logging.getLogger("cartback.shopify_reconcile")
 PLATFORM = shopify.PLATFORM
 EARLIEST = datetime.min.replace(tzinfo=UTC)
+RACE_ATTEMPTS = 3
 
 
 @dataclass
@@ -93,9 +95,12 @@ def _apply_checkout(
     engine: Engine, ctx: shop_service.Context, items: Sequence[ShopItem], report: ReconcileReport
 ) -> None:
     token = next(item.cart_token for item in items if isinstance(item, CheckoutUpdated))
-    with engine.begin() as conn:
+
+    def apply(conn: Connection) -> tuple[bool, shop_service.Outcome]:
         existed = _cart_exists(conn, ctx.store.id, token)
-        outcome = shop_service.apply_items(conn, ctx, PLATFORM, items)
+        return existed, shop_service.apply_items(conn, ctx, PLATFORM, items)
+
+    existed, outcome = _retrying(engine, apply)
     status = _status(outcome)
     if status is not EventStatus.ACCEPTED:
         report.unchanged += 1
@@ -109,16 +114,34 @@ def _apply_order(
     engine: Engine, ctx: shop_service.Context, item: ForCart, report: ReconcileReport
 ) -> None:
     assert isinstance(item.event, OrderPlaced)
-    with engine.begin() as conn:
+
+    def apply(conn: Connection) -> tuple[bool, shop_service.Outcome]:
         token = shop_service.cart_token_for(conn, ctx.store.id, PLATFORM, item.ref)
         matched = token is not None and _cart_exists(conn, ctx.store.id, token)
-        outcome = shop_service.apply_items(conn, ctx, PLATFORM, [item])
+        return matched, shop_service.apply_items(conn, ctx, PLATFORM, [item])
+
+    matched, outcome = _retrying(engine, apply)
     if _status(outcome) is not EventStatus.ACCEPTED:
         report.orders_known += 1
     elif matched:
         report.orders_matched += 1
     else:
         report.orders_unmatched += 1
+
+
+def _retrying(
+    engine: Engine, apply: Callable[[Connection], tuple[bool, shop_service.Outcome]]
+) -> tuple[bool, shop_service.Outcome]:
+    """One short transaction; run again when a webhook for the same cart or shopper raced it
+    (a unique key taken meanwhile): the second run sees what the webhook committed."""
+    for attempt in range(1, RACE_ATTEMPTS + 1):
+        try:
+            with engine.begin() as conn:
+                return apply(conn)
+        except IntegrityError:
+            if attempt == RACE_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _status(outcome: shop_service.Outcome) -> EventStatus:
