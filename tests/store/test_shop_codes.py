@@ -293,6 +293,17 @@ def test_expired_unused_codes_are_deleted_in_the_shop_once(
     assert (last.removed, last.gone, last.failed, server.requests) == (0, 0, 0, [])
 
 
+def test_codes_that_keep_failing_never_keep_the_others_from_their_turn(
+    expired: World, shops: tuple[Shops, RecordingServer]
+) -> None:
+    script, server = shops
+    script.failing |= {"9101", "9102"}  # the first codes by id
+    issuers = unique_codes.shop_issuers(api_base=server.url)
+    stats = unique_codes.prune_expired(expired.app.engine, expired.now, issuers, batch=1)
+    assert (stats.removed, stats.failed) == (2, 2)
+    assert _removed(expired)["701"] and _removed(expired)["702"]
+
+
 def test_a_store_whose_token_is_gone_fails_its_codes_only(
     expired: World, monkeypatch: pytest.MonkeyPatch, shops: tuple[Shops, RecordingServer]
 ) -> None:

@@ -268,7 +268,9 @@ def _remove_quietly(issuer: DiscountIssuer, store_id: int, made: IssuedCode) -> 
         log.warning("store %d: removing a surplus code %s failed: %s", store_id, made.ref, error)
 
 
-def expired_unused(conn: Connection, now: datetime, *, limit: int) -> list[Expired]:
+def expired_unused(
+    conn: Connection, now: datetime, *, after_id: int = 0, limit: int
+) -> list[Expired]:
     """Shop-issued codes past their expiry, not removed yet, whose cart was never ordered (an
     ordered cart's code may be on the order: the shop keeps it for its own records)."""
     d, c, o = t.discount_codes.c, t.carts.c, t.orders.c
@@ -282,10 +284,11 @@ def expired_unused(conn: Connection, now: datetime, *, limit: int) -> list[Expir
             d.expires_at <= now,
             d.platform.is_not(None),
             d.platform_ref.is_not(None),
+            d.id > after_id,
             ~ordered,
             c.status.is_distinct_from(str(CartStatus.ORDERED)),
         )
-        .order_by(d.expires_at, d.id)
+        .order_by(d.id)
         .limit(limit)
     )
     return [Expired(row.id, row.store_id, row.platform, row.platform_ref) for row in rows]
@@ -296,56 +299,73 @@ def prune_expired(
     now: datetime,
     issuer_for: IssuerFactory,
     *,
-    limit: int = 500,
+    batch: int = 200,
     stop: threading.Event | None = None,
 ) -> PruneStats:
     """Delete from the shops the per-cart codes that expired unused, and mark them removed.
     Idempotent: a removed code is not asked for again, and one the shop no longer has is
-    marked too. A failure is counted and logged; that code is tried again on the next run."""
-    with engine.connect() as conn:
-        found = expired_unused(conn, now, limit=limit)
-        links = {
-            (code.store_id, code.platform): shop_service.connection(
-                conn, code.store_id, code.platform
-            )
-            for code in found
-        }
+    marked too. A failure is counted and logged; that code is tried again on the next run.
+    Codes are visited in id order, a batch at a time, so codes that keep failing never keep
+    the others from their turn."""
     stats = PruneStats()
+    after_id = 0
     with _Issuers(issuer_for) as issuers:
-        for code in found:
-            if stop is not None and stop.is_set():
+        while stop is None or not stop.is_set():
+            with engine.connect() as conn:
+                found = expired_unused(conn, now, after_id=after_id, limit=batch)
+                links = {
+                    (code.store_id, code.platform): shop_service.connection(
+                        conn, code.store_id, code.platform
+                    )
+                    for code in found
+                }
+            for code in found:
+                if stop is not None and stop.is_set():
+                    break
+                _remove_expired(engine, now, code, links, issuers, stats)
+            if len(found) < batch:
                 break
-            link = links.get((code.store_id, code.platform))
-            try:
-                if link is None or link.api_token_ref is None:
-                    raise shop_service.SecretError(
-                        f"the store has no {code.platform} connection with an API token"
-                    )
-                was_there = issuers.get(link).remove(code.ref)
-            except Exception as error:
-                stats.failed += 1
-                stats.failures.append(f"{code.platform} {code.ref}: {error}")
-                log.warning(
-                    "store %d: removing expired code %s from %s failed: %s",
-                    code.store_id,
-                    code.ref,
-                    code.platform,
-                    error,
-                )
-                continue
-            with engine.begin() as conn:
-                conn.execute(
-                    update(t.discount_codes)
-                    .where(
-                        t.discount_codes.c.id == code.id, t.discount_codes.c.removed_at.is_(None)
-                    )
-                    .values(removed_at=now)
-                )
-            if was_there:
-                stats.removed += 1
-            else:
-                stats.gone += 1
+            after_id = found[-1].id
     return stats
+
+
+def _remove_expired(
+    engine: Engine,
+    now: datetime,
+    code: Expired,
+    links: dict[tuple[int, str], shop_service.ShopConnection | None],
+    issuers: _Issuers,
+    stats: PruneStats,
+) -> None:
+    link = links.get((code.store_id, code.platform))
+    try:
+        if link is None or link.api_token_ref is None:
+            raise shop_service.SecretError(
+                f"the store has no {code.platform} connection with an API token"
+            )
+        was_there = issuers.get(link).remove(code.ref)
+    except Exception as error:
+        stats.failed += 1
+        stats.failures.append(f"{code.platform} {code.ref}: {error}")
+        log.warning(
+            "store %d: removing expired code %s from %s failed: %s",
+            code.store_id,
+            code.ref,
+            code.platform,
+            error,
+        )
+        return
+    d = t.discount_codes.c
+    with engine.begin() as conn:
+        conn.execute(
+            update(t.discount_codes)
+            .where(d.id == code.id, d.removed_at.is_(None))
+            .values(removed_at=now)
+        )
+    if was_there:
+        stats.removed += 1
+    else:
+        stats.gone += 1
 
 
 class _Issuers:
