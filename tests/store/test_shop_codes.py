@@ -195,6 +195,30 @@ def test_a_woocommerce_refusal_names_its_code(shops: tuple[Shops, RecordingServe
     issuer.close()
 
 
+def test_a_refusal_repeating_the_shoppers_email_is_reported_without_it() -> None:
+    def refusing(request: Recorded) -> Reply:
+        message = f"Invalid restriction {request.body['email_restrictions'][0]}."
+        return Reply(400, {"code": "woocommerce_rest_invalid_email", "message": message})
+
+    with recording_api(refusing) as server:
+        issuer = woocommerce_rest.WooCouponIssuer(
+            woocommerce_rest.client(server.url, WOO_KEYS.encode())
+        )
+        with pytest.raises(woocommerce_rest.WooError) as refused:
+            issuer.issue(
+                cart_token="c",
+                percent=Decimal(5),
+                amount=None,
+                currency="EUR",
+                expires_at=None,
+                email="kari.nordmann@example.com",
+            )
+        issuer.close()
+    assert str(refused.value).endswith(
+        "400 woocommerce_rest_invalid_email: Invalid restriction [email]."
+    )
+
+
 # Removal of codes that expired unused.
 
 

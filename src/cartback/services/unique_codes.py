@@ -40,7 +40,14 @@ LEAD = timedelta(minutes=10)
 # A due step whose code is not there yet waits this long, at most this many times.
 PENDING_WAIT = timedelta(minutes=2)
 PENDING_LIMIT = 5
-__all__ = ["PENDING_RULE", "UNIQUE_POOL", "issue_due", "prune_expired", "shop_issuers"]
+__all__ = [
+    "PENDING_RULE",
+    "UNIQUE_POOL",
+    "issue_due",
+    "prune_expired",
+    "shop_issuers",
+    "stored_code",
+]
 UNIQUE_RULE = "discount.unique"
 # Platforms whose connection can issue codes (with an API token), in the order tried when a
 # store is connected to more than one.

@@ -8,6 +8,7 @@ pair as `ck_…:cs_…`.
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from cartback.ports import IssuedCode
 TIMEOUT_SECONDS = 15.0
 COUPONS = "/wp-json/wc/v3/coupons"
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+EMAIL = re.compile(r"[^\s\"'<>@]+@[^\s\"'<>@]*[^\s\"'<>@.,;:)]")
 
 
 class WooError(RuntimeError):
@@ -133,11 +135,14 @@ def _object(response: httpx.Response, where: str) -> dict[str, object]:
 
 
 def _reason(response: httpx.Response) -> str:
-    """WooCommerce's own error code and message, else the start of the body."""
+    """WooCommerce's own error code and message, else the start of the body; an address the
+    answer repeats (the coupon's email restriction) is left out, since this ends up in logs."""
     try:
         data = response.json()
     except ValueError:
         data = None
     if isinstance(data, dict) and isinstance(data.get("code"), str):
-        return f"{data['code']}: {str(data.get('message') or '')[:160]}"
-    return response.text[:200].replace("\n", " ")
+        reason = f"{data['code']}: {str(data.get('message') or '')[:160]}"
+    else:
+        reason = response.text[:200].replace("\n", " ")
+    return EMAIL.sub("[email]", reason)
