@@ -599,6 +599,29 @@ def discounts_list(store: Annotated[str, typer.Option(help="Store slug")]) -> No
     out.print(table if sizes else "no discount pools")
 
 
+@discounts_cli.command("prune")
+def discounts_prune(
+    api_base: Annotated[
+        str | None, typer.Option(help="The shops' API base URL; default https://SHOP_DOMAIN")
+    ] = None,
+) -> None:
+    """Delete from the shops the per-cart codes that expired unused, and mark them removed.
+    Running it again changes nothing; a code the shop refuses is tried again next time."""
+    from cartback.services import unique_codes
+
+    with running_app() as app:
+        stats = unique_codes.prune_expired(
+            app.engine, app.clock.now(), unique_codes.shop_issuers(api_base, app.clock.now)
+        )
+    for line in stats.failures:
+        err.print(f"failed {line}", highlight=False, markup=False)
+    out.print(
+        f"{stats.removed} expired codes removed, {stats.gone} already gone, {stats.failed} failed"
+    )
+    if stats.failed:
+        raise typer.Exit(1)
+
+
 SECRET_HELP = "env:NAME or file:PATH; the secret itself is never stored"
 
 
@@ -855,6 +878,75 @@ def shopify_subscribe(
     for topic in done.existing:
         out.print(f"already subscribed {topic}", highlight=False)
     out.print(f"{len(done.created)} topics subscribed, {len(done.existing)} already were; {target}")
+
+
+@shopify_cli.command("reconcile")
+def shopify_reconcile(
+    since: Annotated[
+        str, typer.Option(help="How far back to look: 6h, 90m, 2d (by updated_at)")
+    ] = "6h",
+    store: Annotated[
+        str | None, typer.Option(help="Store slug; default every store connected to Shopify")
+    ] = None,
+    api_base: Annotated[
+        str | None, typer.Option(help="Admin API base URL; default https://SHOP_DOMAIN")
+    ] = None,
+) -> None:
+    """Read back the abandoned checkouts and orders updated since then through the Admin API,
+    and apply what webhooks missed. Running it again changes nothing."""
+    from datetime import timedelta
+
+    from rich.markup import escape
+
+    from cartback.core.model import parse_duration
+    from cartback.services import shopify_reconcile as reconciler
+
+    try:
+        window = parse_duration(since)
+    except (ValueError, OverflowError) as error:
+        raise fail(f"--since: {error}") from None
+    if not timedelta(minutes=1) <= window <= timedelta(days=60):
+        raise fail("--since: from 1m to 60d")
+    with running_app() as app:
+        _flows_or_exit(app)
+        settings = app.settings
+        contexts = reconciler.contexts(
+            app.engine,
+            app.registry,
+            app.clock.now,
+            timedelta(seconds=settings.future_skew_seconds),
+            settings.suppression_key,
+        )
+        start = app.clock.now() - window
+        try:
+            runs = reconciler.reconcile_stores(
+                app.engine, contexts, start, slug=store, api_base=api_base
+            )
+        except reconciler.NotConnected:
+            raise fail(
+                f"--store: {store!r} is not connected to shopify with an --api-token; "
+                "run `shops connect`"
+            ) from None
+    if not runs:
+        out.print("no store is connected to shopify with an API token")
+    for run in runs:
+        if run.report is None:
+            err.print(f"[red]error:[/red] {run.slug}: {escape(str(run.error))}", highlight=False)
+            continue
+        report = run.report
+        for line in report.rejected:
+            err.print(f"{run.slug}: rejected {line}", highlight=False, markup=False)
+        out.print(
+            f"{run.slug}: since {report.since:%Y-%m-%d %H:%M:%S} UTC, fetched "
+            f"{report.checkouts} checkouts and {report.orders} orders; checkouts: "
+            f"{report.new} new, {report.updated} updated, {report.unchanged} unchanged; "
+            f"orders: {report.orders_matched} matched, {report.orders_unmatched} without a "
+            f"known cart, {report.orders_known} already known; {len(report.rejected)} rejected",
+            highlight=False,
+            markup=False,
+        )
+    if any(run.report is None for run in runs):
+        raise typer.Exit(1)
 
 
 @magento_cli.command("poll")

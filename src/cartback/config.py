@@ -77,6 +77,11 @@ class Settings:
     # How often the worker polls each store connected to Magento 2; 0 leaves it to cron
     # (`cartback shops magento poll`).
     magento_poll_minutes: int = 0
+    # How often the worker reconciles each store connected to Shopify with an API token (reads
+    # back the abandoned checkouts and orders of the last `shopify_reconcile_window_hours`);
+    # 0 leaves it to cron (`cartback shops shopify reconcile`).
+    shopify_reconcile_minutes: int = 0
+    shopify_reconcile_window_hours: int = 6
     # The key of the HMAC-SHA256 that erased shoppers' phones and emails are kept under in the
     # suppression list. Erasure refuses to run without it: a plain hash of a phone number is
     # reversible by trying every number.
@@ -126,6 +131,8 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "failover_window_seconds": (1, 86400),
     "failover_cooldown_seconds": (1, 86400),
     "magento_poll_minutes": (0, 1440),
+    "shopify_reconcile_minutes": (0, 1440),
+    "shopify_reconcile_window_hours": (1, 720),
     "worker_metrics_port": (0, 65535),
     "webhook_timeout_seconds": (0.5, 60),
     "webhook_max_attempts": (1, 50),

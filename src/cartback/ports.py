@@ -151,12 +151,23 @@ class ProviderChannel(MessageChannel, Protocol):
     def parse_inbound(self, request: WebhookRequest) -> list[InboundReply]: ...
 
 
-class DiscountIssuer(Protocol):
-    """A shop integration that creates a single-use code for one cart (`discount.unique`).
+@dataclass(frozen=True, slots=True)
+class IssuedCode:
+    """A code a shop created for one cart, and the shop's name for what holds it (Shopify's
+    price rule id, WooCommerce's coupon id), by which it is removed again."""
 
-    Shop adapters implement it where the platform's API allows (`ShopifyDiscountIssuer`). The
-    worker calls it ahead of the step with no transaction open (`services/unique_codes.py`);
-    a store without one skips steps that ask for unique codes with the rule `discount.unique`."""
+    code: str
+    ref: str
+
+
+class DiscountIssuer(Protocol):
+    """A shop integration that creates a single-use code for one cart (`discount.unique`), and
+    removes it again once it expired unused.
+
+    Shop adapters implement it where the platform's API allows (`ShopifyDiscountIssuer`,
+    `WooCouponIssuer`). The worker calls it with no transaction open
+    (`services/unique_codes.py`); a store without one skips steps that ask for unique codes
+    with the rule `discount.unique`."""
 
     def issue(
         self,
@@ -166,4 +177,10 @@ class DiscountIssuer(Protocol):
         amount: Decimal | None,
         currency: str,
         expires_at: datetime | None,
-    ) -> str: ...
+        email: str | None = None,
+    ) -> IssuedCode: ...
+
+    def remove(self, ref: str) -> bool:
+        """Delete the code named by `ref`; True when it was there, False when it was already
+        gone (both leave it gone)."""
+        ...

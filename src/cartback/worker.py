@@ -36,6 +36,8 @@ log = logging.getLogger("cartback.worker")
 PRUNE_EVERY_SECONDS = 3600.0
 # How often the worker issues the per-cart discount codes of steps due soon.
 ISSUE_CODES_EVERY_SECONDS = 60.0
+# How often it removes from the shops the per-cart codes that expired unused.
+PRUNE_CODES_EVERY_SECONDS = 3600.0
 # Delivered and given-up webhook deliveries are kept this long for `cartback webhooks list`.
 WEBHOOK_DELIVERIES_KEPT = timedelta(days=30)
 # Time for the last writes of a batch once its provider calls are done.
@@ -114,6 +116,10 @@ class Worker:
         if settings.magento_poll_minutes > 0:
             # Its own thread: a slow shop API must not hold up timers or sends.
             threads.append(threading.Thread(target=self._magento_loop, name="magento", daemon=True))
+        if settings.shopify_reconcile_minutes > 0:
+            threads.append(
+                threading.Thread(target=self._reconcile_loop, name="shopify-reconcile", daemon=True)
+            )
         for thread in threads:
             thread.start()
         try:
@@ -181,9 +187,36 @@ class Worker:
             log.info("removed %d shop webhook payloads past their retention", count)
 
     def _codes_loop(self) -> None:
+        next_prune = time.monotonic()
         while not self.stop.is_set():
             self.issue_unique_codes()
+            if time.monotonic() >= next_prune and not self.stop.is_set():
+                next_prune = time.monotonic() + PRUNE_CODES_EVERY_SECONDS
+                self.prune_expired_codes()
             self.stop.wait(ISSUE_CODES_EVERY_SECONDS)
+
+    def prune_expired_codes(self) -> None:
+        """Remove from the shops the per-cart codes that expired unused; a code that fails is
+        logged and tried again at the next run."""
+        from cartback.services import unique_codes
+
+        try:
+            stats = unique_codes.prune_expired(
+                self.app.engine,
+                self.app.clock.now(),
+                unique_codes.shop_issuers(clock=self.app.clock.now),
+                stop=self.stop,
+            )
+        except Exception:
+            log.exception("removing expired discount codes failed; retrying at the next run")
+            return
+        if stats.removed or stats.gone or stats.failed:
+            log.info(
+                "expired discount codes: %d removed, %d already gone, %d failed",
+                stats.removed,
+                stats.gone,
+                stats.failed,
+            )
 
     def issue_unique_codes(self) -> None:
         """Issue the per-cart codes that steps due soon ask for; failures are logged and
@@ -195,7 +228,7 @@ class Worker:
                 self.app.engine,
                 self.app.registry,
                 self.app.clock.now(),
-                unique_codes.shopify_issuers(clock=self.app.clock.now),
+                unique_codes.shop_issuers(clock=self.app.clock.now),
                 stop=self.stop,
             )
         except Exception:
@@ -263,6 +296,55 @@ class Worker:
                 slug,
                 report.fetched,
                 dict(report.statuses),
+                len(report.rejected),
+            )
+
+    def _reconcile_loop(self) -> None:
+        every = self.app.settings.shopify_reconcile_minutes * 60
+        while not self.stop.is_set():
+            self.reconcile_shopify()
+            self.stop.wait(every)
+
+    def reconcile_shopify(self, api_base: str | None = None) -> None:
+        """Reconcile every store connected to Shopify with an API token, over the last
+        `shopify_reconcile_window_hours`; one store's failure is logged and the others run.
+        (`api_base` replaces the shops' address in tests.)"""
+        from cartback.services import shopify_reconcile
+
+        settings = self.app.settings
+        now = self.app.clock.now()
+        contexts = shopify_reconcile.contexts(
+            self.app.engine,
+            self.app.registry,
+            self.app.clock.now,
+            timedelta(seconds=settings.future_skew_seconds),
+            settings.suppression_key,
+        )
+        try:
+            runs = shopify_reconcile.reconcile_stores(
+                self.app.engine,
+                contexts,
+                now - timedelta(hours=settings.shopify_reconcile_window_hours),
+                api_base=api_base,
+                stop=self.stop,
+            )
+        except Exception:
+            log.exception("Shopify reconciliation failed; retrying at the next run")
+            return
+        for run in runs:
+            if run.report is None:
+                log.warning("store %s: Shopify reconciliation failed: %s", run.slug, run.error)
+                continue
+            report = run.report
+            log.info(
+                "store %s: Shopify reconciliation fetched %d: %d new, %d updated, "
+                "%d unchanged checkouts; %d orders matched; %d rejected",
+                run.slug,
+                report.fetched,
+                report.new,
+                report.updated,
+                report.unchanged,
+                report.orders_matched,
                 len(report.rejected),
             )
 

@@ -109,7 +109,7 @@ def _tick(world: World) -> None:
 
 
 def _issue(world: World, server: RecordingServer) -> unique_codes.IssueStats:
-    issuers = unique_codes.shopify_issuers(api_base=server.url, clock=world.app.clock.now)
+    issuers = unique_codes.shop_issuers(api_base=server.url, clock=world.app.clock.now)
     return unique_codes.issue_due(world.app.engine, world.app.registry, world.now, issuers)
 
 
@@ -303,7 +303,7 @@ def test_a_fixed_amount_code_without_expiry_and_a_refusal(
     script, server = shopify
     with shopify_admin.client(server.url, TOKEN.encode()) as http:
         issuer = shopify_admin.ShopifyDiscountIssuer(http, clock=lambda: START)
-        code = issuer.issue(
+        made = issuer.issue(
             cart_token="c1", percent=None, amount=Decimal("5.00"), currency="EUR", expires_at=None
         )
         script.failing = True
@@ -313,7 +313,8 @@ def test_a_fixed_amount_code_without_expiry_and_a_refusal(
             )
     rule = server.requests[0].body["price_rule"]
     assert (rule["value_type"], rule["value"], rule["ends_at"]) == ("fixed_amount", "-5.00", None)
-    assert rule["title"] == f"{code} (EUR)"
+    assert rule["title"] == f"{made.code} (EUR)"
+    assert made.ref == "9001"  # the price rule, which the cleanup removes
     assert rule["starts_at"] == START.isoformat(timespec="seconds")
     # The refused price rule is not followed by a code request.
     assert [r.path for r in server.requests].count(PRICE_RULES) == 2
@@ -328,7 +329,7 @@ def test_the_issuer_stops_between_carts_when_the_worker_stops(
     _checkouts(world, 2)
     stop = threading.Event()
     stop.set()
-    issuers = unique_codes.shopify_issuers(api_base=server.url)
+    issuers = unique_codes.shop_issuers(api_base=server.url)
     stats = unique_codes.issue_due(
         world.app.engine, world.app.registry, world.now, issuers, stop=stop
     )

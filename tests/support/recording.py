@@ -29,6 +29,17 @@ Script = Callable[[str, str, Any], tuple[int, Any]]
 
 
 @dataclass
+class Reply:
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+# The whole request (its query too) → the answer with headers (a `Link` to the next page).
+FullScript = Callable[[Recorded], Reply]
+
+
+@dataclass
 class RecordingServer:
     url: str
     requests: list[Recorded] = field(default_factory=list)
@@ -36,6 +47,15 @@ class RecordingServer:
 
 @contextmanager
 def recording_server(script: Script) -> Iterator[RecordingServer]:
+    def full(request: Recorded) -> Reply:
+        return Reply(*script(request.method, request.path, request.body))
+
+    with recording_api(full) as server:
+        yield server
+
+
+@contextmanager
+def recording_api(script: FullScript) -> Iterator[RecordingServer]:
     server_state = RecordingServer(url="")
 
     class Handler(BaseHTTPRequestHandler):
@@ -44,14 +64,15 @@ def recording_server(script: Script) -> Iterator[RecordingServer]:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             body = json.loads(raw) if raw else None
-            server_state.requests.append(
-                Recorded(
-                    self.command, parts.path, parse_qs(parts.query), dict(self.headers), body, raw
-                )
+            request = Recorded(
+                self.command, parts.path, parse_qs(parts.query), dict(self.headers), body, raw
             )
-            status, answer = script(self.command, parts.path, body)
-            data = json.dumps(answer).encode()
-            self.send_response(status)
+            server_state.requests.append(request)
+            reply = script(request)
+            data = json.dumps(reply.body).encode()
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

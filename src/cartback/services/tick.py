@@ -381,7 +381,8 @@ def _pending(
             Outcome.SKIP,
             unique_codes.UNIQUE_RULE,
             f"step {step.id} asks for a unique code per cart, which needs a shop integration "
-            "that issues codes (Shopify with an API token); none is configured for this store",
+            "that issues codes (Shopify or WooCommerce with an API token); none is configured for "
+            "this store",
         )
     waited = unique_codes.pending_count(conn, enrollment.id, step.id)
     if waited >= unique_codes.PENDING_LIMIT:

@@ -118,6 +118,17 @@ def parse(headers: Headers, raw_body: bytes, link: ShopLink | None = None) -> li
     return []
 
 
+def checkout_items(payload: Mapping[str, Any]) -> list[ShopItem]:
+    """An abandoned checkout as the Admin API lists it: the same object a checkout webhook
+    carries, so the same items, with the same event id for the same `updated_at`."""
+    return _checkout("checkouts/update", payload)
+
+
+def order_item(payload: Mapping[str, Any], received: datetime) -> ForCart:
+    """An order as the Admin API lists it: the same object an order webhook carries."""
+    return _order("orders/create", payload, received)
+
+
 def _document(raw_body: bytes) -> Mapping[str, Any]:
     try:
         payload = json.loads(raw_body)
@@ -273,7 +284,7 @@ def _checkout_deleted(payload: Mapping[str, Any], received: datetime) -> ShopIte
     return ForCart(event, CartRef(token=token, checkout_id=checkout_id, cart_token=cart_token))
 
 
-def _order(topic: str, payload: Mapping[str, Any], received: datetime) -> ShopItem:
+def _order(topic: str, payload: Mapping[str, Any], received: datetime) -> ForCart:
     order_id = text(payload, "id", required=True) or ""
     at = timestamp(payload, "processed_at") or timestamp(payload, "created_at") or received
     value, currency = _money(payload)

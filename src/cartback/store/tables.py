@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -35,6 +36,9 @@ metadata = MetaData(
 # SQLite has no 64-bit autoincrement alias for BIGINT; INTEGER PRIMARY KEY is already 64-bit there.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 Money = Numeric(14, 4)
+# The pool of per-cart codes a shop issues (services/compose.py's UNIQUE_POOL).
+UNIQUE_POOL_WHERE = "pool = '@unique'"
+EXPIRING_WHERE = "pool = '@unique' AND removed_at IS NULL"
 
 
 class UtcDateTime(TypeDecorator[object]):
@@ -409,8 +413,31 @@ discount_codes = Table(
     Column("cart_id", ForeignKey("carts.id", ondelete="SET NULL")),
     Column("assigned_at", UtcDateTime),
     Column("created_at", UtcDateTime, nullable=False),
+    # Per-cart codes a shop created (pool `@unique`): the platform that holds the code, its
+    # name for the object to delete (Shopify price rule, WooCommerce coupon), when the code
+    # expires, and when the cleanup removed it from the shop after it expired unused.
+    Column("platform", String(20)),
+    Column("platform_ref", String(100)),
+    Column("expires_at", UtcDateTime),
+    Column("removed_at", UtcDateTime),
     UniqueConstraint("store_id", "pool", "code"),
     Index("ix_discount_codes_free", "store_id", "pool", "assigned_at"),
+    # One shop-issued code per cart, whichever worker or flow asked for it.
+    Index(
+        "uq_discount_codes_unique_cart",
+        "store_id",
+        "cart_id",
+        unique=True,
+        sqlite_where=text(UNIQUE_POOL_WHERE),
+        postgresql_where=text(UNIQUE_POOL_WHERE),
+    ),
+    # The cleanup's worklist: shop-issued codes not yet removed, by expiry.
+    Index(
+        "ix_discount_codes_expiring",
+        "expires_at",
+        sqlite_where=text(EXPIRING_WHERE),
+        postgresql_where=text(EXPIRING_WHERE),
+    ),
 )
 
 # A store's link to its shop platform. Secrets are references (`env:NAME`, `file:PATH`) resolved
