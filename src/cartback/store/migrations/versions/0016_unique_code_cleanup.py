@@ -1,6 +1,6 @@
 """discount_codes: what a shop holds for each per-cart code, and one such code per cart
 
-Revision ID: 0017
+Revision ID: 0016
 Revises: 0015
 
 - `platform`, `platform_ref`: the shop that created a per-cart code (pool `@unique`) and its
@@ -18,7 +18,7 @@ from alembic import op
 
 import cartback.store.tables
 
-revision = "0017"
+revision = "0016"
 down_revision = "0015"
 branch_labels = None
 depends_on = None
