@@ -27,6 +27,7 @@ from cartback.core.model import (
 )
 from cartback.core.policy import SentRecord
 from cartback.core.storepolicy import store_policy
+from cartback.postcodes import postal_zones
 from cartback.services.compose import UNIQUE_POOL, ComposeError, compose
 from cartback.services.gates import policy_gate
 
@@ -149,6 +150,7 @@ def _contact(event: CheckoutUpdated) -> Contact:
         zone=info.zone,
         country=info.country,
         region=info.region,
+        postal_zones=postal_zones(info.country, info.region, info.postal_code),
         sms_marketing=bool(consent and consent.sms_marketing),
         email_marketing=bool(consent and consent.email_marketing),
         tags=info.tags,

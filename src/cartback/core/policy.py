@@ -147,6 +147,7 @@ def contact_zones(contact: Contact, store_policy: StorePolicy) -> tuple[ZoneInfo
         phone=contact.phone,
         store_default=store_policy.default_zone,
         facts=contact.phone_facts,
+        postal_zones=contact.postal_zones,
     )
 
 
@@ -437,13 +438,14 @@ def is_allowed(at: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet) -> boo
 def first_violation(
     at: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet, channel: Channel
 ) -> tuple[Rule, str] | None:
-    """The first rule that forbids sending at `at` in some candidate zone, with the reason."""
+    """The first rule that forbids sending at `at` in some candidate zone, with the reason. The
+    reason gives the local time in every candidate zone, the objecting one first."""
     _require_aware(at)
     noun = _NOUN[channel]
     for zone in zones:
         local = at.astimezone(zone)
         weekday = local.weekday()
-        clock = f"it is {local:%H:%M} on {DAY_NAMES[weekday]} in {zone.key}"
+        clock = _clock(at, (zone, *(other for other in zones if other != zone)))
         if weekday == 6:
             for sunday in rules.no_sundays:
                 return (sunday, f"{sunday.title} allows no {noun} on Sundays; {clock}")
@@ -453,7 +455,7 @@ def first_violation(
                 return (
                     holiday,
                     f"{holiday.title} allows no {noun} on public holidays; "
-                    f"{local:%Y-%m-%d} is {label} in {zone.key}",
+                    f"{local:%Y-%m-%d} is {label} in {zone.key}; {clock}",
                 )
         for window in rules.windows:
             day = window.week[weekday]
@@ -652,9 +654,20 @@ def _intersect(left: list[Span], right: list[Span]) -> list[Span]:
     return result
 
 
+def _clock(at: datetime, zones: tuple[ZoneInfo, ...]) -> str:
+    """`it is 20:30 on Tuesday in America/New_York, 19:30 on Tuesday in America/Chicago`."""
+    times = []
+    for zone in zones:
+        local = at.astimezone(zone)
+        times.append(f"{local:%H:%M} on {DAY_NAMES[local.weekday()]} in {zone.key}")
+    return "it is " + ", ".join(times)
+
+
 def _local(at: datetime, zones: tuple[ZoneInfo, ...]) -> str:
-    local = at.astimezone(zones[0])
-    return f"{local:%Y-%m-%d %H:%M} {zones[0].key} ({at.astimezone(UTC):%H:%M} UTC)"
+    """An instant in every candidate zone, then in UTC: each zone's clock is quoted with its own
+    name, so a reason never pairs one zone's name with another zone's time."""
+    times = ", ".join(f"{at.astimezone(zone):%Y-%m-%d %H:%M} {zone.key}" for zone in zones)
+    return f"{times} ({at.astimezone(UTC):%H:%M} UTC)"
 
 
 def _require_aware(at: datetime) -> None:

@@ -46,6 +46,7 @@ from cartback.core.model import (
     Purpose,
     Store,
 )
+from cartback.postcodes import normalize_postal_code, postal_zones
 from cartback.services import attribution, outbound
 from cartback.services.consent import record_consent
 from cartback.services.erasure import suppressed
@@ -235,6 +236,7 @@ def upsert_contact(conn: Connection, store_id: int, info: ContactInfo, now: date
             "created_at": now,
             "updated_at": now,
             **fields,
+            **_postal_columns(info, None),
         }
         inserted = _insert_or_nothing(conn, t.contacts, new)
         if inserted is not None:
@@ -252,6 +254,7 @@ def upsert_contact(conn: Connection, store_id: int, info: ContactInfo, now: date
             and not _owned_by_other(conn, store_id, key, value, contact_id)
         ):
             fields[key] = value
+    fields.update(_postal_columns(info, row))
     if "phone" in fields or (row["phone"] and row["phone_zones"] is None):
         # A new number, or one stored before its facts were kept.
         fields.update(phone_fact_columns(fields.get("phone", row["phone"])))
@@ -260,6 +263,25 @@ def upsert_contact(conn: Connection, store_id: int, info: ContactInfo, now: date
     if fields:
         conn.execute(update(t.contacts).where(c.id == contact_id).values(updated_at=now, **fields))
     return contact_id
+
+
+def _postal_columns(info: ContactInfo, row: Mapping[Any, Any] | None) -> dict[str, Any]:
+    """The postal code and the zones it settles, when the event carries an address.
+
+    An address is one unit: a new country or postal code replaces the stored code (with None
+    when the new address has none), so zones never outlive the address they came from."""
+    if info.country is None and info.postal_code is None:
+        return {}
+    if info.country is not None or row is None:
+        country, region = info.country, info.region
+    else:
+        # A code without a country: it belongs to the address already stored.
+        country, region = row["country"], info.region or row["region"]
+    code = normalize_postal_code(info.postal_code)
+    return {
+        "postal_code": code,
+        "postal_zones": None if code is None else " ".join(postal_zones(country, region, code)),
+    }
 
 
 def _owned_by_other(conn: Connection, store_id: int, key: str, value: str, contact_id: int) -> bool:
