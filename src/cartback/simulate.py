@@ -26,7 +26,7 @@ from cartback.core.model import (
     format_duration,
 )
 from cartback.core.policy import SentRecord
-from cartback.core.storepolicy import store_policy
+from cartback.core.storepolicy import store_policy, store_rates
 from cartback.postcodes import postal_zones
 from cartback.services.compose import UNIQUE_POOL, ComposeError, compose
 from cartback.services.gates import policy_gate
@@ -60,7 +60,7 @@ def timeline(
     contact = _contact(first)
     cart = _cart(max(checkouts, key=lambda event: event.occurred_at))
     entries: list[TimelineEntry] = []
-    if not may_enroll(flow, cart, contact):
+    if not may_enroll(flow, cart, contact, rates=store_rates(store.policy)):
         return [
             TimelineEntry(
                 first.occurred_at, None, "not_enrolled", "the flow's entry rules exclude this cart"
@@ -107,7 +107,7 @@ def timeline(
             store_policy=policy,
             now=now,
         )
-        result = advance(flow, enrollment, cart, contact, now, gate=gate)
+        result = advance(flow, enrollment, cart, contact, now, gate=gate, rates=policy.rates)
         sends = {step.id: step for step in result.sends}
         for decision in result.decisions:
             step = sends.get(decision.step_id or "")

@@ -26,6 +26,7 @@ from cartback.core.jurisdiction import (
     resolve_rules,
 )
 from cartback.core.model import CartStatus, Channel, ConsentView, Contact, Purpose
+from cartback.core.money import Rates
 from cartback.core.timezones import candidate_zones, region_for_phone
 
 # How far ahead next_window_open looks; no window within it means the message cannot be sent.
@@ -71,6 +72,8 @@ class StorePolicy:
     # Rule pack overrides (pack rule format); pass them to resolve_rules, which checks that
     # each only tightens.
     rule_overrides: tuple[Mapping[str, Any], ...] = ()
+    # The store's exchange rates, for flow amounts stated in another currency than the cart's.
+    rates: Rates | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.sms_cooldown < timedelta(0) or self.email_cooldown < timedelta(0):

@@ -46,6 +46,7 @@ from cartback.core.model import (
     Purpose,
     Store,
 )
+from cartback.core.storepolicy import store_rates
 from cartback.postcodes import normalize_postal_code, postal_zones
 from cartback.services import attribution, outbound
 from cartback.services.consent import record_consent
@@ -484,7 +485,8 @@ def _enroll_or_touch(
     willing = [
         assigned
         for assigned in candidates
-        if assigned.flow.name not in tried and may_enroll(assigned.flow, cart, contact)
+        if assigned.flow.name not in tried
+        and may_enroll(assigned.flow, cart, contact, rates=store_rates(store.policy))
     ]
     if not willing:
         return True

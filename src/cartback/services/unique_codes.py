@@ -20,6 +20,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, Engine, and_, select
 
 from cartback.core.model import EnrollmentState
+from cartback.core.storepolicy import store_rates
 from cartback.ports import DiscountIssuer
 from cartback.services import shops as shop_service
 from cartback.services.compose import PENDING_RULE, UNIQUE_POOL
@@ -103,8 +104,16 @@ def wanted(
     in stores that can issue one."""
     e, c, d, s = t.enrollments.c, t.carts.c, t.discount_codes.c, t.shop_connections.c
     rows = conn.execute(
-        select(t.carts, e.flow_name, e.flow_version, e.step_index, e.wake_at)
+        select(
+            t.carts,
+            e.flow_name,
+            e.flow_version,
+            e.step_index,
+            e.wake_at,
+            t.stores.c.policy.label("store_policy"),
+        )
         .join(t.enrollments, e.cart_id == c.id)
+        .join(t.stores, t.stores.c.id == e.store_id)
         .join(
             t.shop_connections,
             and_(
@@ -138,8 +147,12 @@ def wanted(
             continue  # the timer names and parks such an enrollment
         index = row["step_index"]
         spec = steps[index].discount if 0 <= index < len(steps) else None
-        if spec is None or not spec.unique or not spec.offered_for(cart):
+        rates = store_rates(row["store_policy"])
+        if spec is None or not spec.unique or not spec.offered_for(cart, rates):
             continue
+        amount = spec.amount_for(cart.currency, rates)
+        if spec.amount is not None and amount is None:
+            continue  # the timer skips this step (flow.currency): no code is needed
         expires = now + spec.expires_after if spec.expires_after is not None else None
         carts.add(cart.id)
         found.append(
@@ -148,7 +161,7 @@ def wanted(
                 cart.id,
                 cart.token,
                 spec.percent,
-                spec.amount,
+                amount,
                 cart.currency,
                 expires,
             )
