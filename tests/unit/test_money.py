@@ -367,3 +367,16 @@ def test_a_nok_cart_in_the_default_flow_meets_its_threshold() -> None:
         facts = {**build_facts(the_cart, CONTACT, None, {}), **history_facts}
         assert sms3.when.evaluate(facts) is expected
         assert sms3.discount is not None and sms3.discount.offered_for(the_cart) is expected
+
+
+def test_a_broken_amount_is_reported_once_where_it_is_declared() -> None:
+    text = FLOW.replace("{USD: 100, EUR: 90, NOK: 1000}", "{USD: lots}")
+    with pytest.raises(FlowError) as caught:
+        parse_flow(text, "money.yaml")
+    assert [str(issue) for issue in caught.value.issues] == [
+        "money.yaml:4: amounts.large_cart.USD: expected an amount, got text",
+        "money.yaml:13: steps[1].when: amounts.large_cart cannot be used until its entry under "
+        "amounts is fixed",
+        "money.yaml:15: steps[1].discount.min_value: 'large_cart' cannot be used until its "
+        "amount is fixed",
+    ]

@@ -82,6 +82,8 @@ class MoneyTerms:
     base: str | None = None
     amounts: Mapping[str, Amount] = field(default_factory=dict)
     plain_allowed: bool = False
+    # Names declared under `amounts` whose entry has an error of its own (reported there).
+    broken: frozenset[str] = frozenset()
 
 
 def is_reserved_name(name: str) -> bool:
@@ -437,6 +439,8 @@ class _Translator:
         named = self.money.amounts
         if len(parts) == 2 and parts[1] in named:
             return self.money_node(named[parts[1]])
+        if len(parts) == 2 and parts[1] in self.money.broken:
+            raise ConditionError(f"{dotted} cannot be used until its entry under amounts is fixed")
         if not named:
             raise ConditionError(f"unknown name {dotted}: the flow declares no amounts")
         hint = _close(parts[-1], named)

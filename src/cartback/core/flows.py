@@ -423,6 +423,7 @@ class _Parser:
         self.variant_names: list[str] = []
         # Set from `currency` and `amounts` before any step or condition is read.
         self.money = MoneyTerms(plain_allowed=text_lines is None)
+        self.declared_amounts: list[str] = []
 
     def issue(self, path: Sequence[object], message: str, *, line: int | None = None) -> None:
         # Paths keep raw YAML keys (even non-text ones) so that their line can be found.
@@ -558,7 +559,10 @@ class _Parser:
         variants = self.variants(data)
         currency = self.base_currency(data)
         amounts = self.named_amounts(data, currency)
-        self.money = MoneyTerms(currency, amounts, plain_allowed=self.text_lines is None)
+        broken = frozenset(self.declared_amounts) - set(amounts)
+        self.money = MoneyTerms(
+            currency, amounts, plain_allowed=self.text_lines is None, broken=broken
+        )
         raw_steps = self.step_list(data)
         step_ids = [
             item["id"]
@@ -614,6 +618,7 @@ class _Parser:
         if table is None:
             return {}
         found: dict[str, Amount] = {}
+        self.declared_amounts = list(table)
         for name, value in table.items():
             if not _AMOUNT_NAME.fullmatch(name):
                 self.issue((*path, name), f"{name!r} is not valid: use a-z, 0-9 and _")
@@ -1142,6 +1147,9 @@ class _Parser:
         if isinstance(value, str) and _to_decimal(value) is None and key == "min_value":
             if value in named:
                 return named[value]
+            if value in self.money.broken:
+                self.issue((*path, key), f"{value!r} cannot be used until its amount is fixed")
+                return None
             known = f"; the flow's amounts: {', '.join(sorted(named))}" if named else ""
             self.issue((*path, key), f"{value!r} is not one of the flow's amounts{known}")
             return None
