@@ -20,8 +20,9 @@ import zipcodes
 from cartback.core.timezones import normalize_country, normalize_region, valid_zone
 
 # Canadian postal code prefixes (the forward sortation area, or its first letter or two) whose
-# zone is settled. The longest matching prefix wins. A letter left out (P, northern Ontario: Eastern
-# or Central) or a prefix with two zones here stays open: every zone of the province is checked.
+# zone is settled. The longest matching prefix wins. A code outside the table (P, northern Ontario:
+# Eastern or Central; Nunavut, whose regions mix zones) settles nothing, and a prefix with two
+# zones here keeps both: every zone they name is checked.
 CA_PREFIX_ZONES: dict[str, tuple[str, ...]] = {
     "A": ("America/St_Johns",),  # Newfoundland
     "A0K": ("America/St_Johns", "America/Goose_Bay"),  # northern Newfoundland, southern Labrador
@@ -53,8 +54,6 @@ CA_PREFIX_ZONES: dict[str, tuple[str, ...]] = {
     "V7": ("America/Vancouver",),
     "V8": ("America/Vancouver",),  # Victoria
     "V9": ("America/Vancouver",),  # Vancouver Island
-    "X0B": ("America/Cambridge_Bay",),  # Kitikmeot, Nunavut
-    "X0C": ("America/Rankin_Inlet",),  # Kivalliq, Nunavut
     "X0E": ("America/Edmonton",),  # Northwest Territories
     "X0G": ("America/Edmonton",),
     "X1A": ("America/Edmonton",),  # Yellowknife

@@ -71,14 +71,16 @@ def test_a_code_that_settles_nothing(country: str | None, region: str | None, co
         ("QC", "G0G 1A0", ("America/Toronto", "America/Blanc-Sablon")),
         ("NL", "A1C 5M2", ("America/St_Johns",)),
         ("NL", "A0P 1E0", ("America/Goose_Bay",)),
-        ("NU", "X0C 0A0", ("America/Rankin_Inlet",)),
+        ("NT", "X1A 2L9", ("America/Edmonton",)),  # Yellowknife
     ],
 )
 def test_a_canadian_prefix_settles_the_zone(region: str, code: str, zones: tuple[str, ...]) -> None:
     assert postal_zones("CA", region, code) == zones
 
 
-@pytest.mark.parametrize(("region", "code"), [("ON", "P7B 6V4"), ("BC", "V1C 2A1")])
+@pytest.mark.parametrize(
+    ("region", "code"), [("ON", "P7B 6V4"), ("BC", "V1C 2A1"), ("NU", "X0C 0C0")]
+)
 def test_a_canadian_prefix_outside_the_table_settles_nothing(region: str, code: str) -> None:
     # Northern Ontario and the BC interior are split between zones: the province's all count.
     assert postal_zones("CA", region, code) == ()
