@@ -131,3 +131,12 @@ def test_a_zip_from_another_state_settles_nothing(world: World) -> None:
     # A Miami ZIP on a Texas address: the address contradicts itself, so both Texas zones stay.
     _ingest(world, _checkout(EVENING, postal_code="33130", region="TX"))
     assert _contact_row(world)["postal_zones"] == ""
+
+
+def test_an_event_without_a_code_at_the_same_address_keeps_it(world: World) -> None:
+    world.clock.set(EVENING.astimezone(UTC))
+    _ingest(world, _checkout(EVENING, postal_code="33130"))
+    # A later event that names only the country and state (a consent change, a cart event).
+    _ingest(world, _checkout(EVENING + timedelta(minutes=1), postal_code=None))
+    row = _contact_row(world)
+    assert (row["postal_code"], row["postal_zones"]) == ("33130", "America/New_York")

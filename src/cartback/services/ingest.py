@@ -267,22 +267,25 @@ def upsert_contact(conn: Connection, store_id: int, info: ContactInfo, now: date
 
 
 def _postal_columns(info: ContactInfo, row: Mapping[Any, Any] | None) -> dict[str, Any]:
-    """The postal code and the zones it settles, when the event carries an address.
+    """The postal code and the zones it settles, from an event that carries one.
 
-    An address is one unit: a new country or postal code replaces the stored code (with None
-    when the new address has none), so zones never outlive the address they came from."""
-    if info.country is None and info.postal_code is None:
-        return {}
+    An event without a code keeps the stored one while its country and region agree with the
+    stored address (a consent change names only the country); one naming another country or
+    region is a new address, and the old code's zones must not outlive it."""
+    code = normalize_postal_code(info.postal_code)
+    if code is None:
+        if row is None or row["postal_code"] is None:
+            return {}
+        moved = (info.country is not None and info.country != row["country"]) or (
+            info.region is not None and info.region != row["region"]
+        )
+        return {"postal_code": None, "postal_zones": None} if moved else {}
     if info.country is not None or row is None:
         country, region = info.country, info.region
     else:
-        # A code without a country: it belongs to the address already stored.
+        # A code without a country belongs to the address already stored.
         country, region = row["country"], info.region or row["region"]
-    code = normalize_postal_code(info.postal_code)
-    return {
-        "postal_code": code,
-        "postal_zones": None if code is None else " ".join(postal_zones(country, region, code)),
-    }
+    return {"postal_code": code, "postal_zones": " ".join(postal_zones(country, region, code))}
 
 
 def _owned_by_other(conn: Connection, store_id: int, key: str, value: str, contact_id: int) -> bool:
