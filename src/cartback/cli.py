@@ -1438,6 +1438,7 @@ def _shopper_zone(events: list[Any], store: Store) -> Any:
     """The zone quiet hours use for this shopper: explicit, address, phone, then the store's."""
     from cartback.core.events import CheckoutUpdated
     from cartback.core.timezones import resolve_zone
+    from cartback.postcodes import postal_zones
 
     first = next(event for event in events if isinstance(event, CheckoutUpdated))
     info = first.contact
@@ -1447,6 +1448,7 @@ def _shopper_zone(events: list[Any], store: Store) -> Any:
         region=info.region,
         phone=info.phone,
         store_default=store.default_zone,
+        postal_zones=postal_zones(info.country, info.region, info.postal_code),
     ).zone
 
 

@@ -32,7 +32,8 @@ from cartback.core.model import (
 from cartback.core.policy import SentRecord
 from cartback.core.render import help_reply, opt_in_confirmation, opt_out_confirmation
 from cartback.core.replies import ReplyKind, classify_reply
-from cartback.core.storepolicy import store_policy
+from cartback.core.storepolicy import store_policy, store_rates
+from cartback.postcodes import postal_zones
 from cartback.services.compose import UNIQUE_POOL, ComposeError, compose
 from cartback.services.gates import policy_gate
 
@@ -122,7 +123,7 @@ def timeline(
     contact = _contact(first)
     cart = _cart(max(checkouts, key=lambda event: event.occurred_at))
     entries: list[TimelineEntry] = []
-    if not may_enroll(flow, cart, contact):
+    if not may_enroll(flow, cart, contact, rates=store_rates(store.policy)):
         return [
             TimelineEntry(
                 first.occurred_at, None, "not_enrolled", "the flow's entry rules exclude this cart"
@@ -193,7 +194,9 @@ def timeline(
             store_policy=policy,
             now=now,
         )
-        result = advance(flow, enrollment, cart, contact, now, opted_out=opted_out, gate=gate)
+        result = advance(
+            flow, enrollment, cart, contact, now, opted_out=opted_out, gate=gate, rates=policy.rates
+        )
         sends = {step.id: step for step in result.sends}
         sent: list[str] = []
         for decision in result.decisions:
@@ -368,6 +371,7 @@ def _contact(event: CheckoutUpdated) -> Contact:
         zone=info.zone,
         country=info.country,
         region=info.region,
+        postal_zones=postal_zones(info.country, info.region, info.postal_code),
         sms_marketing=bool(consent and consent.sms_marketing),
         email_marketing=bool(consent and consent.email_marketing),
         tags=info.tags,

@@ -19,7 +19,8 @@ CHECKOUT = checkout_payload(
     "c1",
     datetime.fromisoformat("2026-11-23T10:00:00+01:00"),
     id="e1",
-    lines=[{"title": "Ullsokker", "quantity": 2, "price": "60.00"}],
+    # 1,200 kroner: a large cart in the default flow, so sms3 goes too.
+    lines=[{"title": "Ullsokker", "quantity": 2, "price": "600.00"}],
 )
 
 

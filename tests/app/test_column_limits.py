@@ -35,6 +35,7 @@ STORED_IN: dict[tuple[str, str], Column[Any]] = {
     ("ContactIn", "zone"): t.contacts.c.zone,
     ("ShippingIn", "country"): t.contacts.c.country,
     ("ShippingIn", "region"): t.contacts.c.region,
+    ("ShippingIn", "postal_code"): t.contacts.c.postal_code,
     ("ConsentIn", "ip"): t.consent_events.c.ip,
     ("ConsentIn", "user_agent"): t.consent_events.c.user_agent,
     ("ConsentChangedIn", "ip"): t.consent_events.c.ip,

@@ -120,3 +120,48 @@ def test_every_skip_and_deferral_names_its_rule() -> None:
     ):
         entries = _run(*args)
         assert all(e.rule for e in entries if e.outcome in ("skip", "defer"))
+
+
+def test_a_miami_zip_with_a_305_number_is_deferred_to_0800_eastern() -> None:
+    # The same checkout as above, with the address's ZIP: Miami is Eastern time, so 08:00 in
+    # Miami (13:00 UTC), not 08:00 in the panhandle.
+    entries = _run(
+        "2026-11-23T19:40:00-05:00",
+        "+13055550123",
+        "US",
+        shipping={"country": "US", "region": "FL", "postal_code": "33130"},
+    )
+    deferred = next(e for e in entries if e.outcome == "defer")
+    assert deferred.step_id == "sms1"
+    assert deferred.rule == "us.fl.quiet_hours"
+    assert "next allowed 2026-11-24 08:00 America/New_York (13:00 UTC)" in deferred.reason
+    assert "America/Chicago" not in deferred.reason
+    assert _sent(entries, "sms")[0].at == datetime(2026, 11, 24, 13, 0, tzinfo=UTC)
+
+
+def _sms3(currency: str, price: str) -> TimelineEntry:
+    entries = _run(
+        "2026-11-23T10:00:00+01:00",
+        "+4791234567",
+        "NO",
+        currency=currency,
+        lines=[{"title": "Rain jacket", "quantity": 1, "price": price}],
+    )
+    return next(e for e in entries if e.step_id == "sms3" and e.outcome != "defer")
+
+
+def test_a_nok_cart_of_1200_and_a_usd_cart_of_90_meet_the_right_thresholds() -> None:
+    nok = _sms3("NOK", "1200")
+    assert nok.outcome == "send"
+    assert nok.text is not None and "COMEBACK10" in nok.text
+    usd = _sms3("USD", "90")
+    assert (usd.outcome, usd.rule) == ("skip", "when")
+    # 100 in the cart's own currency: enough in dollars, not in kroner.
+    assert _sms3("USD", "100").outcome == "send"
+    assert _sms3("NOK", "100").outcome == "skip"
+
+
+def test_a_cart_in_a_currency_the_flow_does_not_state_is_skipped_by_name() -> None:
+    jpy = _sms3("JPY", "50000")
+    assert (jpy.outcome, jpy.rule) == ("skip", "flow.currency")
+    assert jpy.reason.startswith("a JPY cart cannot be compared: amounts.large_cart is stated in")

@@ -94,8 +94,8 @@ def test_the_static_code_of_the_default_flow_reaches_big_carts_only(world: World
             world.store,
             flow,
             [
-                checkout("big", world.now, price="60", phone="+4740000001", email="a@x.no"),
-                checkout("small", world.now, price="20", phone="+4740000002", email="b@x.no"),
+                checkout("big", world.now, price="600", phone="+4740000001", email="a@x.no"),
+                checkout("small", world.now, price="200", phone="+4740000002", email="b@x.no"),
             ],
             world.now,
         )
@@ -154,10 +154,10 @@ def test_the_default_flow_gives_no_code_to_a_cart_made_only_of_excluded_products
 ) -> None:
     flow = world.app.registry.current("default")
     excluded = replace(
-        checkout("gift", world.now, price="60", phone="+4740000001", email="a@x.no"),
+        checkout("gift", world.now, price="600", phone="+4740000001", email="a@x.no"),
         tags=("no-discount",),
     )
-    plain = checkout("plain", world.now, price="60", phone="+4740000002", email="b@x.no")
+    plain = checkout("plain", world.now, price="600", phone="+4740000002", email="b@x.no")
     with world.app.engine.begin() as conn:
         ingest(conn, world.store, flow, [excluded, plain], world.now)
     for _ in range(80):

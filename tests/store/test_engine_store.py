@@ -156,9 +156,9 @@ def test_an_emptied_cart_exits(world: World) -> None:
 
 
 def test_the_full_default_sequence_runs_in_order(world: World) -> None:
-    _ingest(world, checkout("c1", world.now, price="60"))
+    _ingest(world, checkout("c1", world.now, price="600"))
     _follow_the_timer(world)
-    # sms3 needs a cart worth 100 or more: this one is 120, so all six steps send.
+    # sms3 needs a large cart, 1,000 or more in kroner: this one is 1,200, so all six send.
     assert [step for step, _ in _outbox(world)] == [
         "sms1",
         "email1",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from cartback.core.flows import (
     load_flow,
     parse_flow,
 )
-from cartback.core.model import Channel
+from cartback.core.model import Cart, CartLine, CartStatus, Channel
 from cartback.core.yamlsrc import DuplicateKey, YamlSourceError, format_path, load_with_lines
 
 MINIMAL = """\
@@ -61,7 +61,7 @@ def test_default_flow_sequence() -> None:
             "sms3",
             timedelta(hours=24),
             Channel.SMS,
-            "contact.sms_consent and not email2.clicked and cart.value >= 100",
+            "contact.sms_consent and not email2.clicked and cart.value >= amounts.large_cart",
         ),
         ("email3", timedelta(hours=72), Channel.EMAIL, "contact.email_consent"),
     ]
@@ -70,9 +70,11 @@ def test_default_flow_sequence() -> None:
     assert (discount.code, discount.percent, discount.min_value, discount.expires_after) == (
         "COMEBACK10",
         Decimal(10),
-        Decimal(100),
+        flow.amounts["large_cart"],
         timedelta(hours=48),
     )
+    large = flow.amounts["large_cart"]
+    assert (large.in_currency("USD"), large.in_currency("NOK")) == (Decimal(100), Decimal(1000))
     assert all(step.discount is None for step in flow.steps if step.id != "sms3")
     assert flow.step("sms1").content_for(None, "nb-NO").body.startswith("{{ brand }}: Hei")
     assert flow.source == str(default_flow_path())
@@ -249,7 +251,9 @@ BROKEN = [
             "f.yaml:8: steps[0].discount: set exactly one of percent or amount (found both)",
             "f.yaml:9: steps[0].discount.code: 'A B' is not valid: no spaces, at most 64",
             "f.yaml:11: steps[0].discount.percent: must be more than 0 and at most 100, got 0",
-            "f.yaml:13: steps[0].discount.min_value: must not be negative",
+            "f.yaml:12: steps[0].discount.amount: 5 names no currency: give one per currency, "
+            "like {USD: 5, EUR: ...}, or set the flow's base currency (currency: USD) at the top",
+            "f.yaml:13: steps[0].discount.min_value: must be 0 or more, got -1",
             "f.yaml:14: steps[0].discount.expires_after: must be longer than 0s",
         ],
         id="discount",
@@ -333,6 +337,22 @@ def test_flow_error_structure() -> None:
 # ---- valid variations ---------------------------------------------------------------------------
 
 
+def _cart(value: str, currency: str) -> Cart:
+    line = CartLine(title="Coat", quantity=1, price=Decimal(value))
+    return Cart(
+        id=1,
+        store_id=1,
+        token="c1",
+        contact_id=1,
+        lines=(line,),
+        value=Decimal(value),
+        currency=currency,
+        restore_url=None,
+        status=CartStatus.OPEN,
+        updated_at=datetime(2026, 6, 1, tzinfo=UTC),
+    )
+
+
 def test_full_shape_parses() -> None:
     text = """\
 name: full-flow_2
@@ -359,6 +379,7 @@ steps:
     body: b
     html: <p>b</p>
     discount: {pool: spring-codes, percent: 15}
+currency: EUR
 """
     flow = parse_flow(text, "full.yaml")
     assert flow.holdout_percent == Decimal("12.5")
@@ -368,9 +389,11 @@ steps:
     sms1, mail = flow.steps
     assert sms1.max_segments == 2 and mail.max_segments == 1
     assert sms1.discount is not None and sms1.discount.unique
-    assert sms1.discount.amount == Decimal("4.99")
-    assert sms1.discount.applies_to(Decimal("50.50"))
-    assert not sms1.discount.applies_to(Decimal("50.49"))
+    assert sms1.discount.amount_for("EUR") == Decimal("4.99")
+    assert sms1.discount.applies_to(_cart("50.50", "EUR"))
+    assert not sms1.discount.applies_to(_cart("50.49", "EUR"))
+    # The plain numbers are euros: a krone cart has no figure to meet.
+    assert not sms1.discount.applies_to(_cart("5000", "NOK"))
     assert mail.discount is not None and mail.discount.pool == "spring-codes"
     assert mail.when is not None and mail.when.step_refs == {"sms1"}
     assert (sms1.line, mail.line) == (11, 17)

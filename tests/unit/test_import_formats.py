@@ -56,3 +56,27 @@ def test_a_lines_column_that_is_not_json_is_refused_on_its_line() -> None:
     (draft,) = _drafts(events_csv, head + 'c1,2026-11-23T10:00:00Z,EUR,a@x.io,"[{oops"\n')
     assert draft.rejection is not None
     assert (draft.rejection.line, draft.rejection.column) == (2, "lines")
+
+
+def test_shopify_rows_carry_the_postal_code_of_the_address_the_country_came_from() -> None:
+    head = (
+        "Id,Email,Currency,Created at,Lineitem name,Lineitem quantity,Lineitem price,"
+        "Shipping Country,Shipping Province,Shipping Zip,Billing Country,Billing Zip\n"
+    )
+    rows = (
+        "1,a@x.io,USD,2026-11-23 10:00:00 +0000,Hat,1,5.00,US,FL,'33130,US,10001\n"
+        "2,b@x.io,USD,2026-11-23 10:00:00 +0000,Hat,1,5.00,,,,US,02134\n"
+        "3,c@x.io,USD,2026-11-23 10:00:00 +0000,Hat,1,5.00,US,FL,#33130!,,\n"
+    )
+    miami, boston, malformed = _drafts(shopify_csv, head + rows)
+    assert miami.document["shipping"] == {"country": "US", "region": "FL", "postal_code": "33130"}
+    assert boston.document["shipping"] == {"country": "US", "postal_code": "02134"}
+    # A malformed code is left out: it only loses the zone it would have picked.
+    assert malformed.document["shipping"] == {"country": "US", "region": "FL"}
+    assert miami.locate("shipping.postal_code", "bad").column == "Shipping Zip"
+
+
+def test_the_events_format_takes_a_postal_code_column() -> None:
+    head = "cart_token,occurred_at,currency,email,country,region,postal_code,line_title\n"
+    (draft,) = _drafts(events_csv, head + "c1,2026-11-23T10:00:00Z,USD,a@x.io,US,FL,33130,Hat\n")
+    assert draft.document["shipping"] == {"country": "US", "region": "FL", "postal_code": "33130"}

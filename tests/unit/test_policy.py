@@ -1021,3 +1021,51 @@ def test_window_closes_agrees_with_the_spans_around_dst_switches(
 ) -> None:
     at = switch + timedelta(seconds=shift)
     assert window_closes(at, zones, rules) == _close_by_spans_reference(at, zones, rules)
+
+
+def _florida_evening(postal_zones: tuple[str, ...]) -> Decision:
+    contact = Contact(
+        id=1,
+        store_id=1,
+        phone="+13055550143",
+        country="US",
+        region="FL",
+        postal_zones=postal_zones,
+    )
+    at = local(NEW_YORK, 2025, 6, 10, 20, 30)
+    send = SendRequest(
+        channel=Channel.SMS,
+        step_id="sms1",
+        cart_id=1,
+        contact=contact,
+        consent=consent(),
+        cart_status=CartStatus.OPEN,
+        abandoned_at=at - timedelta(minutes=15),
+        recent_sends=(),
+        store_policy=PLAIN_STORE,
+        rules=rules_for_contact(contact, Channel.SMS, PLAIN_STORE),
+    )
+    return evaluate(send, at)
+
+
+def test_a_postal_code_in_one_zone_defers_to_8am_there() -> None:
+    decision = expect_defer(
+        _florida_evening(("America/New_York",)),
+        "us.fl.quiet_hours",
+        local(NEW_YORK, 2025, 6, 11, 8, 0),
+    )
+    assert decision.reason == (
+        "Florida allows texts 08:00–20:00 local time; it is 20:30 on Tuesday in "
+        "America/New_York; next allowed 2025-06-11 08:00 America/New_York (12:00 UTC)"
+    )
+
+
+def test_the_reason_names_every_candidate_zone_with_its_own_time() -> None:
+    decision = expect_defer(
+        _florida_evening(()), "us.fl.quiet_hours", local(CHICAGO, 2025, 6, 11, 8, 0)
+    )
+    assert decision.reason == (
+        "Florida allows texts 08:00–20:00 local time; it is 20:30 on Tuesday in "
+        "America/New_York, 19:30 on Tuesday in America/Chicago; next allowed "
+        "2025-06-11 09:00 America/New_York, 2025-06-11 08:00 America/Chicago (13:00 UTC)"
+    )

@@ -239,3 +239,48 @@ def test_resolution_never_fails_on_junk(explicit: str, country: str, phone: str)
     assert found.zone in candidate_zones(
         explicit=explicit, country=country, region=country, phone=phone, store_default="UTC"
     )
+
+
+def test_postal_zones_replace_the_regions_zones() -> None:
+    # Florida is Eastern and Central; a Miami ZIP settled at ingest leaves Eastern alone.
+    assert [zone.key for zone in address_zones("US", "FL")] == [
+        "America/New_York",
+        "America/Chicago",
+    ]
+    settled = address_zones("US", "FL", ("America/New_York",))
+    assert [zone.key for zone in settled] == ["America/New_York"]
+    resolution = resolve_zone(
+        explicit=None,
+        country="US",
+        region="FL",
+        phone=None,
+        store_default="UTC",
+        postal_zones=("America/Chicago",),
+    )
+    assert (resolution.zone.key, resolution.source, resolution.ambiguous) == (
+        "America/Chicago",
+        "address",
+        False,
+    )
+
+
+def test_postal_zones_keep_the_phone_as_a_candidate() -> None:
+    def zones(postal: tuple[str, ...], phone: str) -> list[str]:
+        found = candidate_zones(
+            explicit=None,
+            country="US",
+            region="FL",
+            phone=phone,
+            store_default="UTC",
+            postal_zones=postal,
+        )
+        return [zone.key for zone in found]
+
+    assert zones(("America/New_York",), "+13055550143") == ["America/New_York"]
+    # A Memphis number on a Miami address: the shopper may be at either.
+    assert zones(("America/New_York",), "+19015550143") == ["America/New_York", "America/Chicago"]
+
+
+def test_unknown_postal_zone_names_fall_back_to_the_region() -> None:
+    found = address_zones("US", "FL", ("Not/AZone",))
+    assert [zone.key for zone in found] == ["America/New_York", "America/Chicago"]

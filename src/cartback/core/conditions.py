@@ -6,8 +6,11 @@ whitelist into a private tree that this module interprets. Nothing is ever hande
 
 Names are checked at parse time against a fixed vocabulary, and comparisons are type-checked
 (a number is never compared with a string), so a typo fails `flows check` instead of silently
-skipping messages. At run time evaluation never raises: missing facts are None, and any
-comparison involving None (or values of the wrong kind) is false.
+skipping messages. In a flow, `cart.value` is money: it is compared with an amount the flow
+states per currency (`amounts.large_cart`) or with a plain number in the flow's base currency,
+never with a bare number whose currency nobody said (see core.money). At run time evaluation
+never raises: missing facts are None, and any comparison involving None (or values of the wrong
+kind) is false.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from decimal import Decimal, InvalidOperation
 from enum import Enum
 
 from cartback.core.model import Cart, CartLine, Contact, StepOutcome
+from cartback.core.money import Amount, Rates
 
 MAX_LENGTH = 500
 
@@ -34,6 +38,7 @@ class Kind(Enum):
     TEXT = "text"
     BOOL = "true/false"
     TAGS = "a tag list"
+    MONEY = "money"
 
 
 CART_FIELDS: Mapping[str, Kind] = {
@@ -63,7 +68,22 @@ STEP_FIELDS: tuple[str, ...] = ("sent", "delivered", "opened", "clicked", "skipp
 # Outcomes that come from the shopper or the network after the send, not from the decision.
 ENGAGEMENT_FIELDS: frozenset[str] = frozenset({"delivered", "opened", "clicked"})
 # Top-level fact names; a step id may not take one of these (or a Python keyword).
-RESERVED_NAMES = frozenset({"cart", "contact", "variant", "true", "false"})
+RESERVED_NAMES = frozenset({"cart", "contact", "variant", "amounts", "true", "false"})
+# Where build_facts puts the store's exchange rates; no condition can name it.
+RATES_FACT = "_rates"
+
+
+@dataclass(frozen=True, slots=True)
+class MoneyTerms:
+    """What money means in one flow's conditions: its base currency (a plain number is in it)
+    and its named amounts. `plain_allowed` reads a plain number without a base currency as in
+    the cart's own currency: only for flow versions stored before amounts had currencies."""
+
+    base: str | None = None
+    amounts: Mapping[str, Amount] = field(default_factory=dict)
+    plain_allowed: bool = False
+    # Names declared under `amounts` whose entry has an error of its own (reported there).
+    broken: frozenset[str] = frozenset()
 
 
 def is_reserved_name(name: str) -> bool:
@@ -82,6 +102,11 @@ class _Literal:
 class _Fact:
     path: tuple[str, ...]
     is_step: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Money:
+    amount: Amount
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +132,7 @@ class _Compare:
     links: tuple[tuple[str, _Expr | _Choices], ...]
 
 
-_Expr = _Literal | _Fact | _Not | _BoolOp | _Compare
+_Expr = _Literal | _Fact | _Money | _Not | _BoolOp | _Compare
 
 
 @dataclass(frozen=True)
@@ -116,6 +141,7 @@ class Condition:
     _tree: _Expr = field(repr=False, compare=False)
     _step_refs: frozenset[str] = field(repr=False, compare=False)
     _step_reads: frozenset[tuple[str, str]] = field(default=frozenset(), repr=False, compare=False)
+    _amounts: tuple[Amount, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def step_refs(self) -> frozenset[str]:
@@ -126,6 +152,11 @@ class Condition:
     def step_reads(self) -> frozenset[tuple[str, str]]:
         """(step id, field) pairs this condition reads (`email1.opened` -> ("email1", "opened"))."""
         return self._step_reads
+
+    @property
+    def amounts(self) -> tuple[Amount, ...]:
+        """The amounts of money this condition compares the cart's value with."""
+        return self._amounts
 
     def evaluate(self, facts: Mapping[str, object]) -> bool:
         """True or false for these facts (see `build_facts`); never raises on odd facts."""
@@ -143,10 +174,13 @@ def parse_condition(
     *,
     all_steps: Collection[str] = (),
     steps_allowed: bool = True,
+    money: MoneyTerms | None = None,
 ) -> Condition:
     """Parse and check `source`. `known_steps` are the ids it may read (steps earlier in the flow);
     `all_steps`, when given, lets the error for a later step say so instead of "unknown".
-    `steps_allowed=False` is for conditions checked before any step runs (enroll_when)."""
+    `steps_allowed=False` is for conditions checked before any step runs (enroll_when).
+    `money`: the flow's currency terms; flows always give them. Without them `cart.value` is a
+    plain number, compared as one."""
     if not isinstance(source, str):
         raise ConditionError(f"a condition must be text, got {type(source).__name__}")
     text = source.strip()
@@ -161,13 +195,16 @@ def parse_condition(
         raise ConditionError(f"syntax error{where}: {error.msg}") from None
     except (ValueError, MemoryError, RecursionError) as error:
         raise ConditionError(f"cannot parse the condition: {error}") from None
-    translator = _Translator(text, known_steps if steps_allowed else (), all_steps, steps_allowed)
+    translator = _Translator(
+        text, known_steps if steps_allowed else (), all_steps, steps_allowed, money
+    )
     tree = translator.expression(module.body)
     return Condition(
         source=text,
         _tree=tree,
         _step_refs=frozenset(translator.step_refs),
         _step_reads=frozenset(translator.step_reads),
+        _amounts=tuple(dict.fromkeys(translator.amounts)),
     )
 
 
@@ -204,8 +241,10 @@ def build_facts(
     variant: str | None,
     history: Mapping[str, StepOutcome],
     exclusions: ProductExclusions = NO_EXCLUSIONS,
+    rates: Rates | None = None,
 ) -> dict[str, object]:
-    """The facts a condition sees. Without a contact every contact fact is missing (so false)."""
+    """The facts a condition sees. Without a contact every contact fact is missing (so false).
+    `rates`, the store's exchange rates, let an amount stated in other currencies be compared."""
     facts: dict[str, object] = {
         step_id: {name: getattr(outcome, name) for name in STEP_FIELDS}
         for step_id, outcome in history.items()
@@ -221,6 +260,8 @@ def build_facts(
     }
     facts["contact"] = {} if contact is None else _contact_facts(contact)
     facts["variant"] = variant
+    if rates is not None:
+        facts[RATES_FACT] = rates
     return facts
 
 
@@ -294,8 +335,11 @@ class _Translator:
         known_steps: Collection[str],
         all_steps: Collection[str],
         steps_allowed: bool,
+        money: MoneyTerms | None = None,
     ) -> None:
         self.text = text
+        self.money = money
+        self.amounts: list[Amount] = []
         self.steps_allowed = steps_allowed
         self.known_steps = frozenset(known_steps)
         self.all_steps = frozenset(all_steps)
@@ -314,7 +358,7 @@ class _Translator:
             raise ConditionError("a list is only allowed on the right of `in` / `not in`")
         return self.operand(node)
 
-    def operand(self, node: ast.expr) -> _Literal | _Fact:
+    def operand(self, node: ast.expr) -> _Literal | _Fact | _Money:
         if isinstance(node, ast.Constant) or (
             isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd)
         ):
@@ -368,7 +412,7 @@ class _Translator:
             return number
         raise ConditionError(f"{type(value).__name__} literals cannot be used in conditions")
 
-    def fact(self, node: ast.Name | ast.Attribute) -> _Fact:
+    def fact(self, node: ast.Name | ast.Attribute) -> _Fact | _Money:
         parts: list[str] = []
         current: ast.expr = node
         while isinstance(current, ast.Attribute):
@@ -387,11 +431,45 @@ class _Translator:
             return _Fact(tuple(parts), is_step=False)
         if len(parts) == 2 and parts[0] == "contact" and parts[1] in CONTACT_FIELDS:
             return _Fact(tuple(parts), is_step=False)
+        if parts[0] == "amounts" and self.money is not None:
+            return self.named_amount(parts, dotted)
         if len(parts) == 2 and parts[1] in STEP_FIELDS:
             return self.step_fact(node, parts[0], dotted)
         if len(parts) == 1 and (parts[0] in self.known_steps or parts[0] in self.all_steps):
             raise ConditionError(f"use {dotted}.sent, .delivered, .opened, .clicked or .skipped")
         raise ConditionError(f"unknown name {dotted}{self.suggestion(dotted)}")
+
+    def named_amount(self, parts: list[str], dotted: str) -> _Money:
+        assert self.money is not None
+        named = self.money.amounts
+        if len(parts) == 2 and parts[1] in named:
+            return self.money_node(named[parts[1]])
+        if len(parts) == 2 and parts[1] in self.money.broken:
+            raise ConditionError(f"{dotted} cannot be used until its entry under amounts is fixed")
+        if not named:
+            raise ConditionError(f"unknown name {dotted}: the flow declares no amounts")
+        hint = _close(parts[-1], named)
+        raise ConditionError(
+            f"unknown name {dotted}; the flow's amounts: {', '.join(sorted(named))}{hint}"
+        )
+
+    def money_node(self, amount: Amount) -> _Money:
+        self.amounts.append(amount)
+        return _Money(amount)
+
+    def plain_amount(self, value: Decimal) -> _Money:
+        """A number compared with `cart.value`: an amount in the flow's base currency."""
+        assert self.money is not None
+        if self.money.base is not None:
+            figures = {self.money.base: value}
+            return self.money_node(Amount.of(figures, label=f"the condition's {value}"))
+        if self.money.plain_allowed:
+            return self.money_node(Amount(bare=value, label=f"the condition's {value}"))
+        raise ConditionError(
+            f"cart.value is money, and {value} names no currency: compare it with one of the "
+            "flow's amounts (cart.value >= amounts.large_cart, with amounts: {large_cart: "
+            "{USD: 100, EUR: 90}}), or set the flow's base currency (currency: USD)"
+        )
 
     def step_fact(self, node: ast.AST, step_id: str, dotted: str) -> _Fact:
         if step_id in self.known_steps:
@@ -408,6 +486,8 @@ class _Translator:
         vocabulary = ["variant"]
         vocabulary += [f"cart.{name}" for name in CART_FIELDS]
         vocabulary += [f"contact.{name}" for name in CONTACT_FIELDS]
+        if self.money is not None:
+            vocabulary += [f"amounts.{name}" for name in self.money.amounts]
         vocabulary += [
             f"{step}.{name}" for step in sorted(self.known_steps) for name in STEP_FIELDS
         ]
@@ -415,26 +495,48 @@ class _Translator:
         return f" (did you mean {matches[0]}?)" if matches else ""
 
     def comparison(self, node: ast.Compare) -> _Compare:
-        left = self.operand(node.left)
-        links: list[tuple[str, _Expr | _Choices]] = []
-        previous: _Expr = left
+        operands: list[_Expr | _Choices] = [self.operand(node.left)]
+        ops: list[str] = []
         for op_node, right_node in zip(node.ops, node.comparators, strict=True):
             op = _COMPARE_OPS.get(type(op_node))
             if op is None:
                 raise ConditionError("`is` / `is not` are not supported; use == or !=")
-            right: _Expr | _Choices
             if op in _MEMBERSHIP and isinstance(right_node, ast.List | ast.Tuple):
-                right = _Choices(tuple(self.choice(element) for element in right_node.elts))
+                operands.append(_Choices(tuple(self.choice(item) for item in right_node.elts)))
             else:
-                right = self.operand(right_node)
+                operands.append(self.operand(right_node))
+            ops.append(op)
+        operands = self.money_operands(operands)
+        first = operands[0]
+        assert not isinstance(first, _Choices)
+        links: list[tuple[str, _Expr | _Choices]] = []
+        previous: _Expr = first
+        for index, (op, right) in enumerate(zip(ops, operands[1:], strict=True)):
             self.check_types(previous, op, right)
             links.append((op, right))
             if isinstance(right, _Choices):
-                if len(links) < len(node.ops):
+                if index < len(ops) - 1:
                     raise ConditionError("a list must end the comparison")
             else:
                 previous = right
-        return _Compare(left, tuple(links))
+        return _Compare(first, tuple(links))
+
+    def money_operands(self, operands: list[_Expr | _Choices]) -> list[_Expr | _Choices]:
+        """In a comparison with money, plain numbers are amounts in the flow's base currency."""
+        if self.money is None:
+            return operands
+        if not any(
+            not isinstance(item, _Choices) and self.kind(item) is Kind.MONEY for item in operands
+        ):
+            return operands
+        if any(isinstance(item, _Choices) for item in operands):
+            raise ConditionError("compare money with <, <=, >, >=, == or !=, not with a list")
+        return [
+            self.plain_amount(item.value)
+            if isinstance(item, _Literal) and isinstance(item.value, Decimal)
+            else item
+            for item in operands
+        ]
 
     def choice(self, node: ast.expr) -> Decimal | str | bool:
         if isinstance(node, ast.Constant | ast.UnaryOp):
@@ -464,7 +566,7 @@ class _Translator:
             raise ConditionError(f'tags cannot be compared with `{op}`; use "tag" in ...tags')
         if left_kind is not right_kind:
             raise self.mismatch(left_kind, op, right_kind)
-        if op in _ORDERING and left_kind is not Kind.NUMBER:
+        if op in _ORDERING and left_kind not in (Kind.NUMBER, Kind.MONEY):
             raise ConditionError(f"`{op}` compares numbers, not {left_kind.value}")
 
     def mismatch(self, left: Kind, op: str, right: Kind) -> ConditionError:
@@ -473,14 +575,23 @@ class _Translator:
     def kind(self, expr: _Expr) -> Kind:
         if isinstance(expr, _Literal):
             return _literal_kind(expr.value)
+        if isinstance(expr, _Money):
+            return Kind.MONEY
         if isinstance(expr, _Fact):
             if expr.is_step:
                 return Kind.BOOL
             if expr.path == ("variant",):
                 return Kind.TEXT
+            if expr.path == ("cart", "value") and self.money is not None:
+                return Kind.MONEY
             fields = CART_FIELDS if expr.path[0] == "cart" else CONTACT_FIELDS
             return fields[expr.path[1]]
         return Kind.BOOL
+
+
+def _close(word: str, choices: Collection[str]) -> str:
+    matches = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean amounts.{matches[0]}?)" if matches else ""
 
 
 def _is_number(value: object) -> bool:
@@ -503,6 +614,8 @@ def _evaluate(expr: _Expr, facts: Mapping[str, object]) -> object:
         return expr.value
     if isinstance(expr, _Fact):
         return _lookup(expr, facts)
+    if isinstance(expr, _Money):
+        return _money_value(expr.amount, facts)
     if isinstance(expr, _Not):
         return not _truthy(_evaluate(expr.operand, facts))
     if isinstance(expr, _BoolOp):
@@ -546,6 +659,16 @@ def _lookup(fact: _Fact, facts: Mapping[str, object]) -> object:
         # A step that has not run yet (or an odd fact) counts as all-false.
         return value is True
     return _normalise(value)
+
+
+def _money_value(amount: Amount, facts: Mapping[str, object]) -> Decimal | None:
+    """The amount in the cart's currency; None (so every comparison false) when it has none."""
+    cart = facts.get("cart")
+    currency = cart.get("currency") if isinstance(cart, Mapping) else None
+    if not isinstance(currency, str):
+        return amount.bare
+    rates = facts.get(RATES_FACT)
+    return amount.in_currency(currency, rates if isinstance(rates, Rates) else None)
 
 
 def _normalise(value: object) -> object:

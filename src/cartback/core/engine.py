@@ -23,6 +23,7 @@ from cartback.core.model import (
     StepOutcome,
     format_duration,
 )
+from cartback.core.money import CURRENCY_RULE, Rates, currency_reason, uncovered
 from cartback.core.policy import Allow, Defer, Skip
 
 
@@ -133,14 +134,19 @@ def pick_variant(flow: Flow, cart_token: str, *, promoted: str | None = None) ->
     return flow.variants[-1].name
 
 
-def may_enroll(flow: Flow, cart: Cart, contact: Contact | None) -> bool:
+def may_enroll(
+    flow: Flow, cart: Cart, contact: Contact | None, *, rates: Rates | None = None
+) -> bool:
+    """`rates`: the store's exchange rates. An `enroll_when` amount that cannot be given in the
+    cart's currency makes its comparison false, so such a cart is not enrolled."""
     if cart.status is not CartStatus.OPEN or not cart.lines or contact is None:
         return False
     if not (contact.phone or contact.email):
         return False
     if flow.enroll_when is None:
         return True
-    return flow.enroll_when.evaluate(build_facts(cart, contact, None, {}, flow.exclusions))
+    facts = build_facts(cart, contact, None, {}, flow.exclusions, rates)
+    return flow.enroll_when.evaluate(facts)
 
 
 def exit_reason(flow: Flow, cart: Cart, contact: Contact | None, *, opted_out: bool) -> str | None:
@@ -192,11 +198,14 @@ def advance(
     *,
     opted_out: bool = False,
     gate: SendGate = allow_all,
+    rates: Rates | None = None,
 ) -> Advance:
     """Run the due steps at `now`, in order, until one must wait or one message was queued.
 
     A step more than its grace past its due time is skipped as late; a deferral moves the due
     time of its step; after a message the next step waits for its own due time (`due_at`).
+    A step whose condition or discount names money the cart's currency has no figure for (and
+    `rates`, the store's exchange rates, cannot convert) is skipped as flow.currency.
     """
     if enrollment.state is not EnrollmentState.ACTIVE:
         return Advance(enrollment, ())
@@ -235,8 +244,15 @@ def advance(
             history[step.id] = StepOutcome(skipped=True)
             index += 1
             continue
+        missing = uncovered(step.amounts, cart.currency, rates)
+        if missing:
+            reason = currency_reason(missing, cart.currency, rates)
+            decisions.append(StepDecision(step.id, Outcome.SKIP, reason, CURRENCY_RULE))
+            history[step.id] = StepOutcome(skipped=True)
+            index += 1
+            continue
         if step.when is not None and not step.when.evaluate(
-            build_facts(cart, contact, enrollment.variant, history, flow.exclusions)
+            build_facts(cart, contact, enrollment.variant, history, flow.exclusions, rates)
         ):
             decisions.append(
                 StepDecision(

@@ -22,6 +22,8 @@ class ContactInfo:
     zone: str | None = None
     country: str | None = None
     region: str | None = None
+    # The shipping (else billing) address's postal code, as the shop sent it.
+    postal_code: str | None = None
     tags: tuple[str, ...] = ()
 
 

@@ -23,12 +23,19 @@ from cartback.core.conditions import (
     NO_EXCLUSIONS,
     Condition,
     ConditionError,
+    MoneyTerms,
     ProductExclusions,
     is_reserved_name,
     parse_condition,
 )
 from cartback.core.locales import matches
 from cartback.core.model import Cart, Channel, format_duration, parse_duration
+from cartback.core.money import (
+    CURRENCY_CODE,
+    Amount,
+    Rates,
+    round_to_minor_unit,
+)
 from cartback.core.render import check_template
 from cartback.core.yamlsrc import (
     Lines,
@@ -59,6 +66,8 @@ _FLOW_KEYS = (
     "variants",
     "discount_exclusions",
     "language",
+    "currency",
+    "amounts",
     "steps",
 )
 _STEP_KEYS = (
@@ -84,6 +93,7 @@ _VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
 _CODE = re.compile(r"\S{1,64}")
 _POOL = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_AMOUNT_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _BLOCK_SCALAR = re.compile(r":\s*[|>][-+0-9]*\s*(?:#.*)?$")
 
 
@@ -118,18 +128,41 @@ class Discount:
     pool: str | None
     unique: bool
     percent: Decimal | None
-    amount: Decimal | None
-    min_value: Decimal | None
+    # Money, in the cart's currency when it is used (see core.money).
+    amount: Amount | None
+    min_value: Amount | None
     expires_after: timedelta | None
 
     # The flow's `discount_exclusions`: a cart made only of these gets no discount.
     exclusions: ProductExclusions = field(default=NO_EXCLUSIONS, compare=False)
 
-    def applies_to(self, cart_value: Decimal) -> bool:
-        return self.min_value is None or cart_value >= self.min_value
+    @property
+    def amounts(self) -> tuple[Amount, ...]:
+        """The money this discount needs in the cart's currency."""
+        return tuple(found for found in (self.min_value, self.amount) if found is not None)
 
-    def offered_for(self, cart: Cart) -> bool:
-        return self.applies_to(cart.value) and not self.exclusions.all_of(cart)
+    def applies_to(self, cart: Cart, rates: Rates | None = None) -> bool:
+        """The cart reaches `min_value` in its own currency; a cart whose currency the amount
+        cannot be given in does not (the engine skips such a step first, as flow.currency)."""
+        if self.min_value is None:
+            return True
+        threshold = self.min_value.in_currency(cart.currency, rates)
+        return threshold is not None and cart.value >= threshold
+
+    def offered_for(self, cart: Cart, rates: Rates | None = None) -> bool:
+        return self.applies_to(cart, rates) and not self.exclusions.all_of(cart)
+
+    def amount_for(self, currency: str, rates: Rates | None = None) -> Decimal | None:
+        """The amount off in `currency`, a converted one rounded to the currency's minor unit;
+        None for a percent discount or a currency it cannot be given in."""
+        if self.amount is None:
+            return None
+        value = self.amount.in_currency(currency, rates)
+        if value is None:
+            return None
+        if any(code == currency.upper() for code in self.amount.currencies):
+            return value
+        return round_to_minor_unit(value, currency) if self.amount.bare is None else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +186,14 @@ class Step:
         for override in self.variant_overrides.values():
             keys.extend(override.locales)
         return tuple(dict.fromkeys(keys))
+
+    @property
+    def amounts(self) -> tuple[Amount, ...]:
+        """The money the step compares or offers, each needed in the cart's currency."""
+        found = self.when.amounts if self.when is not None else ()
+        if self.discount is not None:
+            found = (*found, *self.discount.amounts)
+        return tuple(dict.fromkeys(found))
 
     def content_for(self, variant: str | None, locale: str | None) -> Content:
         """The variant's override (its own locale first), then the step's locale, then the
@@ -202,6 +243,9 @@ class Flow:
     grace: timedelta | None = None
     channel_holdout: ChannelHoldout | None = None
     exclusions: ProductExclusions = field(default=NO_EXCLUSIONS, compare=False)
+    # The base currency plain amounts are in (`currency: USD`), and the named amounts.
+    currency: str | None = None
+    amounts: Mapping[str, Amount] = field(default_factory=dict, compare=False)
     # Problems that do not stop the flow from running (printed by `flows check`).
     warnings: tuple[FlowIssue, ...] = field(default=(), compare=False)
     # The language of the steps' own text; None: the store's default language.
@@ -238,7 +282,9 @@ def parse_flow(
 ) -> Flow:
     """Validate and build a flow from YAML text; FlowError lists every problem found.
     `check_templates=False` skips the template and condition-timing checks, for versions stored
-    before they existed (their renders still run under the sandbox's runtime limits).
+    before they existed (their renders still run under the sandbox's runtime limits); there a
+    plain amount without the flow's `currency` keeps its old meaning, a number in the cart's
+    own currency, so carts already on such a version go on as they were.
     `min_condition_gap`: a condition reading a step planned less than this earlier is warned
     about (see `Flow.warnings`)."""
     try:
@@ -440,6 +486,9 @@ class _Parser:
         self.misspelled: set[FieldPath] = set()
         # Every variant name the file declares, valid or not, so overrides are not misreported.
         self.variant_names: list[str] = []
+        # Set from `currency` and `amounts` before any step or condition is read.
+        self.money = MoneyTerms(plain_allowed=text_lines is None)
+        self.declared_amounts: list[str] = []
 
     def issue(self, path: Sequence[object], message: str, *, line: int | None = None) -> None:
         # Paths keep raw YAML keys (even non-text ones) so that their line can be found.
@@ -543,7 +592,11 @@ class _Parser:
             return None
         try:
             return parse_condition(
-                value, earlier, all_steps=all_steps, steps_allowed=key != "enroll_when"
+                value,
+                earlier,
+                all_steps=all_steps,
+                steps_allowed=key != "enroll_when",
+                money=self.money,
             )
         except ConditionError as error:
             self.issue((*path, key), str(error))
@@ -569,6 +622,12 @@ class _Parser:
         channel_holdout = self.channel_holdout(data)
         grace = self.grace(data)
         variants = self.variants(data)
+        currency = self.base_currency(data)
+        amounts = self.named_amounts(data, currency)
+        broken = frozenset(self.declared_amounts) - set(amounts)
+        self.money = MoneyTerms(
+            currency, amounts, plain_allowed=self.text_lines is None, broken=broken
+        )
         raw_steps = self.step_list(data)
         step_ids = [
             item["id"]
@@ -607,7 +666,102 @@ class _Parser:
             channel_holdout=channel_holdout,
             exclusions=exclusions,
             language=language,
+            currency=currency,
+            amounts=amounts,
         )
+
+    # ---- money -------------------------------------------------------------------------------
+
+    def base_currency(self, data: Mapping[str, object]) -> str | None:
+        return self.text(
+            data,
+            (),
+            "currency",
+            pattern=CURRENCY_CODE,
+            hint="an ISO 4217 code in capitals, like USD or NOK",
+        )
+
+    def named_amounts(self, data: Mapping[str, object], currency: str | None) -> dict[str, Amount]:
+        if "amounts" not in data:
+            return {}
+        path: FieldPath = ("amounts",)
+        table = self.mapping(data["amounts"], path, "a mapping of names to amounts")
+        if table is None:
+            return {}
+        found: dict[str, Amount] = {}
+        self.declared_amounts = list(table)
+        for name, value in table.items():
+            if not _AMOUNT_NAME.fullmatch(name):
+                self.issue((*path, name), f"{name!r} is not valid: use a-z, 0-9 and _")
+                continue
+            amount = self.money_value(value, (*path, name), f"amounts.{name}", currency)
+            if amount is not None:
+                found[name] = amount
+        return found
+
+    def money_value(
+        self,
+        value: object,
+        path: FieldPath,
+        label: str,
+        currency: str | None,
+        *,
+        positive: bool = False,
+    ) -> Amount | None:
+        """An amount: `{USD: 100, NOK: 1000}`, or a plain number in the flow's `currency`."""
+        floor = "more than 0" if positive else "0 or more"
+
+        def usable(number: Decimal | None, where: FieldPath, raw: object) -> bool:
+            if number is None:
+                self.issue(where, f"expected an amount, got {_describe(raw)}")
+                return False
+            if number < 0 or (positive and number == 0):
+                self.issue(where, f"must be {floor}, got {number}")
+                return False
+            return True
+
+        if isinstance(value, dict):
+            table = self.mapping(value, path, "a mapping of currency codes to amounts")
+            if table is None:
+                return None
+            if not table:
+                self.issue(path, "give at least one currency, like {USD: 100}")
+                return None
+            figures: dict[str, Decimal] = {}
+            for code, raw in table.items():
+                if not CURRENCY_CODE.fullmatch(code):
+                    self.issue(
+                        (*path, code),
+                        f"{code!r} is not a currency: use an ISO 4217 code in capitals, like NOK",
+                    )
+                    continue
+                number = _to_decimal(raw)
+                if usable(number, (*path, code), raw):
+                    assert number is not None
+                    figures[code] = number
+            if len(figures) != len(table):
+                return None
+            return Amount.of(figures, label=label)
+        number = _to_decimal(value)
+        if number is None:
+            self.issue(
+                path,
+                f"expected an amount per currency like {{USD: 100, EUR: 90}}, "
+                f"got {_describe(value)}",
+            )
+            return None
+        if not usable(number, path, value):
+            return None
+        if currency is not None:
+            return Amount.of({currency: number}, label=label)
+        if self.text_lines is None:
+            return Amount(bare=number, label=label)
+        self.issue(
+            path,
+            f"{number} names no currency: give one per currency, like {{USD: {number}, "
+            f"EUR: ...}}, or set the flow's base currency (currency: USD) at the top",
+        )
+        return None
 
     def exclusions(self, data: Mapping[str, object]) -> ProductExclusions:
         if "discount_exclusions" not in data:
@@ -1040,22 +1194,37 @@ class _Parser:
             found = f" (found {' and '.join(sources)})" if sources else ""
             self.issue(discount_path, f"set exactly one of code, pool or unique: true{found}")
         percent = self.bounded(entry, discount_path, "percent", Decimal(0), Decimal(100))
-        amount = self.bounded(entry, discount_path, "amount", Decimal(0), None)
+        amount = self.discount_money(entry, discount_path, "amount", positive=True)
         kinds = [key for key in ("percent", "amount") if key in entry]
         if len(kinds) != 1:
             found = " (found both)" if kinds else ""
             self.issue(discount_path, f"set exactly one of percent or amount{found}")
-        min_value = None
-        if "min_value" in entry:
-            min_value = self.number(entry, discount_path, "min_value")
-            if min_value is not None and min_value < 0:
-                self.issue((*discount_path, "min_value"), "must not be negative")
+        min_value = self.discount_money(entry, discount_path, "min_value")
         expires_after = self.duration(entry, discount_path, "expires_after")
         if expires_after is not None and expires_after <= timedelta(0):
             self.issue((*discount_path, "expires_after"), "must be longer than 0s")
         if len(self.issues) > before:
             return None
         return Discount(code, pool, unique, percent, amount, min_value, expires_after)
+
+    def discount_money(
+        self, entry: Mapping[str, object], path: FieldPath, key: str, *, positive: bool = False
+    ) -> Amount | None:
+        """`min_value` or `amount`: an amount, or for min_value the name of one in `amounts`."""
+        if key not in entry:
+            return None
+        value = entry[key]
+        named = self.money.amounts
+        if isinstance(value, str) and _to_decimal(value) is None and key == "min_value":
+            if value in named:
+                return named[value]
+            if value in self.money.broken:
+                self.issue((*path, key), f"{value!r} cannot be used until its amount is fixed")
+                return None
+            known = f"; the flow's amounts: {', '.join(sorted(named))}" if named else ""
+            self.issue((*path, key), f"{value!r} is not one of the flow's amounts{known}")
+            return None
+        return self.money_value(value, (*path, key), key, self.money.base, positive=positive)
 
     def bounded(
         self,

@@ -93,6 +93,9 @@ class Contact:
     abandoned_count: int = 0
     # Derived from `phone` at ingest; None means work it out from the number now.
     phone_facts: PhoneFacts | None = None
+    # The zones the shipping address's postal code settles, looked up at ingest (a Miami ZIP:
+    # America/New_York); () when there is no postal code or it settles nothing.
+    postal_zones: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from cartback.core.jurisdiction import (
     resolve_rules,
 )
 from cartback.core.model import CartStatus, Channel, ConsentView, Contact, Purpose
+from cartback.core.money import Rates
 from cartback.core.timezones import candidate_zones, region_for_phone
 
 # How far ahead next_window_open looks; no window within it means the message cannot be sent.
@@ -71,6 +72,8 @@ class StorePolicy:
     # Rule pack overrides (pack rule format); pass them to resolve_rules, which checks that
     # each only tightens.
     rule_overrides: tuple[Mapping[str, Any], ...] = ()
+    # The store's exchange rates, for flow amounts stated in another currency than the cart's.
+    rates: Rates | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.sms_cooldown < timedelta(0) or self.email_cooldown < timedelta(0):
@@ -147,6 +150,7 @@ def contact_zones(contact: Contact, store_policy: StorePolicy) -> tuple[ZoneInfo
         phone=contact.phone,
         store_default=store_policy.default_zone,
         facts=contact.phone_facts,
+        postal_zones=contact.postal_zones,
     )
 
 
@@ -437,13 +441,14 @@ def is_allowed(at: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet) -> boo
 def first_violation(
     at: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet, channel: Channel
 ) -> tuple[Rule, str] | None:
-    """The first rule that forbids sending at `at` in some candidate zone, with the reason."""
+    """The first rule that forbids sending at `at` in some candidate zone, with the reason. The
+    reason gives the local time in every candidate zone, the objecting one first."""
     _require_aware(at)
     noun = _NOUN[channel]
     for zone in zones:
         local = at.astimezone(zone)
         weekday = local.weekday()
-        clock = f"it is {local:%H:%M} on {DAY_NAMES[weekday]} in {zone.key}"
+        clock = _clock(at, (zone, *(other for other in zones if other != zone)))
         if weekday == 6:
             for sunday in rules.no_sundays:
                 return (sunday, f"{sunday.title} allows no {noun} on Sundays; {clock}")
@@ -453,7 +458,7 @@ def first_violation(
                 return (
                     holiday,
                     f"{holiday.title} allows no {noun} on public holidays; "
-                    f"{local:%Y-%m-%d} is {label} in {zone.key}",
+                    f"{local:%Y-%m-%d} is {label} in {zone.key}; {clock}",
                 )
         for window in rules.windows:
             day = window.week[weekday]
@@ -652,9 +657,20 @@ def _intersect(left: list[Span], right: list[Span]) -> list[Span]:
     return result
 
 
+def _clock(at: datetime, zones: tuple[ZoneInfo, ...]) -> str:
+    """`it is 20:30 on Tuesday in America/New_York, 19:30 on Tuesday in America/Chicago`."""
+    times = []
+    for zone in zones:
+        local = at.astimezone(zone)
+        times.append(f"{local:%H:%M} on {DAY_NAMES[local.weekday()]} in {zone.key}")
+    return "it is " + ", ".join(times)
+
+
 def _local(at: datetime, zones: tuple[ZoneInfo, ...]) -> str:
-    local = at.astimezone(zones[0])
-    return f"{local:%Y-%m-%d %H:%M} {zones[0].key} ({at.astimezone(UTC):%H:%M} UTC)"
+    """An instant in every candidate zone, then in UTC: each zone's clock is quoted with its own
+    name, so a reason never pairs one zone's name with another zone's time."""
+    times = ", ".join(f"{at.astimezone(zone):%Y-%m-%d %H:%M} {zone.key}" for zone in zones)
+    return f"{times} ({at.astimezone(UTC):%H:%M} UTC)"
 
 
 def _require_aware(at: datetime) -> None:

@@ -9,6 +9,10 @@ Written as YAML, checked with every problem reported as `file:line: field: messa
     rules:                            # shipped rules made stricter, or store.* rules added
       - name: us.quiet_hours
         window: {mon-sun: "09:00-20:00"}
+    exchange_rates:                   # for flows with a base currency: 1 NOK = 0.093 USD
+      base: USD
+      NOK: "0.093"
+      EUR: "1.08"
 
 Jurisdiction rules can only be tightened: an override that would loosen one is an error.
 """
@@ -17,10 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from cartback.core.jurisdiction import PolicyConfigError, validate_overrides
 from cartback.core.model import parse_duration
+from cartback.core.money import CURRENCY_CODE, Rates
 from cartback.core.policy import Cap, StorePolicy
 from cartback.core.yamlsrc import (
     Lines,
@@ -30,7 +36,7 @@ from cartback.core.yamlsrc import (
     load_with_lines,
 )
 
-KEYS = ("sms_cooldown", "email_cooldown", "sms_cap", "email_cap", "rules")
+KEYS = ("sms_cooldown", "email_cooldown", "sms_cap", "email_cap", "rules", "exchange_rates")
 _DEFAULTS = StorePolicy()
 
 
@@ -80,9 +86,62 @@ def check(data: object, source: str = "<policy>", lines: Lines | None = None) ->
                 validate_overrides([rule])
             except (PolicyConfigError, ValueError) as error:
                 issue(("rules", index), str(error))
+    settings = {key: data[key] for key in KEYS if key in data}
+    if "exchange_rates" in data:
+        settings["exchange_rates"] = _rates(data["exchange_rates"], ("exchange_rates",), issue)
     if issues:
         raise StorePolicyError(sorted(issues, key=lambda found: found.line))
-    return {key: data[key] for key in KEYS if key in data}
+    return settings
+
+
+def _rates(value: object, path: tuple[object, ...], issue: Any) -> dict[str, str]:
+    """Checked rates, stored as exact decimal text: a rate never becomes a float."""
+    if not isinstance(value, Mapping):
+        issue(path, "expected {base: USD, NOK: 0.093, ...}: one unit of each currency in base")
+        return {}
+    base = value.get("base")
+    if not isinstance(base, str) or not CURRENCY_CODE.fullmatch(base):
+        issue((*path, "base"), "is required: an ISO 4217 code in capitals, like USD")
+    stored: dict[str, str] = {"base": str(base)}
+    for code, raw in value.items():
+        if code == "base":
+            continue
+        if not isinstance(code, str) or not CURRENCY_CODE.fullmatch(code):
+            issue((*path, code), f"{code!r} is not a currency: use an ISO 4217 code in capitals")
+            continue
+        rate = _decimal(raw)
+        if rate is None or rate <= 0:
+            issue((*path, code), f"expected a rate above 0 (one {code} in the base currency)")
+            continue
+        stored[code] = str(rate)
+    return stored
+
+
+def _decimal(raw: object) -> Decimal | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return Decimal(raw)
+    # A YAML float's repr is the shortest text that reads back as it: the number written.
+    text = repr(raw) if isinstance(raw, float) else raw
+    if not isinstance(text, str):
+        return None
+    try:
+        number = Decimal(text.strip())
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
+
+
+def store_rates(settings: Mapping[str, Any] | None) -> Rates | None:
+    """The store's exchange rates from checked settings; None when it gives none."""
+    table = (settings or {}).get("exchange_rates")
+    if not table:
+        return None
+    return Rates(
+        base=str(table["base"]),
+        per_unit={code: Decimal(rate) for code, rate in table.items() if code != "base"},
+    )
 
 
 def _duration(value: object, path: tuple[object, ...], issue: Any) -> None:
@@ -130,4 +189,5 @@ def store_policy(settings: Mapping[str, Any] | None, default_zone: str) -> Store
         sms_cap=cap("sms_cap", _DEFAULTS.sms_cap),
         email_cap=cap("email_cap", _DEFAULTS.email_cap),
         rule_overrides=tuple(settings.get("rules", ())),
+        rates=store_rates(settings),
     )

@@ -2,7 +2,10 @@
 
 Quiet hours follow where the recipient is, so when a region or a phone prefix spans several
 zones, `candidate_zones` returns all of them and policy keeps the send inside the window in
-every one. The tables below are data; phonenumbers supplies the zones of a phone prefix.
+every one. An address whose postal code settles its zone (a Miami ZIP: Eastern, not Florida's
+Eastern and Central) counts with that zone alone; the code is looked up at ingest and reaches
+the core as zone names (`Contact.postal_zones`). The tables below are data; phonenumbers
+supplies the zones of a phone prefix.
 """
 
 from __future__ import annotations
@@ -345,8 +348,14 @@ def normalize_region(country: str | None, region: str | None) -> str | None:
     return code or None
 
 
-def address_zones(country: str | None, region: str | None) -> tuple[ZoneInfo, ...]:
-    """Every zone a shipping address can be in, likeliest first; () if the country is unknown."""
+def address_zones(
+    country: str | None, region: str | None, postal_zones: tuple[str, ...] = ()
+) -> tuple[ZoneInfo, ...]:
+    """Every zone a shipping address can be in, likeliest first; () if the country is unknown.
+    `postal_zones`, what the address's postal code settled at ingest, replaces the region's."""
+    settled = tuple(zone for name in postal_zones if (zone := valid_zone(name)) is not None)
+    if settled:
+        return settled
     code = normalize_country(country)
     if code is None:
         return ()
@@ -409,12 +418,13 @@ def resolve_zone(
     region: str | None,
     phone: str | None,
     store_default: str,
+    postal_zones: tuple[str, ...] = (),
 ) -> ZoneResolution:
     """The shopper's zone: explicit → shipping address → phone number → store default."""
     zone = valid_zone(explicit)
     if zone is not None:
         return ZoneResolution(zone, "explicit", ambiguous=False)
-    zones = address_zones(country, region)
+    zones = address_zones(country, region, postal_zones)
     if zones:
         return ZoneResolution(zones[0], "address", ambiguous=len(zones) > 1)
     zones = phone_zones(phone)
@@ -431,11 +441,14 @@ def candidate_zones(
     phone: str | None,
     store_default: str,
     facts: PhoneFacts | None = None,
+    postal_zones: tuple[str, ...] = (),
 ) -> tuple[ZoneInfo, ...]:
     """Every zone the shopper may be in, the resolved zone first.
 
     An explicit zone is trusted alone. Otherwise both the address and the phone number count:
-    the shopper may be at either, and a send must be inside quiet hours wherever they are.
+    the shopper may be at either, and a send must be inside quiet hours wherever they are. The
+    address counts with the zones its postal code settled (`postal_zones`) when there are any,
+    and only otherwise with every zone of its state or province.
     `facts`, when the phone was already examined at ingest, stands in for parsing `phone`.
     """
     zone = valid_zone(explicit)
@@ -445,7 +458,8 @@ def candidate_zones(
         by_phone = phone_zones(phone)
     else:
         by_phone = tuple(zone for name in facts.zones if (zone := valid_zone(name)) is not None)
-    zones = tuple(dict.fromkeys((*address_zones(country, region), *by_phone)))
+    by_address = address_zones(country, region, postal_zones)
+    zones = tuple(dict.fromkeys((*by_address, *by_phone)))
     return zones or (_store_zone(store_default),)
 
 

@@ -13,7 +13,7 @@ from cartback.imports.drafts import Draft, Rejection, Row, event_id, flag, prune
 
 REQUIRED = ("cart_token", "occurred_at", "currency")
 CONTACT = ("phone", "email", "first_name", "last_name", "locale", "zone")
-SHIPPING = ("country", "region")
+SHIPPING = ("country", "region", "postal_code")
 CONSENT = ("sms_marketing", "email_marketing", "cart_reminders")
 LINE = ("title", "quantity", "price", "sku", "product_id", "image_url")
 OPTIONAL = (

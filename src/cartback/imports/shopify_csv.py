@@ -33,6 +33,8 @@ OPTIONAL = (
 )
 # The recovery link carries the checkout token, the key Shopify's webhooks name the cart by, so
 # an imported checkout and a later webhook for it update one cart.
+# The event API's postal code: letters, digits, spaces and hyphens, at most 16.
+_POSTAL_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 -]{0,15}")
 _TOKEN_IN_URL = re.compile(r"/checkouts/(?:[a-z]{1,3}/)?([A-Za-z0-9_-]{8,})/recover")
 # Shopify's exports write times as "2026-11-23 10:00:00 +0100".
 _EXPORT_TIME = re.compile(
@@ -65,6 +67,14 @@ def _first(group: list[Row], *columns: str) -> tuple[str, str]:
     return "", columns[0]
 
 
+def _postal_code(cell: str) -> str:
+    """The ZIP as the API takes it, or "" (left out): spreadsheets keep a ZIP's leading zero
+    behind an apostrophe ('02134), and a malformed code only loses the zone it would pick, so
+    it must not reject the checkout."""
+    code = cell.strip().lstrip("'").strip()
+    return code if _POSTAL_CODE.fullmatch(code) else ""
+
+
 def _split_name(full: str) -> tuple[str, str]:
     first, _, last = full.strip().partition(" ")
     return first, last.strip()
@@ -79,6 +89,9 @@ def _draft(checkout_id: str, group: list[Row]) -> Draft:
     name, name_column = _first(group, "Shipping Name", "Billing Name")
     country, country_column = _first(group, "Shipping Country", "Billing Country")
     region, region_column = _first(group, "Shipping Province", "Billing Province")
+    # The postal code of the address the country came from.
+    zip_column = "Billing Zip" if country_column.startswith("Billing") else "Shipping Zip"
+    postal_code = _postal_code(_first(group, zip_column)[0])
     first_name, last_name = _split_name(name)
     items = [row for row in group if row.get("Lineitem name") or row.get("Lineitem price")]
     accepts = flag(_first(group, "Accepts Marketing")[0])
@@ -93,7 +106,11 @@ def _draft(checkout_id: str, group: list[Row]) -> Draft:
                 "first_name": first_name,
                 "last_name": last_name,
             },
-            "shipping": {"country": country.upper(), "region": region.upper()},
+            "shipping": {
+                "country": country.upper(),
+                "region": region.upper(),
+                "postal_code": postal_code,
+            },
             "currency": _first(group, "Currency")[0],
             "value": _first(group, "Total")[0],
             "restore_url": url,
@@ -128,6 +145,7 @@ def _draft(checkout_id: str, group: list[Row]) -> Draft:
             "contact.last_name": name_column,
             "shipping.country": country_column,
             "shipping.region": region_column,
+            "shipping.postal_code": zip_column,
             "currency": "Currency",
             "value": "Total",
             "restore_url": "Abandoned checkout URL",

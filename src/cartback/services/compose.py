@@ -12,6 +12,7 @@ from cartback.core.flows import Step
 from cartback.core.links import LinkRejected, checked_destination, with_utm
 from cartback.core.locales import pick_locale
 from cartback.core.model import Cart, Channel, Contact, Enrollment, Store
+from cartback.core.money import CURRENCY_RULE, Rates
 from cartback.core.render import (
     Discount,
     RenderError,
@@ -20,6 +21,7 @@ from cartback.core.render import (
     render_email,
     render_sms,
 )
+from cartback.core.storepolicy import store_rates
 from cartback.services.tracking import mint
 
 # The pool name under which issued per-cart codes are stored; flows cannot name it.
@@ -64,7 +66,7 @@ def compose(
         )
     locale = content_locale(step, contact, store)
     content = step.content_for(enrollment.variant, locale)
-    discount = _offer(step, cart, codes)
+    discount = _offer(step, cart, codes, store_rates(store.policy))
     minted = mint(
         base_url=base_url,
         store_id=store.id,
@@ -167,11 +169,19 @@ def content_locale(step: Step, contact: Contact, store: Store) -> str:
     )
 
 
-def _offer(step: Step, cart: Cart, codes: CodeSource) -> Discount | None:
+def _offer(step: Step, cart: Cart, codes: CodeSource, rates: Rates | None) -> Discount | None:
     """The step's discount as the message shows it, when this cart qualifies for it."""
     spec = step.discount
-    if spec is None or not spec.offered_for(cart):
+    if spec is None or not spec.offered_for(cart, rates):
         return None
+    amount = spec.amount_for(cart.currency, rates)
+    if spec.amount is not None and amount is None:
+        # The engine skips such a step first (flow.currency); never show an amount as a bare
+        # number in another currency.
+        raise ComposeError(
+            CURRENCY_RULE,
+            f"the discount amount is stated in {spec.amount.describe()}, not {cart.currency}",
+        )
     if spec.code is not None:
         code = spec.code
     elif spec.pool is not None:
@@ -191,7 +201,7 @@ def _offer(step: Step, cart: Cart, codes: CodeSource) -> Discount | None:
                 PENDING_RULE, f"step {step.id} asks for a unique code; none is issued yet"
             )
         code = issued
-    return Discount(code=code, percent=spec.percent, amount=spec.amount)
+    return Discount(code=code, percent=spec.percent, amount=amount)
 
 
 def _no_pools(pool: str, _cart: Cart) -> str | None:

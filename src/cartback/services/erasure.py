@@ -162,6 +162,8 @@ def erase_contact(conn: Connection, store_id: int, contact_id: int, now: datetim
             phone_country=None,
             phone_region=None,
             phone_zones=None,
+            postal_code=None,
+            postal_zones=None,
             tags=[],
             sms_marketing=False,
             email_marketing=False,

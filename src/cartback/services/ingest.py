@@ -46,6 +46,8 @@ from cartback.core.model import (
     Purpose,
     Store,
 )
+from cartback.core.storepolicy import store_rates
+from cartback.postcodes import normalize_postal_code, postal_zones
 from cartback.services import attribution, outbound
 from cartback.services.consent import record_consent
 from cartback.services.erasure import suppressed
@@ -235,6 +237,7 @@ def upsert_contact(conn: Connection, store_id: int, info: ContactInfo, now: date
             "created_at": now,
             "updated_at": now,
             **fields,
+            **_postal_columns(info, None),
         }
         inserted = _insert_or_nothing(conn, t.contacts, new)
         if inserted is not None:
@@ -252,6 +255,7 @@ def upsert_contact(conn: Connection, store_id: int, info: ContactInfo, now: date
             and not _owned_by_other(conn, store_id, key, value, contact_id)
         ):
             fields[key] = value
+    fields.update(_postal_columns(info, row))
     if "phone" in fields or (row["phone"] and row["phone_zones"] is None):
         # A new number, or one stored before its facts were kept.
         fields.update(phone_fact_columns(fields.get("phone", row["phone"])))
@@ -260,6 +264,28 @@ def upsert_contact(conn: Connection, store_id: int, info: ContactInfo, now: date
     if fields:
         conn.execute(update(t.contacts).where(c.id == contact_id).values(updated_at=now, **fields))
     return contact_id
+
+
+def _postal_columns(info: ContactInfo, row: Mapping[Any, Any] | None) -> dict[str, Any]:
+    """The postal code and the zones it settles, from an event that carries one.
+
+    An event without a code keeps the stored one while its country and region agree with the
+    stored address (a consent change names only the country); one naming another country or
+    region is a new address, and the old code's zones must not outlive it."""
+    code = normalize_postal_code(info.postal_code)
+    if code is None:
+        if row is None or row["postal_code"] is None:
+            return {}
+        moved = (info.country is not None and info.country != row["country"]) or (
+            info.region is not None and info.region != row["region"]
+        )
+        return {"postal_code": None, "postal_zones": None} if moved else {}
+    if info.country is not None or row is None:
+        country, region = info.country, info.region
+    else:
+        # A code without a country belongs to the address already stored.
+        country, region = row["country"], info.region or row["region"]
+    return {"postal_code": code, "postal_zones": " ".join(postal_zones(country, region, code))}
 
 
 def _owned_by_other(conn: Connection, store_id: int, key: str, value: str, contact_id: int) -> bool:
@@ -462,7 +488,8 @@ def _enroll_or_touch(
     willing = [
         assigned
         for assigned in candidates
-        if assigned.flow.name not in tried and may_enroll(assigned.flow, cart, contact)
+        if assigned.flow.name not in tried
+        and may_enroll(assigned.flow, cart, contact, rates=store_rates(store.policy))
     ]
     if not willing:
         return True

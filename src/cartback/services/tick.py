@@ -347,16 +347,20 @@ def _advance_one(
     if contact is None:
         return advance(flow, enrollment, cart, contact, now, opted_out=opted_out), flow
     store = context.store(enrollment.store_id)
+    policy = store_policy(store.policy, store.default_zone)
     gate = policy_gate(
         cart,
         contact,
         enrollment,
         consent=context.consent[contact.id],
         recent=context.recent[contact.id],
-        store_policy=store_policy(store.policy, store.default_zone),
+        store_policy=policy,
         now=now,
     )
-    return advance(flow, enrollment, cart, contact, now, opted_out=opted_out, gate=gate), flow
+    decided = advance(
+        flow, enrollment, cart, contact, now, opted_out=opted_out, gate=gate, rates=policy.rates
+    )
+    return decided, flow
 
 
 def _pooled_code(

@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine, and_, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cartback.core.model import CartStatus, EnrollmentState
+from cartback.core.storepolicy import store_rates
 from cartback.ports import DiscountIssuer, IssuedCode
 from cartback.services import shops as shop_service
 from cartback.services.compose import PENDING_RULE, UNIQUE_POOL
@@ -143,9 +144,11 @@ def wanted(
             e.step_index,
             e.wake_at,
             t.contacts.c.email.label("contact_email"),
+            t.stores.c.policy.label("store_policy"),
         )
         .join(t.enrollments, e.cart_id == c.id)
         .outerjoin(t.contacts, t.contacts.c.id == c.contact_id)
+        .join(t.stores, t.stores.c.id == e.store_id)
         .join(
             t.shop_connections,
             and_(
@@ -179,8 +182,12 @@ def wanted(
             continue  # the timer names and parks such an enrollment
         index = row["step_index"]
         spec = steps[index].discount if 0 <= index < len(steps) else None
-        if spec is None or not spec.unique or not spec.offered_for(cart):
+        rates = store_rates(row["store_policy"])
+        if spec is None or not spec.unique or not spec.offered_for(cart, rates):
             continue
+        amount = spec.amount_for(cart.currency, rates)
+        if spec.amount is not None and amount is None:
+            continue  # the timer skips this step (flow.currency): no code is needed
         expires = now + spec.expires_after if spec.expires_after is not None else None
         carts.add(cart.id)
         found.append(
@@ -189,7 +196,7 @@ def wanted(
                 cart.id,
                 cart.token,
                 spec.percent,
-                spec.amount,
+                amount,
                 cart.currency,
                 expires,
                 row["contact_email"],

@@ -243,6 +243,7 @@ def _contact(billing: Mapping[str, Any], email: str | None) -> ContactInfo:
         last_name=_short(text(billing, "last_name", path), 100),
         country=country.upper()[:2] if country else None,
         region=_short(text(billing, "state_or_province_code", path), 8),
+        postal_code=_short(text(billing, "zip", path), 16),
     )
 
 

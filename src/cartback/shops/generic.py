@@ -60,6 +60,7 @@ FIELDS = (
     "first_name",
     "last_name",
     "country",
+    "postal_code",
     "locale",
     "value",
     "currency",
@@ -334,6 +335,7 @@ class _Reader:
             last_name=_short(self.text("last_name"), 100),
             locale=_short(locale, 16),
             country=country.upper()[:2] if country else None,
+            postal_code=_short(self.text("postal_code"), 16),
         )
 
     def lines(self) -> tuple[CartLine, ...]:

@@ -173,6 +173,7 @@ def _contact(quote: Mapping[str, Any], path: str) -> ContactInfo:
         first_name=_short(text(customer, "firstname", path), 100),
         last_name=_short(text(customer, "lastname", path), 100),
         country=person.country,
+        postal_code=person.postal_code,
     )
 
 
@@ -192,6 +193,7 @@ def _person(address: Mapping[str, Any], email: str | None, path: str) -> Contact
         first_name=_short(text(address, "firstname", path), 100),
         last_name=_short(text(address, "lastname", path), 100),
         country=country.upper()[:2] if country else None,
+        postal_code=_short(text(address, "postcode", f"{path}.billing_address"), 16),
     )
 
 

@@ -193,6 +193,7 @@ def _contact(payload: Mapping[str, Any], path: str = "") -> ContactInfo:
         locale=_short(locale, 16),
         country=country.upper()[:2] if country else None,
         region=_short(text(address, "province_code"), 8),
+        postal_code=_short(text(address, "zip"), 16),
     )
 
 

@@ -132,7 +132,12 @@ def _gmt(payload: Mapping[str, Any], key: str) -> datetime | None:
 def _contact(payload: Mapping[str, Any]) -> ContactInfo:
     billing = obj(payload, "billing", "")
     shipping = obj(payload, "shipping", "")
-    country = text(billing, "country", "billing") or text(shipping, "country", "shipping")
+    billing_country = text(billing, "country", "billing")
+    country = billing_country or text(shipping, "country", "shipping")
+    # The postcode of the address the country came from.
+    postcode = text(billing, "postcode", "billing") if billing_country else None
+    if not billing_country:
+        postcode = text(shipping, "postcode", "shipping")
     email = text(billing, "email", "billing")
     raw_phone = text(billing, "phone", "billing") or text(shipping, "phone", "shipping")
     phone = None
@@ -148,6 +153,7 @@ def _contact(payload: Mapping[str, Any]) -> ContactInfo:
         first_name=_short(text(billing, "first_name", "billing"), 100),
         last_name=_short(text(billing, "last_name", "billing"), 100),
         country=country.upper()[:2] if country else None,
+        postal_code=_short(postcode, 16),
     )
 
 

@@ -98,6 +98,7 @@ def contact_from_row(row: Mapping[Any, Any]) -> Contact:
         orders_count=row["orders_count"],
         tags=tuple(row["tags"] or ()),
         phone_facts=_phone_facts(row),
+        postal_zones=tuple((row.get("postal_zones") or "").split()),
     )
 
 

@@ -164,6 +164,10 @@ contacts = Table(
     Column("phone_region", String(8)),
     # Text: a NANP number outside the US (+1 473...) maps to every zone of the plan.
     Column("phone_zones", Text),
+    # The shipping address's postal code and the zones it settles, looked up when it is stored
+    # (cartback.postcodes). postal_zones NULL: no code; "": a code that settles nothing.
+    Column("postal_code", String(16)),
+    Column("postal_zones", Text),
     Column("sms_marketing", Boolean, nullable=False, default=False),
     Column("email_marketing", Boolean, nullable=False, default=False),
     Column("orders_count", Integer, nullable=False, default=0),

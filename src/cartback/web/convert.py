@@ -62,6 +62,7 @@ def _contact(contact: ContactIn, shipping: ShippingIn | None, prefix: str) -> Co
         zone=contact.zone,
         country=country,
         region=shipping.region if shipping else None,
+        postal_code=shipping.postal_code if shipping else None,
         tags=tuple(contact.tags),
     )
 

@@ -215,10 +215,20 @@ class ContactIn(_Strict):
         return value
 
 
+PostalCode = Annotated[str, _bounded(16, pattern=r"^[A-Za-z0-9][A-Za-z0-9 -]*$"), LINE]
+
+
 class ShippingIn(_Strict):
     country: Country | None = None
     region: Annotated[str, _bounded(None, pattern=r"^[A-Z0-9]{1,3}$"), LINE] | None = Field(
         None, description="ISO 3166-2 subdivision code without the country, e.g. FL."
+    )
+    postal_code: PostalCode | None = Field(
+        None,
+        description=(
+            "The address's postal code (33130, K1A 0B1). A US ZIP or a Canadian postal code "
+            "picks the time zone where the state or province has several."
+        ),
     )
 
 
