@@ -1023,6 +1023,18 @@ def test_window_closes_agrees_with_the_spans_around_dst_switches(
     assert window_closes(at, zones, rules) == _close_by_spans_reference(at, zones, rules)
 
 
+def test_a_window_that_ends_in_the_hour_a_fall_back_repeats_ends_the_second_time() -> None:
+    """Santiago's clocks go back from midnight to 23:00: 23:01 happens at 02:01 and again at
+    03:01 UTC. At 03:00 UTC (23:00 again) a window until 23:01 is open for one more minute,
+    not closed an hour ago."""
+    saturday_until_2301 = window_rules((None, None, None, None, None, DayWindow(661, 1381), None))
+    at = datetime(2025, 4, 6, 3, 0, tzinfo=UTC)
+    santiago = (ZoneInfo("America/Santiago"),)
+    assert window_closes(at, santiago, saturday_until_2301) == datetime(
+        2025, 4, 6, 3, 1, tzinfo=UTC
+    )
+
+
 def _florida_evening(postal_zones: tuple[str, ...]) -> Decision:
     contact = Contact(
         id=1,

@@ -538,15 +538,22 @@ def _zone_close(start: datetime, zone: ZoneInfo, rules: RuleSet) -> datetime | N
             end = 0
             break
         end = following.end
-    close = _wall(day, end, zone)
+    close = _wall(day, end, zone, after=start)
     return None if close >= limit else close
 
 
-def _wall(day: date, minute: int, zone: ZoneInfo) -> datetime:
+def _wall(day: date, minute: int, zone: ZoneInfo, after: datetime | None = None) -> datetime:
+    """The instant of a wall time in `zone`. A wall time that a DST fall-back repeats happens
+    twice: the first of the two later than `after` is the one that counts (Santiago 23:01 on
+    the evening its clocks go back from midnight to 23:00 is both 02:01 and 03:01 UTC)."""
     local = datetime.combine(day, time(minute // 60, minute % 60), tzinfo=zone)
     instant = local.astimezone(UTC)
     if instant.astimezone(zone).replace(tzinfo=None) != local.replace(tzinfo=None):
         return _IN_A_GAP
+    if after is not None and instant <= after:
+        repeated = local.replace(fold=1).astimezone(UTC)
+        if repeated > after:
+            return repeated
     return instant
 
 
