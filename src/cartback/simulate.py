@@ -218,3 +218,10 @@ def _cart_at(cart: Cart, events: Sequence[ShopEvent], now: datetime) -> Cart:
         elif isinstance(event, CartEmptied):
             cart = replace(cart, status=CartStatus.EMPTIED, lines=())
     return cart
+
+
+# The backtest (cartback.backtest) replays many carts with these same readings of the events.
+contact_of = _contact
+consent_of = _consent
+cart_of = _cart
+cart_at = _cart_at
