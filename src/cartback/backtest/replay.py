@@ -321,6 +321,7 @@ class Replayer:
         value = self.setup.money.convert(run.cart.value, run.cart.currency)
         if value is None:
             counts.unconverted += 1
+            self.tally.unconverted[run.cart.currency] += 1
         else:
             counts.value += value
             counts.value_squares += value * value

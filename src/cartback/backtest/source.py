@@ -4,6 +4,7 @@ validated as the API validates it. Events are gathered per cart and carts per sh
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,17 @@ class History:
     @property
     def carts(self) -> int:
         return sum(len(shopper) for shopper in self.shoppers)
+
+    @property
+    def main_currency(self) -> str | None:
+        """The currency most carts are in."""
+        counts = Counter(
+            cart[0].currency
+            for shopper in self.shoppers
+            for cart in shopper
+            if isinstance(cart[0], CheckoutUpdated)
+        )
+        return counts.most_common(1)[0][0] if counts else None
 
 
 def guess_format(path: Path) -> str:

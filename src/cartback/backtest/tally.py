@@ -98,6 +98,8 @@ class Tally:
     flows: dict[str, FlowTally] = field(default_factory=dict)
     # Sends by the hour of day in the shopper's own zone, per channel.
     by_hour: dict[str, list[int]] = field(default_factory=dict)
+    # Sends to carts in a currency the rate table cannot convert, per currency.
+    unconverted: Counter[str] = field(default_factory=Counter)
 
     def flow(self, name: str) -> FlowTally:
         found = self.flows.get(name)
@@ -124,6 +126,7 @@ class Tally:
         self.shoppers += other.shoppers
         self.not_enrolled += other.not_enrolled
         self.ignored += other.ignored
+        self.unconverted.update(other.unconverted)
         for name, flow in other.flows.items():
             self.flow(name).add(flow)
         for channel, hours in other.by_hour.items():
