@@ -283,12 +283,12 @@ def _print(rows: list[Any], summary: dict[str, Any]) -> None:
 def _flow_or_exit(name: str, flows_dir: Path | None) -> Flow:
     from cartback.app import SHIPPED_FLOWS
 
-    path = Path(name)
-    if not path.exists():
-        for folder in (flows_dir, SHIPPED_FLOWS):
-            if folder is not None and (folder / f"{name}.yaml").exists():
-                path = folder / f"{name}.yaml"
-                break
+    candidates = [Path(name)] + [
+        folder / f"{name}.yaml" for folder in (flows_dir, SHIPPED_FLOWS) if folder is not None
+    ]
+    path = next((found for found in candidates if found.is_file()), None)
+    if path is None:
+        raise fail(f"--flow: {name}: no such file, and no shipped or loaded flow of that name")
     try:
         return load_flow(path)
     except FlowError as error:
