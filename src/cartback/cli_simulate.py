@@ -39,7 +39,10 @@ def simulate(
     ],
     flow: Annotated[
         list[str] | None,
-        typer.Option(help="Flow file or loaded flow's name; repeat for several, best first"),
+        typer.Option(
+            help="Flow file or loaded flow's name, with @cart.updated for a cart flow; repeat "
+            "for several, best priority first"
+        ),
     ] = None,
     fmt: Annotated[
         str | None,
@@ -91,7 +94,7 @@ def simulate(
     from cartback.backtest.report import step_figures, totals
     from cartback.backtest.run import backtest
     from cartback.core.attribution import SettingsError
-    from cartback.core.lineup import CHECKOUT_UPDATED, AssignedFlow, Lineup
+    from cartback.core.lineup import CHECKOUT_UPDATED, TRIGGERS, AssignedFlow, Lineup
     from cartback.imports.drafts import FormatError
     from cartback.services.reports import money_from
 
@@ -107,11 +110,15 @@ def simulate(
     except ValueError as error:
         raise fail(f"--window: {error}") from None
     settings = settings_or_exit()
-    flows = [_flow_or_exit(name, settings.flows_dir) for name in (flow or ["default"])]
-    lineup = Lineup.of(
-        [AssignedFlow(f, priority, CHECKOUT_UPDATED) for priority, f in enumerate(flows, 1)],
-        suppression,
-    )
+    entries: list[AssignedFlow] = []
+    for priority, given in enumerate(flow or ["default"], start=1):
+        name, _, trigger = given.partition("@")
+        if (trigger or CHECKOUT_UPDATED) not in TRIGGERS:
+            raise fail(f"--flow: {given}: the trigger after @ is one of {', '.join(TRIGGERS)}")
+        loaded_flow = _flow_or_exit(name, settings.flows_dir)
+        entries.append(AssignedFlow(loaded_flow, priority, trigger or CHECKOUT_UPDATED))
+    flows = [entry.flow for entry in entries]
+    lineup = Lineup.of(entries, suppression)
     try:
         engagement = load_engagement(
             _read_or_exit(rates) if rates is not None else None, str(rates), rate or ()

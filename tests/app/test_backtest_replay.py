@@ -181,3 +181,26 @@ def test_an_opt_out_drawn_stops_the_channel_and_the_flow() -> None:
     assert flow.step("sms1").opted_out == 1
     assert flow.exits == {"opted_out": 1}
     assert [flow.step(s.id).sent for s in DEFAULT.steps] == [1, 0, 0, 0, 0, 0]
+
+
+def test_a_cart_seen_only_before_checkout_sets_off_only_cart_flows() -> None:
+    cart_event = {
+        "id": "k1",
+        "type": "cart.updated",
+        "occurred_at": "2026-11-23T10:00:00Z",
+        "cart_token": "k1",
+        "contact": {"email": "shopper@example.com"},
+        "lines": [{"title": "Rain jacket", "quantity": 1, "price": "120.00"}],
+        "currency": "USD",
+        "restore_url": "https://shop.example/cart/k1",
+    }
+    checkouts_only = _replayer(Lineup.single(_flow("checkouts", "contact.has_email")))
+    checkouts_only.shopper([_events(cart_event)])
+    assert checkouts_only.tally.not_enrolled == 1
+    carts = _flow("carts", "contact.has_email")
+    both = _replayer(Lineup.of([AssignedFlow(carts, 1, "cart.updated")]))
+    both.shopper([_events(cart_event)])
+    email1 = both.tally.flow("carts").step("email1")
+    # A cart event carries no consent: the email is skipped for it, not sent.
+    assert both.tally.flow("carts").enrolled == 1
+    assert email1.sent == 0 and email1.skips == {"consent.marketing": 1}

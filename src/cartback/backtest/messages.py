@@ -72,6 +72,7 @@ class MessageBook:
         self._rendered: dict[tuple[Any, ...], Rendered] = {}
         self._reads: dict[tuple[str, str, str | None, str], tuple[str, ...] | None] = {}
         self._last_link: tuple[str | None, str | None] | None = None
+        self._locales: dict[tuple[str, str, str | None], str] = {}
         self.composed = 0
 
     def render(
@@ -83,7 +84,11 @@ class MessageBook:
         step: Step,
         now: datetime,
     ) -> Rendered:
-        locale = content_locale(step, contact.locale, self.store.default_locale)
+        wanted = (flow_name, step.id, contact.locale)
+        locale = self._locales.get(wanted)
+        if locale is None:
+            locale = content_locale(step, contact.locale, self.store.default_locale)
+            self._locales[wanted] = locale
         reads = self._reads_of(flow_name, step, enrollment.variant, locale)
         offered = step.discount is not None and step.discount.offered_for(cart)
         if step.channel is Channel.EMAIL:

@@ -47,7 +47,8 @@ from cartback.services.gates import policy_gate
 from cartback.services.reports import Money
 from cartback.simulate import MAX_WAKES, cart_at, cart_of, consent_of, contact_of
 
-NOT_ENROLLED_RULE = "entry_rules"
+# The exit of a flow still waiting after MAX_WAKES timer firings.
+WAKES_RULE = "timer.wakes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +96,6 @@ class Replayer:
             for assigned in setup.lineup.flows
             for step in assigned.flow.steps
         }
-        self._candidates = setup.lineup.triggered_by(CHECKOUT_UPDATED)
 
     def rates(self, flow: Flow, step: Step) -> StepRates:
         return self._rates[(flow.name, step.id)]
@@ -154,7 +154,13 @@ class Replayer:
         facts = phone_facts(contact.phone) if contact.phone else None
         contact = replace(contact, id=1, phone_facts=facts)
         cart = replace(cart_of(last), id=number, contact_id=1)
-        willing = [a for a in self._candidates if may_enroll(a.flow, cart, contact)]
+        # A checkout sets off checkout and cart flows; a cart seen only before checkout, cart
+        # flows (core.lineup).
+        trigger = next(
+            (e.trigger for e in checkouts if e.trigger == CHECKOUT_UPDATED), last.trigger
+        )
+        candidates = self.setup.lineup.triggered_by(trigger)
+        willing = [a for a in candidates if may_enroll(a.flow, cart, contact)]
         if not willing:
             self.tally.not_enrolled += 1
             return None
@@ -210,6 +216,12 @@ class Replayer:
         flow = run.assigned.flow
         run.wakes += 1
         if run.wakes > MAX_WAKES:
+            # As `flows test` does: a flow that keeps deferring is given up, and said so.
+            self.tally.flow(flow.name).exits[WAKES_RULE] += 1
+            if run.enrollment.step_index < len(flow.steps):
+                step_id = flow.steps[run.enrollment.step_index].id
+                self.tally.flow(flow.name).step(step_id).exits_before += 1
+            run.ended_at = now
             return None
         # Only the events since the last wake: the earlier ones are in run.cart already.
         fresh = 0
@@ -232,7 +244,8 @@ class Replayer:
             )
             for channel, view in run.consent.items()
         }
-        opted_out = any(at <= now for at in self._opt_outs.values())
+        # As the timer reads it: an opt-out received after this flow started ends it.
+        opted_out = any(run.started <= at <= now for at in self._opt_outs.values())
         gate = policy_gate(
             cart,
             run.contact,

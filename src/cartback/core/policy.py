@@ -521,8 +521,6 @@ def window_closes(now: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet) ->
     not allowed, None if the span lasts past CLOSE_HORIZON. Asked for every message allowed."""
     _require_aware(now)
     start = now.astimezone(UTC)
-    if not is_allowed(start, zones, rules):
-        return start
     for span_start, span_end in _spans_from(start, zones, rules):
         if span_end > start:
             if span_start > start:
