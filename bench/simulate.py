@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import sys
 import time
 from pathlib import Path
@@ -133,9 +134,11 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     single = baseline(args.seed, args.sample)
     print(json.dumps({"baseline_single_process_carts_per_cpu_s": round(single)}), flush=True)
     row = run(args.carts, args.workers, args.seed)
+    row["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
     print(json.dumps(row), flush=True)
     needed = TARGET_CARTS / TARGET_S
     scaled = row["wall_s"] * TARGET_CARTS / row["carts"]
@@ -149,6 +152,14 @@ def main() -> None:
         f"(one process: {single:,.0f} carts/s on a {args.sample:,}-cart sample); "
         f"vs the target (1M in 60 s, {needed:,.0f} carts/s): "
         f"{row['carts_per_s'] / needed:.2f}×; 1M carts at this rate: {scaled:,.0f} s"
+    )
+    # The machine may be shared: CPU time per cart does not depend on what else runs.
+    cpu_bound = (row["replay_cpu_us_per_cart"] + row["make_cpu_us_per_cart"]) * TARGET_CARTS
+    idle = cpu_bound / 1e6 / row["workers"]
+    print(
+        f"load average {row['load_average'][0]} before, {row['load_average'][1]} after; on "
+        f"{row['workers']} otherwise idle cores 1M carts would take about {idle:,.0f} s "
+        f"({TARGET_S / idle:.2f}× the target)"
     )
 
 

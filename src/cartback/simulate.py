@@ -225,3 +225,4 @@ contact_of = _contact
 consent_of = _consent
 cart_of = _cart
 cart_at = _cart_at
+sample_code = _sample_code

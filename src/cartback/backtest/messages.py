@@ -22,8 +22,9 @@ from cartback.core.links import LinkRejected, checked_destination
 from cartback.core.model import Cart, Channel, Contact, Enrollment, Store
 from cartback.core.sandbox import parse_template
 from cartback.core.timezones import region_for_phone
-from cartback.services.compose import UNIQUE_POOL, ComposeError, compose, content_locale
+from cartback.services.compose import ComposeError, compose, content_locale
 from cartback.services.reports import Money
+from cartback.simulate import sample_code
 
 # Template variables that are the same for every cart of a store (or, for links, the same
 # length): they need no place in the key.
@@ -32,14 +33,14 @@ _CONSTANT = frozenset(
 )
 
 
-def _lines_head(cart: Cart, _contact: Contact) -> object:
+def _product(cart: Cart, _contact: Contact) -> object:
     return cart.lines[0].title if cart.lines else None
 
 
 _FROM_CART_AND_CONTACT: dict[str, Callable[[Cart, Contact], object]] = {
     "first_name": lambda _cart, contact: contact.first_name,
     "last_name": lambda _cart, contact: contact.last_name,
-    "product": _lines_head,
+    "product": _product,
     "items": lambda cart, _contact: cart.lines,
     "cart_value": lambda cart, _contact: cart.value,
     "cart_value_raw": lambda cart, _contact: cart.value,
@@ -140,7 +141,7 @@ class MessageBook:
         self.composed += 1
         try:
             row = compose(
-                self.store, cart, contact, enrollment, step, now, self.base_url, codes=_sample_code
+                self.store, cart, contact, enrollment, step, now, self.base_url, codes=sample_code
             ).outbox
         except ComposeError as error:
             return Rendered(step.channel, error_rule=error.rule, error=str(error))
@@ -180,8 +181,3 @@ def _variables(content: Content) -> frozenset[str]:
         if source:
             found |= meta.find_undeclared_variables(parse_template(source))
     return frozenset(found)
-
-
-def _sample_code(pool: str, _cart: Cart) -> str:
-    """No real codes are handed out; a pooled or unique code shows as a sample of its kind."""
-    return "UNIQUE-SAMPLE" if pool == UNIQUE_POOL else f"{pool.upper()}-SAMPLE"
