@@ -95,6 +95,7 @@ def simulate(
     from cartback.backtest.run import backtest
     from cartback.core.attribution import SettingsError
     from cartback.core.lineup import CHECKOUT_UPDATED, TRIGGERS, AssignedFlow, Lineup
+    from cartback.core.timezones import valid_zone
     from cartback.imports.drafts import FormatError
     from cartback.services.reports import money_from
 
@@ -105,6 +106,8 @@ def simulate(
         raise fail(f"{history}: no such file")
     if workers < 1:
         raise fail("--workers: at least 1")
+    if valid_zone(zone) is None:
+        raise fail(f"--zone: {zone!r} is not an IANA time zone, like Europe/Oslo")
     try:
         suppression = timedelta(0) if window.strip() == "0" else parse_duration(window)
     except ValueError as error:

@@ -204,6 +204,9 @@ def test_a_shopify_export_is_read_as_import_reads_it(tmp_path: Path) -> None:
         (["--flow", "no-such-flow"], "--flow: no-such-flow"),
         (["--format", "xml"], "--format: one of jsonl, shopify, events"),
         (["--window", "soon"], "--window:"),
+        (["--zone", "Mars/Base"], "--zone: 'Mars/Base' is not an IANA time zone"),
+        (["--flow", "default@browse"], "--flow: default@browse: the trigger after @"),
+        (["--workers", "0"], "--workers: at least 1"),
     ],
 )
 def test_bad_options_exit_2_naming_them(sample: Path, args: list[str], message: str) -> None:
