@@ -97,15 +97,8 @@ class MessageBook:
             # currency shows that the templates work and the store can send it.
             inputs: tuple[Any, ...] = ()
         elif reads is None:
-            # A template reads something the key does not follow: compose every time.
-            inputs = (
-                cart.lines,
-                cart.value,
-                contact.first_name,
-                contact.last_name,
-                cart.tags,
-                id(cart),
-            )
+            # A template reads a name the key does not follow: render this one as it comes.
+            return self._compose(cart, contact, enrollment, step, now)
         else:
             inputs = tuple(_FROM_CART_AND_CONTACT[name](cart, contact) for name in reads)
         key = (
