@@ -280,7 +280,11 @@ def _print(rows: list[Any], summary: dict[str, Any]) -> None:
             str(row.sent),
             str(row.segments),
             f"{row.cost:.2f}",
-            "\n".join(f"{rule} {count}" for rule, count in row.skips.items()) or "-",
+            "\n".join(
+                [f"{rule} {count}" for rule, count in row.skips.items()]
+                + [f"(deferred: {rule} {count})" for rule, count in row.defers.items()]
+            )
+            or "-",
             str(row.recoveries),
             str(row.revenue),
             str(row.opt_outs),

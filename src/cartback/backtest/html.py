@@ -63,7 +63,10 @@ def _steps(rows: Sequence[StepFigures], currency: str) -> str:
     )
     body = []
     for row in rows:
-        skips = "<br>".join(f"{escape(rule)}: {count}" for rule, count in row.skips.items())
+        skips = "<br>".join(
+            [f"{escape(rule)}: {count}" for rule, count in row.skips.items()]
+            + [f"<i>deferred by {escape(rule)}: {count}</i>" for rule, count in row.defers.items()]
+        )
         body.append(
             f"<tr><td>{escape(row.flow)}</td><td class=text>{escape(row.step)}</td>"
             f"<td class=text>{escape(row.channel)}</td><td>{row.considered}</td>"
