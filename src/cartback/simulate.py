@@ -89,7 +89,7 @@ def timeline(
             f"variant {plan.variant or '-'}" + ("; holdout group" if plan.holdout else ""),
         )
     )
-    consent = _consent(first)
+    consent = _fold(_consent_ledger(first))
     recent: list[SentRecord] = []
     policy = store_policy(store.policy, store.default_zone)
     for _ in range(MAX_WAKES):
@@ -160,31 +160,35 @@ def _sample_code(pool: str, _cart: Cart) -> str:
     return "UNIQUE-SAMPLE" if pool == UNIQUE_POOL else f"{pool.upper()}-SAMPLE"
 
 
-def _consent(event: CheckoutUpdated) -> dict[Channel, ConsentView]:
-    """The consent ledger the checkout would write, folded as the worker folds it."""
+def _consent_ledger(event: CheckoutUpdated) -> list[ConsentEvent]:
+    """The consent ledger the checkout would write."""
     flags = event.consent
-    granted: list[ConsentEvent] = []
-    if flags is not None:
-        wanted = (
-            (Channel.SMS, Purpose.MARKETING, flags.sms_marketing),
-            (Channel.EMAIL, Purpose.MARKETING, flags.email_marketing),
-            (Channel.SMS, Purpose.CART_REMINDERS, flags.cart_reminders and flags.sms_marketing),
+    if flags is None:
+        return []
+    wanted = (
+        (Channel.SMS, Purpose.MARKETING, flags.sms_marketing),
+        (Channel.EMAIL, Purpose.MARKETING, flags.email_marketing),
+        (Channel.SMS, Purpose.CART_REMINDERS, flags.cart_reminders and flags.sms_marketing),
+    )
+    return [
+        ConsentEvent(
+            contact_id=1,
+            channel=channel,
+            purpose=purpose,
+            granted=True,
+            source=ConsentSource.CHECKOUT,
+            at=event.occurred_at,
+            wording=flags.wording,
+            double_opt_in_at=event.occurred_at if flags.double_opt_in else None,
         )
-        granted = [
-            ConsentEvent(
-                contact_id=1,
-                channel=channel,
-                purpose=purpose,
-                granted=True,
-                source=ConsentSource.CHECKOUT,
-                at=event.occurred_at,
-                wording=flags.wording,
-                double_opt_in_at=event.occurred_at if flags.double_opt_in else None,
-            )
-            for channel, purpose, yes in wanted
-            if yes
-        ]
-    return {channel: fold(granted, channel) for channel in Channel}
+        for channel, purpose, yes in wanted
+        if yes
+    ]
+
+
+def _fold(ledger: Sequence[ConsentEvent]) -> dict[Channel, ConsentView]:
+    """The ledger folded as the worker folds it."""
+    return {channel: fold(ledger, channel) for channel in Channel}
 
 
 def _cart(event: CheckoutUpdated) -> Cart:
@@ -222,7 +226,10 @@ def _cart_at(cart: Cart, events: Sequence[ShopEvent], now: datetime) -> Cart:
 
 # The backtest (cartback.backtest) replays many carts with these same readings of the events.
 contact_of = _contact
-consent_of = _consent
 cart_of = _cart
 cart_at = _cart_at
 sample_code = _sample_code
+
+
+def consent_of(event: CheckoutUpdated) -> dict[Channel, ConsentView]:
+    return _fold(_consent_ledger(event))

@@ -17,12 +17,12 @@ from typing import Any
 
 from jinja2 import meta
 
-from cartback.core.flows import Content, Step
+from cartback.core.flows import Content, ContentOverride, Step
 from cartback.core.links import LinkRejected, checked_destination
 from cartback.core.model import Cart, Channel, Contact, Enrollment, Store
 from cartback.core.sandbox import parse_template
 from cartback.core.timezones import region_for_phone
-from cartback.services.compose import ComposeError, compose, content_locale
+from cartback.services.compose import ComposeError, compose
 from cartback.services.reports import Money
 from cartback.simulate import sample_code
 
@@ -71,9 +71,8 @@ class MessageBook:
         self.base_url = base_url
         self.money = money
         self._rendered: dict[tuple[Any, ...], Rendered] = {}
-        self._reads: dict[tuple[str, str, str | None, str], tuple[str, ...] | None] = {}
+        self._reads: dict[tuple[str, str], tuple[str, ...] | None] = {}
         self._last_link: tuple[str | None, str | None] | None = None
-        self._locales: dict[tuple[str, str, str | None], str] = {}
         self.composed = 0
 
     def render(
@@ -85,12 +84,7 @@ class MessageBook:
         step: Step,
         now: datetime,
     ) -> Rendered:
-        wanted = (flow_name, step.id, contact.locale)
-        locale = self._locales.get(wanted)
-        if locale is None:
-            locale = content_locale(step, contact.locale, self.store.default_locale)
-            self._locales[wanted] = locale
-        reads = self._reads_of(flow_name, step, enrollment.variant, locale)
+        reads = self._reads_of(flow_name, step)
         offered = step.discount is not None and step.discount.offered_for(cart)
         if step.channel is Channel.EMAIL:
             # An email costs the same whatever its text: one render per step, language and
@@ -101,11 +95,14 @@ class MessageBook:
             return self._compose(cart, contact, enrollment, step, now)
         else:
             inputs = tuple(_FROM_CART_AND_CONTACT[name](cart, contact) for name in reads)
+        # The message's language follows from the shopper's locale and country and the
+        # store's default (services.compose): both are in the key.
         key = (
             flow_name,
             step.id,
             enrollment.variant,
-            locale,
+            contact.locale,
+            contact.country,
             cart.currency,
             offered,
             self._link_problem(cart),
@@ -140,14 +137,12 @@ class MessageBook:
             return Rendered(step.channel, error_rule=error.rule, error=str(error))
         return Rendered(step.channel, segments=row["segments"], encoding=row["encoding"])
 
-    def _reads_of(
-        self, flow_name: str, step: Step, variant: str | None, locale: str
-    ) -> tuple[str, ...] | None:
-        """The cart and contact inputs the step's templates read, or None when they read a
-        variable this key does not know how to follow."""
-        cache_key = (flow_name, step.id, variant, locale)
+    def _reads_of(self, flow_name: str, step: Step) -> tuple[str, ...] | None:
+        """The cart and contact inputs the step's templates read, in any language or variant,
+        or None when they read a variable this key does not know how to follow."""
+        cache_key = (flow_name, step.id)
         if cache_key not in self._reads:
-            names = _variables(step.content_for(variant, locale)) - _CONSTANT - _DISCOUNT
+            names = _variables(step) - _CONSTANT - _DISCOUNT
             unknown = names - set(_FROM_CART_AND_CONTACT)
             self._reads[cache_key] = None if unknown else tuple(sorted(names))
         return self._reads[cache_key]
@@ -168,9 +163,14 @@ class MessageBook:
         return self._last_link[1]
 
 
-def _variables(content: Content) -> frozenset[str]:
+def _variables(step: Step) -> frozenset[str]:
+    """Every variable any of the step's texts reads: its own, each language's, each variant's."""
+    layers: list[Content | ContentOverride] = [step.content, *step.locales.values()]
+    for variant in step.variant_overrides.values():
+        layers.extend((variant.override, *variant.locales.values()))
     found: set[str] = set()
-    for source in (content.body, content.subject, content.html):
-        if source:
-            found |= meta.find_undeclared_variables(parse_template(source))
+    for layer in layers:
+        for source in (layer.body, layer.subject, layer.html):
+            if source:
+                found |= meta.find_undeclared_variables(parse_template(source))
     return frozenset(found)
