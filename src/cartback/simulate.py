@@ -89,7 +89,8 @@ def timeline(
             f"variant {plan.variant or '-'}" + ("; holdout group" if plan.holdout else ""),
         )
     )
-    consent = _fold(_consent_ledger(first))
+    ledger = _consent_ledger(first)
+    consent = _fold(ledger)
     recent: list[SentRecord] = []
     policy = store_policy(store.policy, store.default_zone)
     for _ in range(MAX_WAKES):
