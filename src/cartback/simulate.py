@@ -445,3 +445,14 @@ def _cart_at(cart: Cart, events: Sequence[ShopEvent], now: datetime) -> Cart:
         elif isinstance(event, CartEmptied):
             cart = replace(cart, status=CartStatus.EMPTIED, lines=())
     return cart
+
+
+# The backtest (cartback.backtest) replays many carts with these same readings of the events.
+contact_of = _contact
+cart_of = _cart
+cart_at = _cart_at
+sample_code = _sample_code
+
+
+def consent_of(event: CheckoutUpdated) -> dict[Channel, ConsentView]:
+    return _fold(_consent_ledger(event))

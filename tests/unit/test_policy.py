@@ -1081,3 +1081,28 @@ def test_the_reason_names_every_candidate_zone_with_its_own_time() -> None:
         "America/New_York, 19:30 on Tuesday in America/Chicago; next allowed "
         "2025-06-11 09:00 America/New_York, 2025-06-11 08:00 America/Chicago (13:00 UTC)"
     )
+
+
+def _next_open_reference(at: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet) -> object:
+    """next_window_open computed afresh from `at`, without the spans kept per day."""
+    from cartback.core.policy import SEARCH_HORIZON, _intersect, _zone_allowed
+
+    start = at.astimezone(UTC)
+    allowed = [(start, start + SEARCH_HORIZON)]
+    for zone in zones:
+        allowed = _intersect(allowed, _zone_allowed(zone, rules, start, start + SEARCH_HORIZON))
+    return allowed[0][0] if allowed else None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    switch=st.sampled_from(SWITCHES + _SOUTHERN_SWITCHES),
+    shift=st.integers(-2 * 86400, 2 * 86400),
+    zones=st.sampled_from(ZONE_SETS + _SOUTHERN_ZONES),
+    rules=st.one_of(st.sampled_from(PACK_RULES), random_rules),
+)
+def test_next_window_open_agrees_with_a_fresh_span_computation(
+    switch: datetime, shift: int, zones: tuple[ZoneInfo, ...], rules: RuleSet
+) -> None:
+    at = switch + timedelta(seconds=shift)
+    assert next_window_open(at, zones, rules) == _next_open_reference(at, zones, rules)

@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -486,12 +487,34 @@ def next_window_open(now: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet)
     if not zones:
         raise ValueError("next_window_open needs at least one candidate zone")
     start = now.astimezone(UTC)
-    allowed = [(start, start + SEARCH_HORIZON)]
+    for span_start, span_end in _spans_from(start, zones, rules):
+        if span_end > start:
+            opens = max(span_start, start)
+            return opens if opens < start + SEARCH_HORIZON else None
+    return None
+
+
+# Allowed spans are computed once per UTC day, zone set and rule set, far enough ahead for any
+# instant of that day: the timer and the simulator ask for the same few sets again and again.
+_SPAN_DAYS = timedelta(days=16)
+
+
+def _spans_from(start: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet) -> tuple[Span, ...]:
+    """The spans allowed in every zone from the UTC midnight before `start` for 16 days: they
+    cover SEARCH_HORIZON and CLOSE_HORIZON from any instant of that day."""
+    midnight = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    return _day_spans(midnight, zones, rules)
+
+
+@lru_cache(maxsize=32768)
+def _day_spans(midnight: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet) -> tuple[Span, ...]:
+    end = midnight + _SPAN_DAYS
+    allowed = [(midnight, end)]
     for zone in zones:
-        allowed = _intersect(allowed, _zone_allowed(zone, rules, start, start + SEARCH_HORIZON))
+        allowed = _intersect(allowed, _zone_allowed(zone, rules, midnight, end))
         if not allowed:
-            return None
-    return allowed[0][0]
+            break
+    return tuple(allowed)
 
 
 # How far ahead window_closes looks: no allowed window is longer than a day.
@@ -503,63 +526,18 @@ def window_closes(now: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet) ->
     not allowed, None if the span lasts past CLOSE_HORIZON. Asked for every message allowed."""
     _require_aware(now)
     start = now.astimezone(UTC)
-    if not is_allowed(start, zones, rules):
-        return start
-    closes = []
-    for zone in zones:
-        close = _zone_close(start, zone, rules)
-        if close is _IN_A_GAP:
-            return _close_by_spans(start, zones, rules)
-        if close is not None:
-            closes.append(close)
-    return min(closes) if closes else None
-
-
-# A window edge at a wall time that a DST jump skips; the span computation handles those.
-_IN_A_GAP = datetime.min.replace(tzinfo=UTC)
-
-
-def _zone_close(start: datetime, zone: ZoneInfo, rules: RuleSet) -> datetime | None:
-    """The end of the allowed span holding `start` in `zone`, walking on through windows that
-    end at midnight into a next day's window that opens at midnight."""
-    limit = start + CLOSE_HORIZON
-    day = start.astimezone(zone).date()
-    window = day_allowed(rules, zone, day)
-    end = window.end if window is not None else 0
-    while end >= 24 * 60:
-        day += timedelta(days=1)
-        midnight = _wall(day, 0, zone)
-        if midnight is _IN_A_GAP:
-            return midnight
-        if midnight >= limit:
-            return None
-        following = day_allowed(rules, zone, day)
-        if following is None or following.start > 0:
-            end = 0
-            break
-        end = following.end
-    close = _wall(day, end, zone, after=start)
-    return None if close >= limit else close
-
-
-def _wall(day: date, minute: int, zone: ZoneInfo, after: datetime | None = None) -> datetime:
-    """The instant of a wall time in `zone`. A wall time that a DST fall-back repeats happens
-    twice: the first of the two later than `after` is the one that counts (Santiago 23:01 on
-    the evening its clocks go back from midnight to 23:00 is both 02:01 and 03:01 UTC)."""
-    local = datetime.combine(day, time(minute // 60, minute % 60), tzinfo=zone)
-    instant = local.astimezone(UTC)
-    if instant.astimezone(zone).replace(tzinfo=None) != local.replace(tzinfo=None):
-        return _IN_A_GAP
-    if after is not None and instant <= after:
-        repeated = local.replace(fold=1).astimezone(UTC)
-        if repeated > after:
-            return repeated
-    return instant
+    for span_start, span_end in _spans_from(start, zones, rules):
+        if span_end > start:
+            if span_start > start:
+                return start
+            return None if span_end >= start + CLOSE_HORIZON else span_end
+    return start
 
 
 def _close_by_spans(
     start: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet
 ) -> datetime | None:
+    """window_closes computed afresh over [start, start + CLOSE_HORIZON), without the cache."""
     end = start + CLOSE_HORIZON
     allowed = [(start, end)]
     for zone in zones:
