@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -113,6 +114,7 @@ def _flow(name: str, enroll_when: str) -> Any:
     return parse_flow(
         f"""\
 name: {name}
+currency: USD
 abandon_after: 10m
 enroll_when: {enroll_when}
 steps:
@@ -204,3 +206,18 @@ def test_a_cart_seen_only_before_checkout_sets_off_only_cart_flows() -> None:
     # A cart event carries no consent: the email is skipped for it, not sent.
     assert both.tally.flow("carts").enrolled == 1
     assert email1.sent == 0 and email1.skips == {"consent.marketing": 1}
+
+
+@pytest.mark.parametrize(("rates", "enrolled"), [(None, 0), ({"base": "USD", "NOK": "0.1"}, 1)])
+def test_the_backtest_compares_money_through_the_stores_exchange_rates(
+    rates: dict[str, str] | None, enrolled: int
+) -> None:
+    """A NOK 1,200 cart against a USD 100 threshold: comparable only through the store's
+    rates, as the worker compares it."""
+    big = _flow("big", "cart.value >= 100")
+    store = replace(STORE, policy={"exchange_rates": rates} if rates else None)
+    money = money_from({"prices": {"sms": {"*": "0.05"}, "email": "0.001"}}, "USD")
+    replayer = Replayer(Setup(Lineup.single(big), store, QUIET, money, seed=1))
+    nok = {"currency": "NOK", "lines": [{"title": "Jakke", "quantity": 1, "price": "1200.00"}]}
+    replayer.shopper([_events(_checkout("c1", "2026-11-23T10:00:00Z", "+4791234567", "NO", **nok))])
+    assert replayer.tally.flow("big").enrolled == enrolled

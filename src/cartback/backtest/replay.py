@@ -41,7 +41,7 @@ from cartback.core.model import (
     Store,
 )
 from cartback.core.policy import SentRecord, contact_zones
-from cartback.core.storepolicy import store_policy
+from cartback.core.storepolicy import store_policy, store_rates
 from cartback.core.timezones import phone_facts
 from cartback.services.gates import policy_gate
 from cartback.services.reports import Money
@@ -89,6 +89,9 @@ class Replayer:
     def __init__(self, setup: Setup) -> None:
         self.setup = setup
         self.policy = store_policy(setup.store.policy, setup.store.default_zone)
+        # The store's exchange rates, as the worker reads them: flows with a base currency
+        # compare carts in other currencies through them.
+        self.exchange_rates = store_rates(setup.store.policy)
         self.book = MessageBook(setup.store, setup.base_url, setup.money)
         self.tally = Tally()
         self._rates: dict[tuple[str, str], StepRates] = {
@@ -160,7 +163,9 @@ class Replayer:
             (e.trigger for e in checkouts if e.trigger == CHECKOUT_UPDATED), last.trigger
         )
         candidates = self.setup.lineup.triggered_by(trigger)
-        willing = [a for a in candidates if may_enroll(a.flow, cart, contact)]
+        willing = [
+            a for a in candidates if may_enroll(a.flow, cart, contact, rates=self.exchange_rates)
+        ]
         if not willing:
             self.tally.not_enrolled += 1
             return None
@@ -255,7 +260,16 @@ class Replayer:
             store_policy=self.policy,
             now=now,
         )
-        result = advance(flow, enrollment, cart, run.contact, now, opted_out=opted_out, gate=gate)
+        result = advance(
+            flow,
+            enrollment,
+            cart,
+            run.contact,
+            now,
+            opted_out=opted_out,
+            gate=gate,
+            rates=self.exchange_rates,
+        )
         tally = self.tally.flow(flow.name)
         sends = {step.id: step for step in result.sends}
         for decision in result.decisions:
