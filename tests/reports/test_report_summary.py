@@ -1,0 +1,289 @@
+"""The daily report summary gives the live report's figures, before and after late facts.
+
+A seeded random store (two flows, variants, holdouts, a channel holdout, three destination
+countries, orders in three currencies, one of them without a rate, opt-outs) is summarised,
+then changed the way late facts arrive: delivery receipts, failures, clicks and orders for
+carts of days already built, a cart imported into a past day, a contact's new country. Each
+time the report from the summary must equal the report read live, for several windows.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, func, select, update
+
+from cartback.services import report_summary
+from cartback.services.attribution import attribute_order, store_settings
+from cartback.services.reports import flow_report
+from cartback.store import tables as t
+from tests.support.world import World
+
+DAYS = 8
+CARTS = 240
+COUNTRIES = ("NO", "SE", None)
+MEASUREMENT = {
+    "rates": {"EUR": "1.10"},  # GBP has no rate: reported as unconverted
+    "prices": {"sms": {"NO": "0.50", "SE": "0.45"}, "email": "0.01"},
+}
+
+
+class Seeder:
+    def __init__(
+        self, conn: Connection, store_id: int, start: datetime, seed: int, first_id: int = 1
+    ) -> None:
+        self.conn = conn
+        self.store_id = store_id
+        self.start = start
+        self.rng = random.Random(seed)
+        self.next_id = first_id
+        self.settings = store_settings(conn, store_id)
+
+    def _id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    def cart(self, at: datetime) -> tuple[int, int, int]:
+        """A contact, a cart and its enrollment abandoned at `at`; their ids."""
+        rng, n = self.rng, self._id()
+        common = {"store_id": self.store_id, "created_at": at, "updated_at": at}
+        self.conn.execute(
+            t.contacts.insert().values(
+                **common,
+                id=n,
+                phone=f"+4790{n:06d}",
+                email=f"s{n}@example.com",
+                phone_country=rng.choice(COUNTRIES),
+                sms_marketing=True,
+                email_marketing=True,
+                orders_count=0,
+                tags=[],
+            )
+        )
+        self.conn.execute(
+            t.carts.insert().values(
+                **common,
+                id=n,
+                token=f"c{n}",
+                contact_id=n,
+                lines=[],
+                value=Decimal("10"),
+                currency="USD",
+                status="open",
+                tags=[],
+                occurred_at=at,
+            )
+        )
+        holdout = rng.random() < 0.15
+        self.conn.execute(
+            t.enrollments.insert().values(
+                **common,
+                id=n,
+                cart_id=n,
+                flow_name=rng.choice(("recover", "browse")),
+                flow_version="1",
+                step_index=1,
+                state="active",
+                abandoned_at=at,
+                variant=None if holdout else rng.choice(("A", "B", None)),
+                holdout=holdout,
+                held_channel=rng.choice((None, None, None, "sms")),
+            )
+        )
+        return n, n, n
+
+    def message(self, enrollment: int, contact: int, step: str, at: datetime) -> int:
+        rng, n = self.rng, self._id()
+        channel = "email" if step.startswith("email") else "sms"
+        sent = rng.random() < 0.85
+        failed = sent and rng.random() < 0.1
+        self.conn.execute(
+            t.outbox.insert().values(
+                id=n,
+                store_id=self.store_id,
+                enrollment_id=enrollment,
+                contact_id=contact,
+                step_id=step,
+                channel=channel,
+                to_address="x",
+                body="x",
+                segments=rng.choice((1, 1, 2, None)),
+                status="failed" if failed else ("sent" if sent else "pending"),
+                attempts=1,
+                available_at=at,
+                created_at=at,
+                updated_at=at,
+                sent_at=at if sent else None,
+                failed_at=at if failed else None,
+                delivered_at=at if sent and not failed and rng.random() < 0.6 else None,
+                clicked_at=at if sent and rng.random() < 0.2 else None,
+            )
+        )
+        return n
+
+    def order(self, cart: int | None, contact: int, at: datetime, now: datetime) -> None:
+        rng = self.rng
+        order_id = self.conn.execute(
+            t.orders.insert()
+            .values(
+                store_id=self.store_id,
+                order_ref=f"o{self._id()}",
+                cart_id=cart,
+                contact_id=contact,
+                value=Decimal(rng.randrange(500, 20000)) / 100,
+                currency=rng.choice(("USD", "USD", "EUR", "GBP")),
+                occurred_at=at,
+            )
+            .returning(t.orders.c.id)
+        ).scalar_one()
+        attribute_order(self.conn, order_id, self.settings, now)
+
+    def opt_out(self, contact: int, channel: str, at: datetime) -> None:
+        self.conn.execute(
+            t.consent_events.insert().values(
+                store_id=self.store_id,
+                contact_id=contact,
+                channel=channel,
+                purpose="marketing",
+                granted=False,
+                source="keyword_reply" if channel == "sms" else "unsubscribe_link",
+                at=at,
+                received_at=at,
+            )
+        )
+
+    def seed(self, now: datetime) -> list[tuple[int, datetime]]:
+        carts = []
+        for _ in range(CARTS):
+            at = self.start + timedelta(minutes=self.rng.randrange(DAYS * 24 * 60))
+            cart, contact, enrollment = self.cart(at)
+            carts.append((cart, at))
+            for hours, step in ((1, "sms1"), (20, "email1"), (50, "sms2")):
+                if self.rng.random() < 0.8:
+                    self.message(enrollment, contact, step, at + timedelta(hours=hours))
+            if self.rng.random() < 0.3:
+                self.order(cart, contact, at + timedelta(hours=self.rng.randrange(1, 30)), now)
+            if self.rng.random() < 0.05:
+                self.opt_out(contact, "sms", at + timedelta(hours=2))
+        return carts
+
+
+def _reports(conn: Connection, store_id: int, now: datetime) -> Iterator[dict[str, Any]]:
+    """Summary and live reports for aligned and unaligned windows, with and without a flow."""
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    windows = [
+        (now - timedelta(days=30), now),
+        (midnight - timedelta(days=6), midnight - timedelta(days=1)),
+        (now - timedelta(days=7, hours=5), now - timedelta(days=2, hours=3)),
+    ]
+    for since, until in windows:
+        for flow in (None, "recover"):
+            kwargs: dict[str, Any] = {"since": since, "until": until, "flow": flow}
+            yield {
+                "summary": flow_report(conn, store_id, **kwargs),
+                "live": flow_report(conn, store_id, summary=False, **kwargs),
+            }
+
+
+def _assert_same(world: World) -> None:
+    with world.app.engine.connect() as conn:
+        for pair in _reports(conn, world.store.id, world.now):
+            assert pair["summary"] == pair["live"]
+
+
+def _stale_days(world: World) -> set[Any]:
+    with world.app.engine.connect() as conn:
+        return set(conn.execute(select(t.report_stale.c.day).distinct()).scalars())
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_summary_equals_live_report_before_and_after_late_facts(world: World, seed: int) -> None:
+    now = world.now
+    start = (now - timedelta(days=DAYS + 3)).replace(hour=0, minute=0, second=0, microsecond=0)
+    with world.app.engine.begin() as conn:
+        conn.execute(
+            update(t.stores).where(t.stores.c.id == world.store.id).values(measurement=MEASUREMENT)
+        )
+        seeder = Seeder(conn, world.store.id, start, seed)
+        carts = seeder.seed(now)
+    done = report_summary.refresh(world.app.engine, now)
+    assert done.built >= DAYS and done.rebuilt == 0
+    assert _stale_days(world) == set()
+    with world.app.engine.connect() as conn:
+        fresh = report_summary.coverage(conn, world.store.id, start.date(), now.date()).fresh
+        rows = conn.execute(select(func.count()).select_from(t.report_daily)).scalar_one()
+    assert len(fresh) >= DAYS and rows > 0  # the reports below do read the summary
+    _assert_same(world)
+
+    # Late facts for carts of days already built.
+    rng = random.Random(seed)
+    late = rng.sample(carts, 24)
+    touched = set()
+    with world.app.engine.begin() as conn:
+        seeder.conn = conn
+        o = t.outbox.c
+        changes = [
+            # a delivery receipt days later
+            {"delivered_at": now, "status": "delivered"},
+            # a failure report
+            {"status": "failed", "failed_at": now},
+            # a click
+            {"clicked_at": now},
+        ]
+        for number, (cart, at) in enumerate(late[:18]):
+            change = changes[number % 3]
+            changed = conn.execute(
+                update(t.outbox)
+                .where(o.enrollment_id == cart, o.sent_at.is_not(None))
+                .values(**change)
+            )
+            if changed.rowcount:
+                touched.add(at.date())
+        for cart, at in late[18:21]:  # an order credited to a message of an earlier day
+            seeder.order(cart, cart, at + timedelta(hours=2), now)
+            touched.add(at.date())
+        for cart, at in late[21:]:  # the destination country a message is priced by
+            conn.execute(
+                update(t.contacts).where(t.contacts.c.id == cart).values(phone_country="DK")
+            )
+            messages = conn.execute(select(func.count()).where(o.contact_id == cart)).scalar_one()
+            if messages:
+                touched.add(at.date())
+        # A cart imported into a past day, with its messages.
+        imported_at = start + timedelta(days=2, hours=7)
+        _cart, contact, enrollment = seeder.cart(imported_at)
+        seeder.message(enrollment, contact, "sms1", imported_at + timedelta(hours=1))
+        touched.add(imported_at.date())
+    assert _stale_days(world) == touched
+    _assert_same(world)  # stale days are read live
+
+    done = report_summary.refresh(world.app.engine, now)
+    assert done.rebuilt == len(touched)
+    assert _stale_days(world) == set()
+    _assert_same(world)
+
+
+def test_a_day_with_no_carts_is_built_and_marked_by_a_late_import(world: World) -> None:
+    now = world.now
+    start = (now - timedelta(days=5)).replace(hour=0, minute=0, second=0, microsecond=0)
+    with world.app.engine.begin() as conn:
+        seeder = Seeder(conn, world.store.id, start, 3)
+        seeder.cart(start + timedelta(hours=1))
+    report_summary.refresh(world.app.engine, now)
+    empty_day = start + timedelta(days=2, hours=3)
+    with world.app.engine.connect() as conn:
+        assert (
+            empty_day.date()
+            in report_summary.coverage(conn, world.store.id, start.date(), now.date()).fresh
+        )
+    with world.app.engine.begin() as conn:
+        Seeder(conn, world.store.id, start, 4, first_id=1000).cart(empty_day)
+    assert _stale_days(world) == {empty_day.date()}
+    _assert_same(world)
+    assert report_summary.refresh(world.app.engine, now).rebuilt == 1
+    _assert_same(world)
