@@ -10,6 +10,7 @@ time the report from the summary must equal the report read live, for several wi
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -22,6 +23,7 @@ from cartback.services import report_summary
 from cartback.services.attribution import attribute_order, store_settings
 from cartback.services.reports import flow_report
 from cartback.store import tables as t
+from cartback.worker import REPORT_SUMMARY_BATCH, Worker
 from tests.support.world import World
 
 DAYS = 8
@@ -286,4 +288,66 @@ def test_a_day_with_no_carts_is_built_and_marked_by_a_late_import(world: World) 
     assert _stale_days(world) == {empty_day.date()}
     _assert_same(world)
     assert report_summary.refresh(world.app.engine, now).rebuilt == 1
+    _assert_same(world)
+
+
+def test_the_worker_builds_a_long_backlog_in_batches(world: World) -> None:
+    now = world.now
+    start = (now - timedelta(days=REPORT_SUMMARY_BATCH + 5)).replace(hour=0, minute=0)
+    with world.app.engine.begin() as conn:
+        seeder = Seeder(conn, world.store.id, start, 5)
+        seeder.cart(start + timedelta(hours=3))
+    Worker(world.app).refresh_report_summary()
+    with world.app.engine.connect() as conn:
+        built = set(conn.execute(select(t.report_days.c.day)).scalars())
+    # Every ended day, though that is more than one batch.
+    assert len(built) == (now.date() - start.date()).days > REPORT_SUMMARY_BATCH
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_write_under_way_when_its_day_is_built_is_never_lost(world: World) -> None:
+    """PostgreSQL: a late receipt whose transaction is open when the build starts. The build
+    waits for it (the day's advisory lock) and so counts it; a receipt written while the build
+    runs waits for the build, then marks the day stale."""
+    now = world.now
+    start = (now - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
+    with world.app.engine.begin() as conn:
+        seeder = Seeder(conn, world.store.id, start, 6)
+        _cart, contact, enrollment = seeder.cart(start + timedelta(hours=1))
+        message = seeder.message(enrollment, contact, "sms1", start + timedelta(hours=2))
+        conn.execute(
+            update(t.outbox)
+            .where(t.outbox.c.id == message)
+            .values(status="sent", sent_at=start, delivered_at=None, failed_at=None)
+        )
+    day = start.date()
+    with world.app.engine.begin() as conn:
+        report_summary.build_day(conn, world.store.id, day, now)
+
+    writer = world.app.engine.connect()
+    writer.begin()
+    writer.execute(
+        update(t.outbox).where(t.outbox.c.id == message).values(delivered_at=now)
+    )  # the trigger holds the day's shared lock until commit
+    finished = threading.Event()
+
+    def build() -> None:
+        with world.app.engine.begin() as conn:
+            report_summary.build_day(conn, world.store.id, day, now)
+        finished.set()
+
+    builder = threading.Thread(target=build)
+    builder.start()
+    assert not finished.wait(0.5), "the build waits for the writer"
+    writer.commit()
+    writer.close()
+    builder.join(10)
+    assert finished.is_set()
+    # The build saw the receipt; the mark it answered is gone, none other is left.
+    assert _stale_days(world) == set()
+    with world.app.engine.connect() as conn:
+        delivered = conn.execute(
+            select(func.sum(t.report_daily.c.delivered)).where(t.report_daily.c.day == day)
+        ).scalar_one()
+    assert delivered == 1
     _assert_same(world)
