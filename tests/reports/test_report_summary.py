@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, delete, func, select, update
 
 from cartback.services import report_summary
 from cartback.services.attribution import attribute_order, store_settings
@@ -33,6 +33,10 @@ MEASUREMENT = {
     "rates": {"EUR": "1.10"},  # GBP has no rate: reported as unconverted
     "prices": {"sms": {"NO": "0.50", "SE": "0.45"}, "email": "0.01"},
 }
+
+
+# A late fact for one cart: how many rows it changed (0: try another cart).
+Late = Callable[[Connection, int], int]
 
 
 class Seeder:
@@ -222,51 +226,70 @@ def test_summary_equals_live_report_before_and_after_late_facts(world: World, se
     assert len(fresh) >= DAYS and rows > 0  # the reports below do read the summary
     _assert_same(world)
 
-    # Late facts for carts of days already built.
+    # Late facts for carts of days already built, one at a time: each must mark its own day
+    # (and no other), the report must read that day live, and its rebuild must match.
     rng = random.Random(seed)
-    late = rng.sample(carts, 24)
-    touched = set()
+    o, a = t.outbox.c, t.attributions.c
+
+    def outbox_change(**values: Any) -> Late:
+        def apply(conn: Connection, cart: int) -> int:
+            where = (o.enrollment_id == cart, o.sent_at.is_not(None))
+            return conn.execute(update(t.outbox).where(*where).values(**values)).rowcount
+
+        return apply
+
+    def order(conn: Connection, cart: int) -> int:
+        at = conn.execute(select(t.enrollments.c.abandoned_at).where(t.enrollments.c.id == cart))
+        seeder.order(cart, cart, at.scalar_one() + timedelta(hours=2), now)
+        return 1
+
+    def credit_withdrawn(conn: Connection, cart: int) -> int:
+        return conn.execute(delete(t.attributions).where(a.enrollment_id == cart)).rowcount
+
+    def new_country(conn: Connection, cart: int) -> int:
+        conn.execute(update(t.contacts).where(t.contacts.c.id == cart).values(phone_country="DK"))
+        return conn.execute(select(func.count()).where(o.contact_id == cart)).scalar_one()
+
+    def new_variant(conn: Connection, cart: int) -> int:
+        e = t.enrollments.c
+        return conn.execute(
+            update(t.enrollments).where(e.id == cart, e.holdout.is_(False)).values(variant="C")
+        ).rowcount
+
+    late: list[tuple[str, Late]] = [
+        ("delivery receipt", outbox_change(delivered_at=now)),
+        ("failure report", outbox_change(status="failed")),
+        ("click", outbox_change(clicked_at=now)),
+        ("segment count", outbox_change(segments=3)),
+        ("order", order),
+        ("credit withdrawn", credit_withdrawn),
+        ("destination country", new_country),
+        ("variant", new_variant),
+    ]
+
+    def first_changed(apply: Late) -> Any:
+        """Apply the fact to random carts until one changes; that cart's day."""
+        for cart, at in rng.sample(carts, len(carts)):
+            with world.app.engine.begin() as conn:
+                seeder.conn = conn
+                if apply(conn, cart):
+                    return at.date()
+        raise AssertionError("no cart to change")
+
+    for name, apply in late:
+        day = first_changed(apply)
+        assert _stale_days(world) == {day}, name
+        _assert_same(world)  # the stale day is read live
+        assert report_summary.refresh(world.app.engine, now).rebuilt == 1, name
+        assert _stale_days(world) == set()
+    _assert_same(world)
+
+    # A cart imported into a past day.
+    imported_at = start + timedelta(days=2, hours=7)
     with world.app.engine.begin() as conn:
         seeder.conn = conn
-        o = t.outbox.c
-        changes = [
-            # a delivery receipt days later
-            {"delivered_at": now, "status": "delivered"},
-            # a failure report
-            {"status": "failed", "failed_at": now},
-            # a click
-            {"clicked_at": now},
-        ]
-        for number, (cart, at) in enumerate(late[:18]):
-            change = changes[number % 3]
-            changed = conn.execute(
-                update(t.outbox)
-                .where(o.enrollment_id == cart, o.sent_at.is_not(None))
-                .values(**change)
-            )
-            if changed.rowcount:
-                touched.add(at.date())
-        for cart, at in late[18:21]:  # an order credited to a message of an earlier day
-            seeder.order(cart, cart, at + timedelta(hours=2), now)
-            touched.add(at.date())
-        for cart, at in late[21:]:  # the destination country a message is priced by
-            conn.execute(
-                update(t.contacts).where(t.contacts.c.id == cart).values(phone_country="DK")
-            )
-            messages = conn.execute(select(func.count()).where(o.contact_id == cart)).scalar_one()
-            if messages:
-                touched.add(at.date())
-        # A cart imported into a past day, with its messages.
-        imported_at = start + timedelta(days=2, hours=7)
-        _cart, contact, enrollment = seeder.cart(imported_at)
-        seeder.message(enrollment, contact, "sms1", imported_at + timedelta(hours=1))
-        touched.add(imported_at.date())
-    assert _stale_days(world) == touched
-    _assert_same(world)  # stale days are read live
-
-    done = report_summary.refresh(world.app.engine, now)
-    assert done.rebuilt == len(touched)
-    assert _stale_days(world) == set()
+        seeder.cart(imported_at)
+    assert _stale_days(world) == {imported_at.date()}
     _assert_same(world)
 
 
