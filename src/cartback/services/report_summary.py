@@ -13,7 +13,6 @@ exclusive advisory lock; SQLite: the write lock every transaction takes).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -24,8 +23,6 @@ from sqlalchemy import Connection, Engine, and_, delete, func, insert, select
 from cartback.services.report_facts import Facts, Sends, gather
 from cartback.store import tables as t
 from cartback.store.report_triggers import PG_EPOCH
-
-log = logging.getLogger(__name__)
 
 DAY = timedelta(days=1)
 _EPOCH = date.fromisoformat(PG_EPOCH)
