@@ -1592,6 +1592,40 @@ def report(
     _print_report(result)
 
 
+@report_cli.command("rebuild")
+def report_rebuild(
+    since: Annotated[
+        str | None, typer.Option(help="Only days from this date (YYYY-MM-DD); default all")
+    ] = None,
+    store: Annotated[str | None, typer.Option(help="Store slug; default every store")] = None,
+) -> None:
+    """Build the report's daily summary again for every ended day: a backfill after the
+    upgrade, or a repair. The worker keeps it up to date by itself."""
+    from datetime import date
+
+    from sqlalchemy import select
+
+    from cartback.services import report_summary
+    from cartback.store import tables as t
+
+    try:
+        first = None if since is None else date.fromisoformat(since)
+    except ValueError:
+        raise fail("--since: expected a date, YYYY-MM-DD") from None
+    with running_app() as app:
+        with app.engine.connect() as conn:
+            query = select(t.stores.c.id, t.stores.c.slug).order_by(t.stores.c.slug)
+            if store is not None:
+                query = query.where(t.stores.c.slug == store)
+            stores = conn.execute(query).all()
+        if not stores:
+            raise fail(f"--store: no store {store!r}" if store else "there is no store yet")
+        now = app.clock.now()
+        for store_id, slug in stores:
+            days = report_summary.rebuild(app.engine, store_id, now, since=first)
+            out.print(f"{slug}: {days} {'day' if days == 1 else 'days'} summarised")
+
+
 def _print_report(result: dict[str, Any]) -> None:
     from cartback import reporting
 

@@ -40,6 +40,10 @@ ISSUE_CODES_EVERY_SECONDS = 60.0
 PRUNE_CODES_EVERY_SECONDS = 3600.0
 # Delivered and given-up webhook deliveries are kept this long for `cartback webhooks list`.
 WEBHOOK_DELIVERIES_KEPT = timedelta(days=30)
+# How often the worker builds the report summary's ended days and rebuilds its stale ones.
+REPORT_SUMMARY_EVERY_SECONDS = 60.0
+# Days per refresh call, so a stop is noticed between batches of a long backfill.
+REPORT_SUMMARY_BATCH = 20
 # Time for the last writes of a batch once its provider calls are done.
 SHUTDOWN_MARGIN_SECONDS = 5.0
 
@@ -113,6 +117,10 @@ class Worker:
         # Per-cart discount codes are asked of the shop here, never inside the timer's
         # transaction; a slow shop API holds up only this thread.
         threads.append(threading.Thread(target=self._codes_loop, name="unique-codes", daemon=True))
+        # Its own thread: a long backfill of the report summary never holds up a send.
+        threads.append(
+            threading.Thread(target=self._summary_loop, name="report-summary", daemon=True)
+        )
         if settings.magento_poll_minutes > 0:
             # Its own thread: a slow shop API must not hold up timers or sends.
             threads.append(threading.Thread(target=self._magento_loop, name="magento", daemon=True))
@@ -236,6 +244,28 @@ class Worker:
             return
         if stats.issued or stats.failed:
             log.info("unique discount codes: %d issued, %d failed", stats.issued, stats.failed)
+
+    def _summary_loop(self) -> None:
+        while not self.stop.is_set():
+            self.refresh_report_summary()
+            self.stop.wait(REPORT_SUMMARY_EVERY_SECONDS)
+
+    def refresh_report_summary(self) -> None:
+        """Build the report summary's ended days and rebuild stale ones, a batch at a time;
+        a failure is logged and the next run tries again (reports read those days live)."""
+        from cartback.services import report_summary
+
+        try:
+            while not self.stop.is_set():
+                done = report_summary.refresh(
+                    self.app.engine, self.app.clock.now(), limit=REPORT_SUMMARY_BATCH
+                )
+                if done.built or done.rebuilt:
+                    log.info("report summary: %d days built, %d rebuilt", done.built, done.rebuilt)
+                if done.built + done.rebuilt < REPORT_SUMMARY_BATCH:
+                    return
+        except Exception:
+            log.exception("building the report summary failed; retrying at the next run")
 
     def _magento_loop(self) -> None:
         every = self.app.settings.magento_poll_minutes * 60

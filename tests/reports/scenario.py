@@ -12,6 +12,9 @@ cart 4 orders 70.00 USD three days on (no touch in any window); shopper 3 orders
 without a cart, five hours after sms1 was delivered (matched by contact); held-out carts
 0, 10, ..., 90 (10 × 100.00 USD). Opt-outs: shoppers 7, 17, 27, 37, 47 reply STOP to sms1;
 shopper 8 unsubscribes from email1.
+
+The daily report summary is built at the end, as the worker would once the days had ended, so
+reports of the scenario read its day from the summary (`seed(..., summarise=False)`: live).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from cartback.services import report_summary
 from cartback.services.attribution import attribute_order, store_settings
 from cartback.store import tables as t
 
@@ -37,7 +41,14 @@ def variant_of(i: int) -> str | None:
     return "A" if i % 10 <= 5 else "B"
 
 
-def seed(conn: Connection, store_id: int, base: datetime, flow_name: str = "recover") -> None:
+def seed(
+    conn: Connection,
+    store_id: int,
+    base: datetime,
+    flow_name: str = "recover",
+    *,
+    summarise: bool = True,
+) -> None:
     conn.execute(t.stores.update().where(t.stores.c.id == store_id).values(measurement=MEASUREMENT))
     common = {"store_id": store_id, "created_at": base, "updated_at": base}
     contacts, carts, enrollments, outbox, links, clicks = [], [], [], [], [], []
@@ -232,6 +243,10 @@ def seed(conn: Connection, store_id: int, base: datetime, flow_name: str = "reco
             for contact, channel, source, at in optouts
         ],
     )
+    if summarise:
+        ended = base + timedelta(days=5)
+        for day in report_summary.ended_days(conn, store_id, ended, None):
+            report_summary.build_day(conn, store_id, day, ended)
 
 
 def attribution_rows(conn: Connection) -> list[Any]:

@@ -15,11 +15,13 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, func, select
+from sqlalchemy import Connection, and_, select
 
 from cartback.core import experiments as ex
 from cartback.core.attribution import SettingsError, parse_decimal, settings_from
 from cartback.core.consent import OPT_OUT_SOURCES
+from cartback.services import report_summary as daily
+from cartback.services.report_facts import CohortKey, Facts, gather
 from cartback.store import tables as t
 
 # A step whose opt-outs exceed this share of its sends is flagged.
@@ -155,7 +157,11 @@ def flow_report(
     since: datetime,
     until: datetime,
     flow: str | None = None,
+    summary: bool = True,
 ) -> dict[str, Any]:
+    """The report for the carts abandoned in [since, until). With `summary` (the default) whole
+    days come from the daily summary where it is fresh and the rest is read live; without it
+    everything is read live. Both give the same figures."""
     store = conn.execute(
         select(t.stores.c.currency, t.stores.c.measurement).where(t.stores.c.id == store_id)
     ).one()
@@ -163,10 +169,7 @@ def flow_report(
         money = money_from(store.measurement, store.currency)
     except SettingsError:
         money = Money(currency=store.currency)
-    e = t.enrollments.c
-    cohort = and_(e.store_id == store_id, e.abandoned_at >= since, e.abandoned_at < until)
-    if flow is not None:
-        cohort = and_(cohort, e.flow_name == flow)
+    cohort = _cohort(store_id, since, until, flow)
     unconverted: dict[str, Decimal] = defaultdict(Decimal)
 
     groups: dict[tuple[str, str, str], Figures] = defaultdict(Figures)
@@ -180,7 +183,8 @@ def flow_report(
         # A flow without an A/B test has no variant rows.
         return rows if variant is None else [*rows, groups[(flow_name, "variant", variant)]]
 
-    cohorts = _cohorts(conn, cohort, money, unconverted)
+    facts = _summed_facts(conn, store_id, since, until, flow) if summary else gather(conn, cohort)
+    cohorts = _cohorts(facts, money, unconverted)
     for (flow_name, variant, holdout, _held), c in cohorts.items():
         if holdout:
             continue
@@ -197,10 +201,9 @@ def flow_report(
             if variant is not None:
                 treated[(flow_name, variant)] += c.carts
 
-    _messages(conn, cohort, money, rows_for)
-    _credited(conn, cohort, money, unconverted, rows_for)
+    _messages(facts, money, rows_for)
+    _credited(facts, money, unconverted, rows_for)
     _opt_outs(conn, store_id, cohort, since, until, rows_for)
-
     flows: dict[str, dict[str, Any]] = {}
     for (flow_name, level, label), figures in sorted(groups.items()):
         figures.base_carts = (
@@ -242,114 +245,87 @@ def flow_report(
     }
 
 
-CohortKey = tuple[str, str | None, bool, str | None]
+def _cohort(store_id: int, since: datetime, until: datetime, flow: str | None) -> Any:
+    e = t.enrollments.c
+    cohort = and_(e.store_id == store_id, e.abandoned_at >= since, e.abandoned_at < until)
+    return cohort if flow is None else and_(cohort, e.flow_name == flow)
+
+
+def _summed_facts(
+    conn: Connection, store_id: int, since: datetime, until: datetime, flow: str | None
+) -> Facts:
+    """Whole days from the summary where it is fresh; the edges and the other days live."""
+    first = daily.day_of(since)
+    if daily.day_start(first) < since:
+        first += daily.DAY
+    end = daily.day_of(until)
+    fresh = []
+    if first < end:
+        covered = daily.coverage(conn, store_id, first, end).fresh
+        fresh = [day for day in daily.days_between(first, end) if day in covered]
+    facts = daily.read(conn, store_id, fresh, flow)
+    start = since
+    for day in fresh:
+        if start < daily.day_start(day):
+            facts.add(gather(conn, _cohort(store_id, start, daily.day_start(day), flow)))
+        start = daily.day_start(day + daily.DAY)
+    if start < until:
+        facts.add(gather(conn, _cohort(store_id, start, until, flow)))
+    return facts
+
+
+def _ordered(items: Any) -> list[Any]:
+    """A fixed order for float sums, whatever order the database grouped in."""
+    return sorted(items, key=lambda item: repr(item[0]))
 
 
 def _cohorts(
-    conn: Connection, cohort: Any, money: Money, unconverted: dict[str, Decimal]
+    facts: Facts, money: Money, unconverted: dict[str, Decimal]
 ) -> dict[CohortKey, Cohort]:
     """Per (flow, variant, holdout, held channel)."""
-    e, od = t.enrollments.c, t.orders.c
     found: dict[CohortKey, Cohort] = defaultdict(Cohort)
-    keys = (e.flow_name, e.variant, e.holdout, e.held_channel)
-    for row in conn.execute(select(*keys, func.count()).where(cohort).group_by(*keys)):
-        found[(row[0], row[1], bool(row[2]), row[3])].carts = int(row[4])
-    # A cart converted when an order names it after it was abandoned: the experiment's measure,
-    # attribution or not (so treated and held-out carts are counted alike).
-    ordered = (
-        select(
-            *keys,
-            od.currency,
-            func.count(func.distinct(e.id)),
-            func.sum(od.value),
-            func.sum(od.value * od.value),
-        )
-        .select_from(t.enrollments.join(t.orders, od.cart_id == e.cart_id))
-        .where(cohort, od.occurred_at >= e.abandoned_at)
-        .group_by(*keys, od.currency)
-    )
-    for row in conn.execute(ordered):
-        group = found[(row[0], row[1], bool(row[2]), row[3])]
-        group.converted += int(row[5])
-        rate = money.convert(Decimal(1), row[4])
+    for key, carts in _ordered(facts.carts.items()):
+        found[key].carts = carts
+    for (flow_name, variant, holdout, held, currency), sums in _ordered(facts.orders.items()):
+        group = found[(flow_name, variant, holdout, held)]
+        group.converted += sums.count
+        rate = money.convert(Decimal(1), currency)
         if rate is None:
-            unconverted[row[4]] += Decimal(row[6])
+            unconverted[currency] += sums.value
             continue
-        group.value += float(Decimal(row[6]) * rate)
-        group.squares += float(Decimal(row[7]) * rate * rate)
+        group.value += float(sums.value * rate)
+        group.squares += float(sums.squares * rate * rate)
     return found
 
 
-def _messages(conn: Connection, cohort: Any, money: Money, rows_for: Any) -> None:
-    e, o, ct = t.enrollments.c, t.outbox.c, t.contacts.c
-    sent = o.sent_at.is_not(None)
-    query = (
-        select(
-            e.flow_name,
-            o.step_id,
-            e.variant,
-            o.channel,
-            ct.phone_country,
-            func.sum(case((sent, 1), else_=0)),
-            func.sum(case((o.delivered_at.is_not(None), 1), else_=0)),
-            func.sum(case((o.status == "failed", 1), else_=0)),
-            func.sum(case((o.clicked_at.is_not(None), 1), else_=0)),
-            func.sum(case((sent, func.coalesce(o.segments, 1)), else_=0)),
-        )
-        .select_from(
-            t.enrollments.join(t.outbox, o.enrollment_id == e.id).outerjoin(
-                t.contacts, ct.id == o.contact_id
-            )
-        )
-        .where(cohort)
-        .group_by(e.flow_name, o.step_id, e.variant, o.channel, ct.phone_country)
-    )
-    for row in conn.execute(query):
-        n_sent, delivered, failed, clicked, segments = (int(v or 0) for v in row[5:10])
-        if row[3] == "sms":
-            price = money.sms_price(row[4])
-            cost = None if price is None else price * segments
+def _messages(facts: Facts, money: Money, rows_for: Any) -> None:
+    for (flow_name, step, variant, channel, country), sends in _ordered(facts.messages.items()):
+        if channel == "sms":
+            price = money.sms_price(country)
+            cost = None if price is None else price * sends.segments
         else:
-            cost = None if money.email_price is None else money.email_price * n_sent
-        if n_sent == 0:
+            cost = None if money.email_price is None else money.email_price * sends.sent
+        if sends.sent == 0:
             cost = Decimal(0)
-        for figures in rows_for(row[0], row[1], row[2], row[3]):
-            figures.sent += n_sent
-            figures.delivered += delivered
-            figures.failed += failed
-            figures.clicked += clicked
-            figures.segments += segments
+        for figures in rows_for(flow_name, step, variant, channel):
+            figures.sent += sends.sent
+            figures.delivered += sends.delivered
+            figures.failed += sends.failed
+            figures.clicked += sends.clicked
+            figures.segments += sends.segments
             figures.cost = None if figures.cost is None or cost is None else figures.cost + cost
 
 
-def _credited(
-    conn: Connection, cohort: Any, money: Money, unconverted: dict[str, Decimal], rows_for: Any
-) -> None:
-    e, a = t.enrollments.c, t.attributions.c
-    query = (
-        select(
-            a.flow_name,
-            a.step_id,
-            a.variant,
-            a.channel,
-            a.currency,
-            func.count(),
-            func.sum(a.revenue),
-            func.sum(a.revenue * a.revenue),
-        )
-        .select_from(t.enrollments.join(t.attributions, a.enrollment_id == e.id))
-        .where(cohort)
-        .group_by(a.flow_name, a.step_id, a.variant, a.channel, a.currency)
-    )
-    for row in conn.execute(query):
-        rate = money.convert(Decimal(1), row[4])
+def _credited(facts: Facts, money: Money, unconverted: dict[str, Decimal], rows_for: Any) -> None:
+    for (flow_name, step, variant, channel, currency), sums in _ordered(facts.credits.items()):
+        rate = money.convert(Decimal(1), currency)
         if rate is None:
-            unconverted[row[4]] += Decimal(row[6])
-        for figures in rows_for(row[0], row[1], row[2], row[3]):
-            figures.recovered += int(row[5])
+            unconverted[currency] += sums.value
+        for figures in rows_for(flow_name, step, variant, channel):
+            figures.recovered += sums.count
             if rate is not None:
-                figures.revenue += Decimal(row[6]) * rate
-                figures.squares += Decimal(row[7]) * rate * rate
+                figures.revenue += sums.value * rate
+                figures.squares += sums.squares * rate * rate
 
 
 def _opt_outs(

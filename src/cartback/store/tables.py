@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -264,6 +265,8 @@ enrollments = Table(
     Index(
         "ix_enrollments_store_id_flow_name_abandoned_at", "store_id", "flow_name", "abandoned_at"
     ),
+    # The daily report summary is built one store and day at a time, every flow at once.
+    Index("ix_enrollments_store_id_abandoned_at", "store_id", "abandoned_at"),
 )
 
 outbox = Table(
@@ -625,4 +628,63 @@ webhook_deliveries = Table(
     Column("updated_at", UtcDateTime, nullable=False),
     UniqueConstraint("endpoint_id", "event_key"),
     Index("ix_webhook_deliveries_status_available_at", "status", "available_at"),
+)
+
+# The flow report's daily summary (services/report_summary.py): the report's grouped counts for
+# the carts a store abandoned on one UTC day, so a report over a month reads a few hundred rows.
+# A row's `kind` says which grouping it holds; the columns that grouping does not use are NULL:
+#   cohort    (flow, variant, holdout, held_channel): enrolled
+#   orders    (flow, variant, holdout, held_channel, currency): converted, revenue, squares
+#             (orders naming the cart after it was abandoned, attributed or not)
+#   messages  (flow, step, variant, channel, country): sent, delivered, failed, clicked, segments
+#   credits   (flow, step, variant, channel, currency): recovered, revenue, squares
+# Sums stay in their own currency and segments by destination country: rates and prices are
+# applied when the report is read, so a changed price table changes past reports as before.
+report_daily = Table(
+    "report_daily",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("day", Date, nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("flow_name", String(64), nullable=False),
+    Column("step_id", String(64)),
+    Column("variant", String(32)),
+    Column("channel", String(8)),
+    Column("holdout", Boolean),
+    Column("held_channel", String(8)),
+    Column("country", String(2)),
+    Column("currency", String(3)),
+    Column("enrolled", Integer, nullable=False, default=0),
+    Column("converted", Integer, nullable=False, default=0),
+    Column("sent", Integer, nullable=False, default=0),
+    Column("delivered", Integer, nullable=False, default=0),
+    Column("failed", Integer, nullable=False, default=0),
+    Column("clicked", Integer, nullable=False, default=0),
+    Column("segments", Integer, nullable=False, default=0),
+    Column("recovered", Integer, nullable=False, default=0),
+    Column("revenue", Numeric(20, 4), nullable=False, default=0),
+    Column("squares", Numeric(30, 8), nullable=False, default=0),
+    Index("ix_report_daily_store_id_day", "store_id", "day"),
+)
+
+# The days whose summary is built. Triggers on the report's facts (store/report_triggers.py)
+# mark a built day stale, in the transaction that changes it, so a late receipt or order for a
+# past day is never missed; stale days are read live until the worker rebuilds them.
+report_days = Table(
+    "report_days",
+    metadata,
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("built_at", UtcDateTime, nullable=False),
+)
+
+# Append-only (no row is ever updated, so concurrent writers never wait on each other).
+report_stale = Table(
+    "report_stale",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", Id, nullable=False),
+    Column("day", Date, nullable=False),
+    Index("ix_report_stale_store_id_day", "store_id", "day"),
 )
