@@ -49,7 +49,11 @@ def test_a_second_cart_waits_out_the_cooldown_in_the_same_batch(world: World) ->
             select(t.decisions.c.rule, t.decisions.c.reason).where(t.decisions.c.outcome == "defer")
         ).one()
     assert deferred.rule == "store.sms_cooldown"
-    world.clock.advance(timedelta(hours=2))
+    # The second cart's SMS is held; its email1 is not, and goes at its own time.
+    world.clock.advance(timedelta(minutes=45))
+    tick(world.app.engine, world.app.registry, world.now)
+    assert [len(sent) for sent in _sms_by_shopper(world).values()] == [1]
+    world.clock.advance(timedelta(minutes=75))
     tick(world.app.engine, world.app.registry, world.now)
     assert [len(sent) for sent in _sms_by_shopper(world).values()] == [2]
 

@@ -6,13 +6,13 @@ Pure: the caller passes the flow, the cart, the contact, the step history, a sen
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
-from cartback.core.conditions import build_facts
+from cartback.core.conditions import ENGAGEMENT_FIELDS, build_facts
 from cartback.core.flows import MIN_GRACE, Flow, Step
 from cartback.core.model import (
     Cart,
@@ -88,6 +88,10 @@ class EnrollmentPlan:
 
 
 CHANNEL_HOLDOUT_RULE = "channel_holdout"
+# Why a step whose time has come still waits (see `blocker` and `not_before`).
+ORDER_RULE = "flow.order"
+READS_RULE = "flow.reads"
+SPACING_RULE = "flow.spacing"
 
 
 def bucket(*parts: str) -> Decimal:
@@ -172,15 +176,131 @@ def grace_for(flow: Flow, index: int) -> timedelta:
 def due_at(
     flow: Flow, enrollment: Enrollment, history: Mapping[str, StepOutcome], index: int
 ) -> datetime:
-    """When step `index` is due: its offset from abandonment, or from the last queued message
-    if that is later (the step keeps its distance from the earlier step that went out)."""
+    """When step `index` is due on its turn: its offset from abandonment, or from the last
+    message that went out on its turn if that is later (after a late message the sequence
+    keeps its rhythm). A message that went out of a hold does not count: a hold moves its own
+    step (and, through `not_before`, its channel and its readers), not the whole sequence."""
+    return _sequence_time(flow, enrollment.abandoned_at, history, enrollment.released, index)
+
+
+def _sequence_time(
+    flow: Flow,
+    abandoned_at: datetime,
+    history: Mapping[str, StepOutcome],
+    released: Collection[str],
+    index: int,
+) -> datetime:
     step = flow.steps[index]
-    due = enrollment.abandoned_at + step.at
+    due = abandoned_at + step.at
     for earlier in reversed(flow.steps[:index]):
+        if earlier.id in released:
+            continue
         queued_at = history[earlier.id].queued_at if earlier.id in history else None
         if queued_at is not None:
             return max(due, queued_at + (step.at - earlier.at))
     return due
+
+
+def spacing_between(flow: Flow, step: Step, other: Step) -> timedelta:
+    """The least time between the messages of two steps: the flow's `spacing`, or their
+    planned distance when the flow itself plans them closer than that. Two steps planned at
+    the same offset are spaced too: they are never sent together."""
+    planned = abs(step.at - other.at)
+    return flow.spacing if planned == timedelta(0) else min(flow.spacing, planned)
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Why a step whose time has come must still wait, and until when."""
+
+    until: datetime
+    rule: str
+    reason: str
+
+
+def blocker(flow: Flow, index: int, holds: Mapping[str, datetime]) -> tuple[Step, str] | None:
+    """A held step that step `index` must wait for, with the rule: the step before it on its
+    own channel (messages on one channel keep their order), or a step its condition reads (a
+    condition never reads a step that has not been decided)."""
+    step = flow.steps[index]
+    same = next((s for s in reversed(flow.steps[:index]) if s.channel is step.channel), None)
+    if same is not None and same.id in holds:
+        return same, ORDER_RULE
+    for read_id in sorted(step.when.step_refs) if step.when is not None else ():
+        if read_id in holds:
+            return flow.step(read_id), READS_RULE
+    return None
+
+
+def not_before(flow: Flow, index: int, history: Mapping[str, StepOutcome]) -> Wait | None:
+    """The latest of the times that step `index` may not go before, given the messages already
+    queued: its planned distance from the previous message on its channel, its planned distance
+    from each step whose opens, clicks or deliveries its condition reads, and the spacing from
+    every message of the enrollment. None when nothing was queued."""
+    step = flow.steps[index]
+    waits: list[Wait] = []
+
+    def queued(other: Step) -> datetime | None:
+        outcome = history.get(other.id)
+        return outcome.queued_at if outcome is not None else None
+
+    same = next(
+        (
+            s
+            for s in reversed(flow.steps[:index])
+            if s.channel is step.channel and queued(s) is not None
+        ),
+        None,
+    )
+    if same is not None:
+        at = queued(same)
+        assert at is not None
+        gap = step.at - same.at
+        waits.append(
+            Wait(
+                at + gap,
+                ORDER_RULE,
+                f"keeps its {format_duration(gap)} after {same.id}, the previous {step.channel} "
+                f"step, which went at {_utc(at)}",
+            )
+        )
+    if step.when is not None:
+        for read_id, field_name in sorted(step.when.step_reads):
+            if field_name not in ENGAGEMENT_FIELDS:
+                continue
+            read = flow.step(read_id)
+            at = queued(read)
+            if at is None:
+                continue
+            gap = max(step.at - read.at, timedelta(0))
+            waits.append(
+                Wait(
+                    at + gap,
+                    READS_RULE,
+                    f"its condition reads {read_id}.{field_name}, planned "
+                    f"{format_duration(gap)} after {read_id}, which went at {_utc(at)}",
+                )
+            )
+    for other in flow.steps:
+        at = queued(other)
+        if other is step or at is None:
+            continue
+        gap = spacing_between(flow, step, other)
+        waits.append(
+            Wait(
+                at + gap,
+                SPACING_RULE,
+                f"spaced {format_duration(gap)} after {other.id}, which went at {_utc(at)}: "
+                "two messages to one shopper never go out together",
+            )
+        )
+    if not waits:
+        return None
+    return max(waits, key=lambda wait: wait.until)
+
+
+def _utc(at: datetime) -> str:
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
 
 
 def advance(
@@ -193,10 +313,14 @@ def advance(
     opted_out: bool = False,
     gate: SendGate = allow_all,
 ) -> Advance:
-    """Run the due steps at `now`, in order, until one must wait or one message was queued.
+    """Run the steps whose time has come at `now`, earliest first, until one message was
+    queued or none is due.
 
-    A step more than its grace past its due time is skipped as late; a deferral moves the due
-    time of its step; after a message the next step waits for its own due time (`due_at`).
+    Each step keeps its own time. A step a rule defers (quiet hours, a cooldown) is held: it
+    waits for its own instant while the steps after it go on at theirs. What must keep its
+    order waits behind a held step: the next step on the same channel, and a step whose
+    condition reads it. Released and on-time messages are spaced by the flow's `spacing`. A
+    step more than its grace past its due time is skipped as late.
     """
     if enrollment.state is not EnrollmentState.ACTIVE:
         return Advance(enrollment, ())
@@ -205,99 +329,255 @@ def advance(
         ended = replace(enrollment, state=EnrollmentState.EXITED, wake_at=None, exit_reason=reason)
         return Advance(ended, (StepDecision(None, Outcome.EXIT, _EXIT_TEXT[reason]),))
     assert contact is not None
-
-    history = dict(enrollment.history)
-    decisions: list[StepDecision] = []
-    sends: list[Step] = []
-    send_before: dict[str, datetime] = {}
-    index = enrollment.step_index
-    wake_at: datetime | None = None
-    while index < len(flow.steps):
-        step = flow.steps[index]
-        due = due_at(flow, enrollment, history, index)
-        if index == enrollment.step_index and enrollment.wake_at is not None:
-            # The step this timer was set for: a deferral may have moved it past its offset.
-            due = max(due, enrollment.wake_at)
-        if due > now:
-            wake_at = due
+    walk = _Walk(flow, enrollment, cart, contact, now, gate)
+    # Each turn decides a step or moves a hold past `now`; the bound only guards against a
+    # gate that defers to the past.
+    for _ in range(4 * len(flow.steps) + 4):
+        picked = walk.next_due()
+        if picked is None or walk.decide(*picked):
             break
+    return walk.result()
+
+
+class _Walk:
+    """The working state of one `advance`: which steps were decided, which are held."""
+
+    def __init__(
+        self,
+        flow: Flow,
+        enrollment: Enrollment,
+        cart: Cart,
+        contact: Contact,
+        now: datetime,
+        gate: SendGate,
+    ) -> None:
+        self.flow, self.enrollment, self.cart, self.contact = flow, enrollment, cart, contact
+        self.now, self.gate = now, gate
+        self.history = dict(enrollment.history)
+        self.holds = dict(enrollment.holds)
+        self.released = set(enrollment.released)
+        self.cursor = enrollment.step_index
+        self.decisions: list[StepDecision] = []
+        self.sends: list[Step] = []
+        self.send_before: dict[str, datetime] = {}
+
+    # ---- when ---------------------------------------------------------------------------------
+
+    def cursor_time(self) -> datetime | None:
+        """When the next step on its turn is due; None once every step had its turn."""
+        if self.cursor >= len(self.flow.steps):
+            return None
+        due = _sequence_time(
+            self.flow, self.enrollment.abandoned_at, self.history, self.released, self.cursor
+        )
+        wake_at = self.enrollment.wake_at
+        if self.cursor == self.enrollment.step_index and wake_at is not None:
+            # The step this timer was set for: a retry may have moved it past its offset.
+            due = max(due, wake_at)
+        return due
+
+    def held_time(self, step_id: str) -> datetime:
+        until = self.holds[step_id]
+        wake_at = self.enrollment.wake_at
+        # A retried wake moves the held step's due time with it, as for the step on its turn.
+        if wake_at is not None and until <= wake_at <= self.now:
+            return wake_at
+        return until
+
+    def next_due(self) -> tuple[int, datetime, bool] | None:
+        """(index, due, held) of the step to decide next: the earliest due; on a tie, the step
+        on its own time before a released one, then file order."""
+        found: list[tuple[datetime, int, int]] = []
+        on_turn = self.cursor_time()
+        if on_turn is not None and on_turn <= self.now:
+            found.append((on_turn, 0, self.cursor))
+        held_due = {
+            step_id: self.held_time(step_id)
+            for step_id in self.holds
+            if self.held_time(step_id) <= self.now
+        }
+        for step_id, due in held_due.items():
+            found.append((due, 1, self.flow.index_of(step_id)))
+        if not found:
+            return None
+        due, kind, index = min(found)
+        # A step that waits behind a held step whose own time has come: that one goes first.
+        waits_for = blocker(self.flow, index, self.holds)
+        while waits_for is not None and waits_for[0].id in held_due:
+            index, due, kind = self.flow.index_of(waits_for[0].id), held_due[waits_for[0].id], 1
+            waits_for = blocker(self.flow, index, self.holds)
+        return index, due, kind == 1
+
+    # ---- what ---------------------------------------------------------------------------------
+
+    def decide(self, index: int, due: datetime, held: bool) -> bool:
+        """Decide step `index`; True when a message was queued (one per wake)."""
+        flow, step, now = self.flow, self.flow.steps[index], self.now
+        waits_for = blocker(flow, index, self.holds)
+        if waits_for is not None:
+            other, rule = waits_for
+            why = (
+                f"follows {other.id} on the {step.channel} channel"
+                if rule == ORDER_RULE
+                else f"its condition reads {other.id}"
+            )
+            self.hold(index, held, Wait(self.holds[other.id], rule, f"waits for {other.id}: {why}"))
+            return False
+        held_out = self.enrollment.holdout or self.enrollment.held_channel == str(step.channel)
+        if not held_out:
+            wait = not_before(flow, index, self.history)
+            if wait is not None and wait.until > now:
+                self.hold(index, held, wait)
+                return False
+            if wait is not None:
+                due = max(due, wait.until)
+            ahead = self.lets_go_first(step) if held else None
+            if ahead is not None:
+                self.hold(index, held, ahead)
+                return False
         grace = grace_for(flow, index)
         if now - due > grace:
-            decisions.append(
+            self.resolve(
+                index,
+                held,
                 StepDecision(
                     step.id,
                     Outcome.SKIP,
                     f"late: due {due:%Y-%m-%d %H:%M:%S} UTC, {format_duration(now - due)} ago, "
                     f"more than the {format_duration(grace)} grace",
                     LATE_RULE,
-                )
+                ),
             )
-            history[step.id] = StepOutcome(skipped=True)
-            index += 1
-            continue
+            return False
         if step.when is not None and not step.when.evaluate(
-            build_facts(cart, contact, enrollment.variant, history, flow.exclusions)
+            build_facts(
+                self.cart, self.contact, self.enrollment.variant, self.history, flow.exclusions
+            )
         ):
-            decisions.append(
-                StepDecision(
-                    step.id, Outcome.SKIP, f"condition is false: {step.when.source}", "when"
-                )
-            )
-            history[step.id] = StepOutcome(skipped=True)
-            index += 1
-            continue
-        if enrollment.holdout:
-            decisions.append(
-                StepDecision(step.id, Outcome.HOLDOUT, "cart is in the holdout group", "holdout")
-            )
-            history[step.id] = StepOutcome(skipped=True)
-            index += 1
-            continue
-        if enrollment.held_channel == str(step.channel):
-            decisions.append(
+            reason = f"condition is false: {step.when.source}"
+            self.resolve(index, held, StepDecision(step.id, Outcome.SKIP, reason, "when"))
+            return False
+        if self.enrollment.holdout:
+            reason = "cart is in the holdout group"
+            self.resolve(index, held, StepDecision(step.id, Outcome.HOLDOUT, reason, "holdout"))
+            return False
+        if self.enrollment.held_channel == str(step.channel):
+            self.resolve(
+                index,
+                held,
                 StepDecision(
                     step.id,
                     Outcome.HOLDOUT,
                     f"cart is in the {step.channel} holdout group",
                     CHANNEL_HOLDOUT_RULE,
-                )
+                ),
             )
-            history[step.id] = StepOutcome(skipped=True)
-            index += 1
-            continue
-        verdict = gate(step, tuple(sends))
+            return False
+        verdict = self.gate(step, tuple(self.sends))
         if isinstance(verdict, Defer):
-            decisions.append(StepDecision(step.id, Outcome.DEFER, verdict.reason, verdict.rule))
-            wake_at = verdict.until
-            break
+            note = (
+                f"{verdict.reason}; {step.id} is held until {_utc(verdict.until)}, "
+                "the steps after it on other channels keep their own time"
+            )
+            self.hold(index, held, Wait(verdict.until, verdict.rule, note))
+            return False
         if isinstance(verdict, Skip):
-            decisions.append(StepDecision(step.id, Outcome.SKIP, verdict.reason, verdict.rule))
-            history[step.id] = StepOutcome(skipped=True)
-            index += 1
-            continue
-        decisions.append(StepDecision(step.id, Outcome.SEND, f"{step.channel} step is due"))
+            self.resolve(
+                index, held, StepDecision(step.id, Outcome.SKIP, verdict.reason, verdict.rule)
+            )
+            return False
+        text = f"{step.channel} step is due" + (", released from its hold" if held else "")
         if verdict.until is not None:
-            send_before[step.id] = verdict.until
-        history[step.id] = StepOutcome(sent=True, queued_at=now)
-        sends.append(step)
-        index += 1
-        if index < len(flow.steps):
-            # One message per wake: the next step waits, keeping its distance from this one.
-            wake_at = due_at(flow, enrollment, history, index)
-        break
-
-    if index >= len(flow.steps):
-        done = replace(
-            enrollment,
-            step_index=index,
-            state=EnrollmentState.COMPLETED,
-            wake_at=None,
-            history=history,
+            self.send_before[step.id] = verdict.until
+        self.sends.append(step)
+        self.resolve(
+            index,
+            held,
+            StepDecision(step.id, Outcome.SEND, text),
+            StepOutcome(sent=True, queued_at=now),
         )
-        decisions.append(StepDecision(None, Outcome.COMPLETE, "all steps have run"))
-        return Advance(done, tuple(decisions), tuple(sends), send_before)
-    waiting = replace(enrollment, step_index=index, wake_at=wake_at, history=history)
-    return Advance(waiting, tuple(decisions), tuple(sends), send_before)
+        return True
+
+    def lets_go_first(self, step: Step) -> Wait | None:
+        """A released step yields to the next step on its turn, on another channel, due within
+        the spacing: that one keeps its own time, and the released one follows it."""
+        if self.cursor >= len(self.flow.steps):
+            return None
+        upcoming = self.flow.steps[self.cursor]
+        if upcoming.channel is step.channel:
+            return None
+        if upcoming.when is not None and step.id in upcoming.when.step_refs:
+            return None
+        due = self.cursor_time()
+        gap = spacing_between(self.flow, step, upcoming)
+        if due is None or not self.now < due < self.now + gap:
+            return None
+        return Wait(
+            due,
+            SPACING_RULE,
+            f"lets {upcoming.id}, due on its own time at {_utc(due)}, go first; {step.id} "
+            f"follows it by {format_duration(gap)}",
+        )
+
+    def hold(self, index: int, held: bool, wait: Wait) -> None:
+        step = self.flow.steps[index]
+        self.holds[step.id] = wait.until
+        if not held:
+            self.cursor += 1
+        reason = wait.reason
+        if wait.rule in (ORDER_RULE, READS_RULE, SPACING_RULE):
+            reason = f"{reason}; held until {_utc(wait.until)}"
+        self.decisions.append(StepDecision(step.id, Outcome.DEFER, reason, wait.rule))
+
+    def resolve(
+        self,
+        index: int,
+        held: bool,
+        decision: StepDecision,
+        outcome: StepOutcome | None = None,
+    ) -> None:
+        step = self.flow.steps[index]
+        self.decisions.append(decision)
+        self.history[step.id] = outcome if outcome is not None else StepOutcome(skipped=True)
+        if held:
+            del self.holds[step.id]
+            self.released.add(step.id)
+        else:
+            self.cursor += 1
+
+    def result(self) -> Advance:
+        changed = replace(
+            self.enrollment,
+            step_index=self.cursor,
+            history=self.history,
+            holds=self.holds,
+            released=frozenset(self.released),
+        )
+        if self.cursor >= len(self.flow.steps) and not self.holds:
+            done = replace(changed, state=EnrollmentState.COMPLETED, wake_at=None)
+            self.decisions.append(StepDecision(None, Outcome.COMPLETE, "all steps have run"))
+            return Advance(done, tuple(self.decisions), tuple(self.sends), self.send_before)
+        times = list(self.holds.values())
+        on_turn = self.cursor_time()
+        if on_turn is not None:
+            times.append(on_turn)
+        waiting = replace(changed, wake_at=min(times))
+        return Advance(waiting, tuple(self.decisions), tuple(self.sends), self.send_before)
+
+
+def hold_step(enrollment: Enrollment, step_id: str, until: datetime) -> Enrollment:
+    """The enrollment with step `step_id` held until `until` again, as if it had not gone:
+    for a message the timer decided but could not compose yet (a unique code not issued)."""
+    holds = {**enrollment.holds, step_id: until}
+    history = {key: value for key, value in enrollment.history.items() if key != step_id}
+    wake_at = until if enrollment.wake_at is None else min(enrollment.wake_at, until)
+    return replace(
+        enrollment,
+        state=EnrollmentState.ACTIVE,
+        holds=holds,
+        history=history,
+        wake_at=wake_at,
+    )
 
 
 _EXIT_TEXT = {

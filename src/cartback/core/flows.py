@@ -45,6 +45,10 @@ MIN_GRACE = timedelta(minutes=1)
 # A condition on an earlier step's opens, clicks or deliveries planned less than this before
 # its own step is warned about: the shopper has had little time to act.
 DEFAULT_MIN_CONDITION_GAP = timedelta(hours=1)
+# Two messages to one shopper that a hold brings together are kept this far apart (`spacing`);
+# a flow may not go below a minute: two messages never go out in the same minute.
+DEFAULT_SPACING = timedelta(minutes=30)
+MIN_SPACING = timedelta(minutes=1)
 
 _FLOW_KEYS = (
     "name",
@@ -55,6 +59,7 @@ _FLOW_KEYS = (
     "holdout",
     "channel_holdout",
     "grace",
+    "spacing",
     "variants",
     "discount_exclusions",
     "steps",
@@ -191,6 +196,8 @@ class Flow:
     grace: timedelta | None = None
     channel_holdout: ChannelHoldout | None = None
     exclusions: ProductExclusions = field(default=NO_EXCLUSIONS, compare=False)
+    # The least time between two messages of one enrollment (see core.engine.spacing_between).
+    spacing: timedelta = DEFAULT_SPACING
     # Problems that do not stop the flow from running (printed by `flows check`).
     warnings: tuple[FlowIssue, ...] = field(default=(), compare=False)
 
@@ -503,6 +510,7 @@ class _Parser:
         holdout = self.holdout(data)
         channel_holdout = self.channel_holdout(data)
         grace = self.grace(data)
+        spacing = self.spacing(data)
         variants = self.variants(data)
         raw_steps = self.step_list(data)
         step_ids = [
@@ -536,6 +544,7 @@ class _Parser:
             grace=grace,
             channel_holdout=channel_holdout,
             exclusions=exclusions,
+            spacing=spacing,
         )
 
     def exclusions(self, data: Mapping[str, object]) -> ProductExclusions:
@@ -587,6 +596,19 @@ class _Parser:
             )
             return None
         return grace
+
+    def spacing(self, data: Mapping[str, object]) -> timedelta:
+        spacing = self.duration(data, (), "spacing")
+        if spacing is None:
+            return DEFAULT_SPACING
+        if spacing < MIN_SPACING:
+            self.issue(
+                ("spacing",),
+                f"{format_duration(spacing)} is too short: two messages to one shopper are "
+                f"kept at least {format_duration(MIN_SPACING)} apart",
+            )
+            return DEFAULT_SPACING
+        return spacing
 
     def channel_holdout(self, data: Mapping[str, object]) -> ChannelHoldout | None:
         if "channel_holdout" not in data:

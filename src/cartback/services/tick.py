@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from cartback.core.consent import erased_view
-from cartback.core.engine import LATE_RULE, Advance, Outcome, advance
+from cartback.core.engine import LATE_RULE, Advance, Outcome, advance, hold_step
 from cartback.core.flows import Flow, Step
 from cartback.core.model import (
     Cart,
@@ -48,7 +48,13 @@ from cartback.services.flows import FlowRegistry, UnknownFlow
 from cartback.services.gates import policy_gate
 from cartback.store import tables as t
 from cartback.store.db import is_sqlite
-from cartback.store.rows import cart_from_row, contact_from_row, enrollment_from_row, store_from_row
+from cartback.store.rows import (
+    cart_from_row,
+    contact_from_row,
+    enrollment_from_row,
+    holds_to_json,
+    store_from_row,
+)
 
 log = logging.getLogger("cartback.timer")
 
@@ -331,8 +337,8 @@ def _advance_one(
 ) -> tuple[Advance, Flow]:
     # An unknown flow version (UnknownFlow) fails this enrollment alone: retried, then parked.
     flow = registry.get(enrollment.flow_name, enrollment.flow_version, conn)
-    # Earlier steps with no message were skipped; conditions may ask about that.
-    earlier = flow.steps[: enrollment.step_index]
+    # Earlier steps with no message, and not held, were skipped; conditions may ask about that.
+    earlier = [s for s in flow.steps[: enrollment.step_index] if s.id not in enrollment.holds]
     if any(step.id not in enrollment.history for step in earlier):
         history = dict(enrollment.history)
         for step in earlier:
@@ -440,13 +446,8 @@ def _collect(
                 if rule == PENDING_RULE:
                     outcome, rule, reason = _pending(conn, flow, enrollment, step, reason)
                 if outcome is Outcome.DEFER:
-                    # Back on this step, woken again once the issuer loop has had its turn.
-                    enrollment = replace(
-                        enrollment,
-                        step_index=flow.steps.index(step),
-                        state=EnrollmentState.ACTIVE,
-                        wake_at=now + unique_codes.PENDING_WAIT,
-                    )
+                    # The step is held again, tried once the issuer loop has had its turn.
+                    enrollment = hold_step(enrollment, step.id, now + unique_codes.PENDING_WAIT)
                     stats.deferred += 1
                     waiting = True
                 else:
@@ -490,6 +491,7 @@ def _collect(
             "state": str(enrollment.state),
             "wake_at": enrollment.wake_at,
             "exit_reason": enrollment.exit_reason,
+            "holds": holds_to_json(enrollment),
             "updated_at": now,
         }
     )
@@ -679,6 +681,7 @@ def _write(
                 state=bindparam("state"),
                 wake_at=bindparam("wake_at"),
                 exit_reason=bindparam("exit_reason"),
+                holds=bindparam("holds"),
                 updated_at=bindparam("updated_at"),
             ),
             updates,

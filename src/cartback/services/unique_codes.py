@@ -2,24 +2,27 @@
 
 The timer composes messages inside its transaction, where no network call may happen, so it
 never calls a shop. Instead the worker's issuer loop looks a little ahead: for each active
-enrollment whose next step asks for a unique code and is due within `LEAD`, it asks the shop's
-API for a code with no transaction open, then stores it for the cart in a short one. At compose
-time the timer only reads the stored code (`stored_code`); when none is there yet the step is
-deferred by `PENDING_WAIT`, up to `PENDING_LIMIT` times, then skipped (`services/tick.py`).
+enrollment whose next step (or a held one) asks for a unique code and is due within `LEAD`, it
+asks the shop's API for a code with no transaction open, then stores it for the cart in a short
+one. At compose time the timer only reads the stored code (`stored_code`); when none is there
+yet the step is held for `PENDING_WAIT`, up to `PENDING_LIMIT` times, then skipped
+(`services/tick.py`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, select
 
-from cartback.core.model import EnrollmentState
+from cartback.core.flows import Discount, Step
+from cartback.core.model import Cart, EnrollmentState
 from cartback.ports import DiscountIssuer
 from cartback.services import shops as shop_service
 from cartback.services.compose import PENDING_RULE, UNIQUE_POOL
@@ -103,7 +106,7 @@ def wanted(
     in stores that can issue one."""
     e, c, d, s = t.enrollments.c, t.carts.c, t.discount_codes.c, t.shop_connections.c
     rows = conn.execute(
-        select(t.carts, e.flow_name, e.flow_version, e.step_index, e.wake_at)
+        select(t.carts, e.flow_name, e.flow_version, e.step_index, e.holds, e.wake_at)
         .join(t.enrollments, e.cart_id == c.id)
         .join(
             t.shop_connections,
@@ -136,9 +139,8 @@ def wanted(
             cart = cart_from_row(row)
         except (UnknownFlow, ValueError, KeyError):
             continue  # the timer names and parks such an enrollment
-        index = row["step_index"]
-        spec = steps[index].discount if 0 <= index < len(steps) else None
-        if spec is None or not spec.unique or not spec.offered_for(cart):
+        spec = _unique_wanted(steps, row["step_index"], row["holds"], cart)
+        if spec is None:
             continue
         expires = now + spec.expires_after if spec.expires_after is not None else None
         carts.add(cart.id)
@@ -154,6 +156,21 @@ def wanted(
             )
         )
     return found
+
+
+def _unique_wanted(
+    steps: Sequence[Step], index: int, holds: Mapping[str, Any] | None, cart: Cart
+) -> Discount | None:
+    """The unique discount the cart's next steps ask for: the step on its turn, or a held one."""
+    held = dict((holds or {}).get("held") or {})
+    waiting = [step for step in steps if step.id in held]
+    if 0 <= index < len(steps):
+        waiting.insert(0, steps[index])
+    for step in waiting:
+        spec = step.discount
+        if spec is not None and spec.unique and spec.offered_for(cart):
+            return spec
+    return None
 
 
 def issue_due(
