@@ -9,13 +9,14 @@ from decimal import Decimal
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from cartback.core.events import CheckoutUpdated, ConsentFlags, ContactInfo
 from cartback.core.model import CartLine
 from cartback.services.ingest import ingest
 from cartback.services.tick import tick
 from cartback.store import tables as t
+from tests.support.events import checkout
 from tests.support.world import World
 
 EASTERN = ZoneInfo("America/New_York")
@@ -155,3 +156,35 @@ def test_a_released_sms_lets_email1_due_ten_minutes_later_go_first(world: World)
     assert rules == ["us.quiet_hours", "flow.spacing", "flow.spacing"]
     times = sorted(sent.values())
     assert all(later - earlier >= timedelta(minutes=30) for earlier, later in pairwise(times))
+
+
+def test_two_carts_of_one_shopper_never_message_them_within_the_spacing(world: World) -> None:
+    flow = world.app.registry.current("default")
+    with world.app.engine.begin() as conn:
+        ingest(
+            conn, world.store, flow, [checkout("a", world.now), checkout("b", world.now)], world.now
+        )
+    e = t.enrollments.c
+    for _ in range(200):
+        with world.app.engine.connect() as conn:
+            wake_at = conn.execute(select(func.min(e.wake_at))).scalar_one()
+        if wake_at is None:
+            break
+        world.clock.set(max(wake_at, world.now))
+        tick(world.app.engine, world.app.registry, world.now)
+    else:
+        raise AssertionError("the enrollments never finished")
+    with world.app.engine.connect() as conn:
+        times = sorted(conn.execute(select(t.outbox.c.created_at)).scalars())
+        spaced = (
+            conn.execute(
+                select(t.decisions.c.reason).where(t.decisions.c.rule == "shopper.spacing")
+            )
+            .scalars()
+            .all()
+        )
+    # Both carts got their emails, and no two messages reached the shopper within 30 minutes.
+    assert len(times) >= 6
+    assert all(later - earlier >= timedelta(minutes=30) for earlier, later in pairwise(times))
+    # At 1h10m both carts' email1 were due: the second waited for the first.
+    assert spaced and all("another cart of this shopper" in reason for reason in spaced)

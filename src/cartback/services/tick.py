@@ -361,6 +361,7 @@ def _advance_one(
         recent=context.recent[contact.id],
         store_policy=store_policy(store.policy, store.default_zone),
         now=now,
+        spacing=flow.spacing,
     )
     return advance(flow, enrollment, cart, contact, now, opted_out=opted_out, gate=gate), flow
 
