@@ -12,7 +12,7 @@ from datetime import datetime
 from cartback.core.consent import ConsentEvent, ConsentSource, fold
 from cartback.core.engine import Outcome, advance, may_enroll, plan_enrollment
 from cartback.core.events import CartEmptied, CheckoutUpdated, OrderPlaced, ShopEvent
-from cartback.core.flows import Flow
+from cartback.core.flows import Flow, with_exclusions
 from cartback.core.model import (
     Cart,
     CartStatus,
@@ -26,7 +26,7 @@ from cartback.core.model import (
     format_duration,
 )
 from cartback.core.policy import SentRecord
-from cartback.core.storepolicy import store_policy
+from cartback.core.storepolicy import store_exclusions, store_policy
 from cartback.services.compose import UNIQUE_POOL, ComposeError, compose
 from cartback.services.gates import policy_gate
 
@@ -51,6 +51,7 @@ class TimelineEntry:
 def timeline(
     flow: Flow, store: Store, events: Sequence[ShopEvent], *, base_url: str = ""
 ) -> list[TimelineEntry]:
+    flow = with_exclusions(flow, store_exclusions(store.policy))
     checkouts = [event for event in events if isinstance(event, CheckoutUpdated)]
     if not checkouts:
         raise ValueError("the events need at least one checkout.updated")

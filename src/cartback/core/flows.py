@@ -296,6 +296,21 @@ def condition_timing(
     return errors, warnings
 
 
+def with_exclusions(flow: Flow, extra: ProductExclusions) -> Flow:
+    """The flow with a store's `discount_exclusions` added to its own, in its conditions' facts
+    and in every discount."""
+    if extra == NO_EXCLUSIONS:
+        return flow
+    merged = flow.exclusions.union(extra)
+    steps = tuple(
+        replace(step, discount=replace(step.discount, exclusions=merged))
+        if step.discount is not None
+        else step
+        for step in flow.steps
+    )
+    return replace(flow, exclusions=merged, steps=steps)
+
+
 def load_flow(
     path: str | Path, *, min_condition_gap: timedelta = DEFAULT_MIN_CONDITION_GAP
 ) -> Flow:

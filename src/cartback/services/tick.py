@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cartback.core.consent import erased_view
 from cartback.core.engine import LATE_RULE, Advance, Outcome, advance, hold_step
-from cartback.core.flows import Flow, Step
+from cartback.core.flows import Flow, Step, with_exclusions
 from cartback.core.model import (
     Cart,
     Channel,
@@ -37,7 +37,7 @@ from cartback.core.model import (
     format_duration,
 )
 from cartback.core.policy import SentRecord
-from cartback.core.storepolicy import store_policy
+from cartback.core.storepolicy import store_exclusions, store_policy
 from cartback.services import outbound, unique_codes
 from cartback.services.compose import PENDING_RULE, UNIQUE_POOL, ComposeError, compose
 from cartback.services.consent import LazyViews
@@ -353,6 +353,7 @@ def _advance_one(
     if contact is None:
         return advance(flow, enrollment, cart, contact, now, opted_out=opted_out), flow
     store = context.store(enrollment.store_id)
+    flow = with_exclusions(flow, store_exclusions(store.policy))
     gate = policy_gate(
         cart,
         contact,
