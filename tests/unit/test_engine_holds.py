@@ -4,6 +4,7 @@ and messages brought together by a hold are spaced."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time, timedelta
@@ -401,3 +402,55 @@ def test_a_step_held_again_after_it_was_decided_makes_the_enrollment_wait() -> N
     retried = advance(flow, again, CART, CONTACT, until)
     assert [step.id for step in retried.sends] == ["email2"]
     assert retried.finished
+
+
+# ---- invariants under arbitrary holds --------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_under_random_holds_every_step_is_decided_once_in_a_kept_order(seed: int) -> None:
+    """Gates that defer random steps to random times: the timer never goes back in time, queues
+    at most one message per wake, decides every step exactly once, keeps each channel's order,
+    never reads a step before it went, and spaces what a hold brought together."""
+    rng = random.Random(seed)
+    deferrals: dict[str, list[timedelta]] = {
+        step.id: [timedelta(minutes=rng.choice([5, 30, 50, 120, 600])) for _ in range(2)]
+        for step in DEFAULT_LIKE.steps
+        if rng.random() < 0.5
+    }
+
+    def gates(now: datetime) -> SendGate:
+        def gate(step: Step, _planned: tuple[Step, ...]) -> GateResult:
+            waits = deferrals.get(step.id)
+            if waits:
+                return Defer(now + waits.pop(), "test.hold", "held by the test")
+            return Allow()
+
+        return gate
+
+    events, final = follow(DEFAULT_LIKE, gates)
+    assert final.state is EnrollmentState.COMPLETED and final.holds == {}
+    wakes = [event.at for event in events]
+    assert wakes == sorted(wakes)
+    sends = sent(events)
+    assert len({at for _, at in sends}) == len(sends)  # one message per wake
+    final_outcomes = [
+        e.decision.step_id
+        for e in events
+        if e.decision.outcome in (Outcome.SEND, Outcome.SKIP, Outcome.HOLDOUT)
+    ]
+    assert sorted(final_outcomes) == sorted(step.id for step in DEFAULT_LIKE.steps)
+    times = dict(sends)
+    steps = {step.id: step for step in DEFAULT_LIKE.steps}
+    for channel in Channel:
+        mine = [s for s, _ in sends if s is not None and steps[s].channel is channel]
+        assert mine == sorted(mine, key=DEFAULT_LIKE.index_of)
+    # sms2 reads email1.opened, sms3 reads email2.clicked: each keeps its planned distance.
+    for reader, read in (("sms2", "email1"), ("sms3", "email2")):
+        if reader in times and read in times:
+            assert times[reader] - times[read] >= steps[reader].at - steps[read].at
+    ordered = sorted(sends, key=lambda item: item[1])
+    for (a, at_a), (b, at_b) in pairwise(ordered):
+        assert a is not None and b is not None
+        planned = abs(steps[a].at - steps[b].at)
+        assert at_b - at_a >= min(DEFAULT_SPACING, planned)
