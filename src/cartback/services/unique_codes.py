@@ -21,8 +21,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, select
 
-from cartback.core.flows import Discount, Step
+from cartback.core.flows import Discount, Step, with_exclusions
 from cartback.core.model import Cart, EnrollmentState
+from cartback.core.storepolicy import store_exclusions
 from cartback.ports import DiscountIssuer
 from cartback.services import shops as shop_service
 from cartback.services.compose import PENDING_RULE, UNIQUE_POOL
@@ -106,8 +107,17 @@ def wanted(
     in stores that can issue one."""
     e, c, d, s = t.enrollments.c, t.carts.c, t.discount_codes.c, t.shop_connections.c
     rows = conn.execute(
-        select(t.carts, e.flow_name, e.flow_version, e.step_index, e.holds, e.wake_at)
+        select(
+            t.carts,
+            e.flow_name,
+            e.flow_version,
+            e.step_index,
+            e.holds,
+            e.wake_at,
+            t.stores.c.policy.label("store_policy"),
+        )
         .join(t.enrollments, e.cart_id == c.id)
+        .join(t.stores, t.stores.c.id == e.store_id)
         .join(
             t.shop_connections,
             and_(
@@ -135,7 +145,8 @@ def wanted(
         if row["id"] in carts:
             continue
         try:
-            steps = registry.get(row["flow_name"], row["flow_version"], conn).steps
+            flow = registry.get(row["flow_name"], row["flow_version"], conn)
+            steps = with_exclusions(flow, store_exclusions(row["store_policy"])).steps
             cart = cart_from_row(row)
         except (UnknownFlow, ValueError, KeyError):
             continue  # the timer names and parks such an enrollment
