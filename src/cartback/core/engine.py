@@ -92,6 +92,7 @@ CHANNEL_HOLDOUT_RULE = "channel_holdout"
 ORDER_RULE = "flow.order"
 READS_RULE = "flow.reads"
 SPACING_RULE = "flow.spacing"
+_PRECEDENCE = {SPACING_RULE: 0, READS_RULE: 1, ORDER_RULE: 2}
 
 
 def bucket(*parts: str) -> Decimal:
@@ -237,66 +238,82 @@ def not_before(flow: Flow, index: int, history: Mapping[str, StepOutcome]) -> Wa
     queued: its planned distance from the previous message on its channel, its planned distance
     from each step whose opens, clicks or deliveries its condition reads, and the spacing from
     every message of the enrollment. None when nothing was queued."""
+    latest = _not_before(flow, index, history)
+    return None if latest is None else _wait(flow, flow.steps[index], latest, history)
+
+
+# (until, rule, the step it waits after, the field its condition reads): the reason is written
+# only for a step that must wait, since formatting it costs more than finding it.
+_Latest = tuple[datetime, str, Step, str]
+
+
+def _wait(flow: Flow, step: Step, latest: _Latest, history: Mapping[str, StepOutcome]) -> Wait:
+    until, rule, other, field_name = latest
+    return Wait(until, rule, _why_not_before(flow, step, other, rule, field_name, history))
+
+
+def _not_before(flow: Flow, index: int, history: Mapping[str, StepOutcome]) -> _Latest | None:
     step = flow.steps[index]
-    waits: list[Wait] = []
+    latest: _Latest | None = None
 
-    def queued(other: Step) -> datetime | None:
+    def consider(until: datetime, rule: str, other: Step, field_name: str = "") -> None:
+        nonlocal latest
+        # On a tie the reason names the order or the read, which say more than the spacing.
+        if latest is None or (until, _PRECEDENCE[rule]) > (latest[0], _PRECEDENCE[latest[1]]):
+            latest = (until, rule, other, field_name)
+
+    same_found = False
+    for other in reversed(flow.steps[:index]):
         outcome = history.get(other.id)
-        return outcome.queued_at if outcome is not None else None
-
-    same = next(
-        (
-            s
-            for s in reversed(flow.steps[:index])
-            if s.channel is step.channel and queued(s) is not None
-        ),
-        None,
-    )
-    if same is not None:
-        at = queued(same)
-        assert at is not None
-        gap = step.at - same.at
-        waits.append(
-            Wait(
-                at + gap,
-                ORDER_RULE,
-                f"keeps its {format_duration(gap)} after {same.id}, the previous {step.channel} "
-                f"step, which went at {_utc(at)}",
-            )
-        )
-    if step.when is not None:
-        for read_id, field_name in sorted(step.when.step_reads):
-            if field_name not in ENGAGEMENT_FIELDS:
-                continue
-            read = flow.step(read_id)
-            at = queued(read)
-            if at is None:
-                continue
-            gap = max(step.at - read.at, timedelta(0))
-            waits.append(
-                Wait(
-                    at + gap,
-                    READS_RULE,
-                    f"its condition reads {read_id}.{field_name}, planned "
-                    f"{format_duration(gap)} after {read_id}, which went at {_utc(at)}",
-                )
-            )
-    for other in flow.steps:
-        at = queued(other)
-        if other is step or at is None:
+        at = outcome.queued_at if outcome is not None else None
+        if at is None:
             continue
-        gap = spacing_between(flow, step, other)
-        waits.append(
-            Wait(
-                at + gap,
-                SPACING_RULE,
-                f"spaced {format_duration(gap)} after {other.id}, which went at {_utc(at)}: "
-                "two messages to one shopper never go out together",
-            )
+        if not same_found and other.channel is step.channel:
+            same_found = True
+            consider(at + (step.at - other.at), ORDER_RULE, other)
+        consider(at + spacing_between(flow, step, other), SPACING_RULE, other)
+    for other in flow.steps[index + 1 :]:
+        outcome = history.get(other.id)
+        if outcome is not None and outcome.queued_at is not None:
+            consider(outcome.queued_at + spacing_between(flow, step, other), SPACING_RULE, other)
+    if step.when is not None:
+        for read_id, field_name in step.when.step_reads:
+            outcome = history.get(read_id)
+            if field_name in ENGAGEMENT_FIELDS and outcome is not None and outcome.queued_at:
+                read = flow.step(read_id)
+                gap = max(step.at - read.at, timedelta(0))
+                consider(outcome.queued_at + gap, READS_RULE, read, field_name)
+    return latest
+
+
+def _why_not_before(
+    flow: Flow,
+    step: Step,
+    other: Step,
+    rule: str,
+    field_name: str,
+    history: Mapping[str, StepOutcome],
+) -> str:
+    at = history[other.id].queued_at
+    assert at is not None
+    went = f"which went at {_utc(at)}"
+    if rule == ORDER_RULE:
+        gap = step.at - other.at
+        return (
+            f"keeps its {format_duration(gap)} after {other.id}, the previous {step.channel} "
+            f"step, {went}"
         )
-    if not waits:
-        return None
-    return max(waits, key=lambda wait: wait.until)
+    if rule == READS_RULE:
+        gap = max(step.at - other.at, timedelta(0))
+        return (
+            f"its condition reads {other.id}.{field_name}, planned {format_duration(gap)} "
+            f"after {other.id}, {went}"
+        )
+    gap = spacing_between(flow, step, other)
+    return (
+        f"spaced {format_duration(gap)} after {other.id}, {went}: two messages to one shopper "
+        "never go out together"
+    )
 
 
 def _utc(at: datetime) -> str:
@@ -425,12 +442,12 @@ class _Walk:
             return False
         held_out = self.enrollment.holdout or self.enrollment.held_channel == str(step.channel)
         if not held_out:
-            wait = not_before(flow, index, self.history)
-            if wait is not None and wait.until > now:
-                self.hold(index, held, wait)
+            latest = _not_before(flow, index, self.history)
+            if latest is not None and latest[0] > now:
+                self.hold(index, held, _wait(flow, step, latest, self.history))
                 return False
-            if wait is not None:
-                due = max(due, wait.until)
+            if latest is not None:
+                due = max(due, latest[0])
             ahead = self.lets_go_first(step) if held else None
             if ahead is not None:
                 self.hold(index, held, ahead)
@@ -546,23 +563,26 @@ class _Walk:
             self.cursor += 1
 
     def result(self) -> Advance:
+        state, wake_at = EnrollmentState.ACTIVE, None
+        if self.cursor >= len(self.flow.steps) and not self.holds:
+            state = EnrollmentState.COMPLETED
+            self.decisions.append(StepDecision(None, Outcome.COMPLETE, "all steps have run"))
+        else:
+            times = list(self.holds.values())
+            on_turn = self.cursor_time()
+            if on_turn is not None:
+                times.append(on_turn)
+            wake_at = min(times)
         changed = replace(
             self.enrollment,
             step_index=self.cursor,
+            state=state,
+            wake_at=wake_at,
             history=self.history,
             holds=self.holds,
             released=frozenset(self.released),
         )
-        if self.cursor >= len(self.flow.steps) and not self.holds:
-            done = replace(changed, state=EnrollmentState.COMPLETED, wake_at=None)
-            self.decisions.append(StepDecision(None, Outcome.COMPLETE, "all steps have run"))
-            return Advance(done, tuple(self.decisions), tuple(self.sends), self.send_before)
-        times = list(self.holds.values())
-        on_turn = self.cursor_time()
-        if on_turn is not None:
-            times.append(on_turn)
-        waiting = replace(changed, wake_at=min(times))
-        return Advance(waiting, tuple(self.decisions), tuple(self.sends), self.send_before)
+        return Advance(changed, tuple(self.decisions), tuple(self.sends), self.send_before)
 
 
 def hold_step(enrollment: Enrollment, step_id: str, until: datetime) -> Enrollment:
