@@ -6,14 +6,14 @@ Pure: the caller passes the flow, the cart, the contact, the step history, a sen
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from cartback.core.conditions import ENGAGEMENT_FIELDS, build_facts
-from cartback.core.flows import MIN_GRACE, Flow, Step
+from cartback.core.conditions import build_facts
+from cartback.core.flows import Flow, Step
 from cartback.core.model import (
     Cart,
     CartStatus,
@@ -24,6 +24,22 @@ from cartback.core.model import (
     format_duration,
 )
 from cartback.core.policy import Allow, Defer, Skip
+from cartback.core.timing import (
+    MAX_GRACE,
+    ORDER_RULE,
+    READS_RULE,
+    SPACING_RULE,
+    Wait,
+    blocker,
+    due_at,
+    grace_for,
+    latest_wait,
+    not_before,
+    sequence_time,
+    spacing_between,
+    utc_text,
+    wait_for,
+)
 
 
 class Outcome(StrEnum):
@@ -37,14 +53,28 @@ class Outcome(StrEnum):
     ERROR = "error"
 
 
-# A step this much past its due time is skipped, not sent: a catch-up after downtime must not
-# deliver a whole sequence at once. The default grace is the gap to the next step, within these.
-MAX_GRACE = timedelta(hours=6)
+# A step more than its grace past its due time is skipped with this rule (core.timing.grace_for).
 LATE_RULE = "timer.late"
 
 
 GateResult = Allow | Defer | Skip
-__all__ = ["Allow", "Defer", "GateResult", "SendGate", "Skip"]
+__all__ = [
+    "MAX_GRACE",
+    "ORDER_RULE",
+    "READS_RULE",
+    "SPACING_RULE",
+    "Allow",
+    "Defer",
+    "GateResult",
+    "SendGate",
+    "Skip",
+    "Wait",
+    "blocker",
+    "due_at",
+    "grace_for",
+    "not_before",
+    "spacing_between",
+]
 # Decides, at send time, whether one step may go out now. `planned` are the steps this same
 # evaluation already decided to send, so cooldowns and caps can count them.
 SendGate = Callable[[Step, tuple[Step, ...]], GateResult]
@@ -88,11 +118,6 @@ class EnrollmentPlan:
 
 
 CHANNEL_HOLDOUT_RULE = "channel_holdout"
-# Why a step whose time has come still waits (see `blocker` and `not_before`).
-ORDER_RULE = "flow.order"
-READS_RULE = "flow.reads"
-SPACING_RULE = "flow.spacing"
-_PRECEDENCE = {SPACING_RULE: 0, READS_RULE: 1, ORDER_RULE: 2}
 
 
 def bucket(*parts: str) -> Decimal:
@@ -161,165 +186,6 @@ def exit_reason(flow: Flow, cart: Cart, contact: Contact | None, *, opted_out: b
     return None
 
 
-def grace_for(flow: Flow, index: int) -> timedelta:
-    """How long after its due time step `index` may still run: the flow's `grace`, else the gap
-    to the next step with a later offset, capped at MAX_GRACE (the last step: MAX_GRACE), and
-    never under MIN_GRACE."""
-    if flow.grace is not None:
-        return flow.grace
-    step = flow.steps[index]
-    for later in flow.steps[index + 1 :]:
-        if later.at > step.at:
-            return max(MIN_GRACE, min(later.at - step.at, MAX_GRACE))
-    return MAX_GRACE
-
-
-def due_at(
-    flow: Flow, enrollment: Enrollment, history: Mapping[str, StepOutcome], index: int
-) -> datetime:
-    """When step `index` is due on its turn: its offset from abandonment, or from the last
-    message that went out on its turn if that is later (after a late message the sequence
-    keeps its rhythm). A message that went out of a hold does not count: a hold moves its own
-    step (and, through `not_before`, its channel and its readers), not the whole sequence."""
-    return _sequence_time(flow, enrollment.abandoned_at, history, enrollment.released, index)
-
-
-def _sequence_time(
-    flow: Flow,
-    abandoned_at: datetime,
-    history: Mapping[str, StepOutcome],
-    released: Collection[str],
-    index: int,
-) -> datetime:
-    step = flow.steps[index]
-    due = abandoned_at + step.at
-    for earlier in reversed(flow.steps[:index]):
-        if earlier.id in released:
-            continue
-        queued_at = history[earlier.id].queued_at if earlier.id in history else None
-        if queued_at is not None:
-            return max(due, queued_at + (step.at - earlier.at))
-    return due
-
-
-def spacing_between(flow: Flow, step: Step, other: Step) -> timedelta:
-    """The least time between the messages of two steps: the flow's `spacing`, or their
-    planned distance when the flow itself plans them closer than that. Two steps planned at
-    the same offset are spaced too: they are never sent together."""
-    planned = abs(step.at - other.at)
-    return flow.spacing if planned == timedelta(0) else min(flow.spacing, planned)
-
-
-@dataclass(frozen=True, slots=True)
-class Wait:
-    """Why a step whose time has come must still wait, and until when."""
-
-    until: datetime
-    rule: str
-    reason: str
-
-
-def blocker(flow: Flow, index: int, holds: Mapping[str, datetime]) -> tuple[Step, str] | None:
-    """A held step that step `index` must wait for, with the rule: the step before it on its
-    own channel (messages on one channel keep their order), or a step its condition reads (a
-    condition never reads a step that has not been decided)."""
-    step = flow.steps[index]
-    same = next((s for s in reversed(flow.steps[:index]) if s.channel is step.channel), None)
-    if same is not None and same.id in holds:
-        return same, ORDER_RULE
-    for read_id in sorted(step.when.step_refs) if step.when is not None else ():
-        if read_id in holds:
-            return flow.step(read_id), READS_RULE
-    return None
-
-
-def not_before(flow: Flow, index: int, history: Mapping[str, StepOutcome]) -> Wait | None:
-    """The latest of the times that step `index` may not go before, given the messages already
-    queued: its planned distance from the previous message on its channel, its planned distance
-    from each step whose opens, clicks or deliveries its condition reads, and the spacing from
-    every message of the enrollment. None when nothing was queued."""
-    latest = _not_before(flow, index, history)
-    return None if latest is None else _wait(flow, flow.steps[index], latest, history)
-
-
-# (until, rule, the step it waits after, the field its condition reads): the reason is written
-# only for a step that must wait, since formatting it costs more than finding it.
-_Latest = tuple[datetime, str, Step, str]
-
-
-def _wait(flow: Flow, step: Step, latest: _Latest, history: Mapping[str, StepOutcome]) -> Wait:
-    until, rule, other, field_name = latest
-    return Wait(until, rule, _why_not_before(flow, step, other, rule, field_name, history))
-
-
-def _not_before(flow: Flow, index: int, history: Mapping[str, StepOutcome]) -> _Latest | None:
-    step = flow.steps[index]
-    latest: _Latest | None = None
-
-    def consider(until: datetime, rule: str, other: Step, field_name: str = "") -> None:
-        nonlocal latest
-        # On a tie the reason names the order or the read, which say more than the spacing.
-        if latest is None or (until, _PRECEDENCE[rule]) > (latest[0], _PRECEDENCE[latest[1]]):
-            latest = (until, rule, other, field_name)
-
-    same_found = False
-    for other in reversed(flow.steps[:index]):
-        outcome = history.get(other.id)
-        at = outcome.queued_at if outcome is not None else None
-        if at is None:
-            continue
-        if not same_found and other.channel is step.channel:
-            same_found = True
-            consider(at + (step.at - other.at), ORDER_RULE, other)
-        consider(at + spacing_between(flow, step, other), SPACING_RULE, other)
-    for other in flow.steps[index + 1 :]:
-        outcome = history.get(other.id)
-        if outcome is not None and outcome.queued_at is not None:
-            consider(outcome.queued_at + spacing_between(flow, step, other), SPACING_RULE, other)
-    if step.when is not None:
-        for read_id, field_name in step.when.step_reads:
-            outcome = history.get(read_id)
-            if field_name in ENGAGEMENT_FIELDS and outcome is not None and outcome.queued_at:
-                read = flow.step(read_id)
-                gap = max(step.at - read.at, timedelta(0))
-                consider(outcome.queued_at + gap, READS_RULE, read, field_name)
-    return latest
-
-
-def _why_not_before(
-    flow: Flow,
-    step: Step,
-    other: Step,
-    rule: str,
-    field_name: str,
-    history: Mapping[str, StepOutcome],
-) -> str:
-    at = history[other.id].queued_at
-    assert at is not None
-    went = f"which went at {_utc(at)}"
-    if rule == ORDER_RULE:
-        gap = step.at - other.at
-        return (
-            f"keeps its {format_duration(gap)} after {other.id}, the previous {step.channel} "
-            f"step, {went}"
-        )
-    if rule == READS_RULE:
-        gap = max(step.at - other.at, timedelta(0))
-        return (
-            f"its condition reads {other.id}.{field_name}, planned {format_duration(gap)} "
-            f"after {other.id}, {went}"
-        )
-    gap = spacing_between(flow, step, other)
-    return (
-        f"spaced {format_duration(gap)} after {other.id}, {went}: two messages to one shopper "
-        "never go out together"
-    )
-
-
-def _utc(at: datetime) -> str:
-    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
-
-
 def advance(
     flow: Flow,
     enrollment: Enrollment,
@@ -384,7 +250,7 @@ class _Walk:
         """When the next step on its turn is due; None once every step had its turn."""
         if self.cursor >= len(self.flow.steps):
             return None
-        due = _sequence_time(
+        due = sequence_time(
             self.flow, self.enrollment.abandoned_at, self.history, self.released, self.cursor
         )
         wake_at = self.enrollment.wake_at
@@ -442,9 +308,9 @@ class _Walk:
             return False
         held_out = self.enrollment.holdout or self.enrollment.held_channel == str(step.channel)
         if not held_out:
-            latest = _not_before(flow, index, self.history)
+            latest = latest_wait(flow, index, self.history)
             if latest is not None and latest[0] > now:
-                self.hold(index, held, _wait(flow, step, latest, self.history))
+                self.hold(index, held, wait_for(flow, step, latest, self.history))
                 return False
             if latest is not None:
                 due = max(due, latest[0])
@@ -493,7 +359,7 @@ class _Walk:
         verdict = self.gate(step, tuple(self.sends))
         if isinstance(verdict, Defer):
             note = (
-                f"{verdict.reason}; {step.id} is held until {_utc(verdict.until)}, "
+                f"{verdict.reason}; {step.id} is held until {utc_text(verdict.until)}, "
                 "the steps after it on other channels keep their own time"
             )
             self.hold(index, held, Wait(verdict.until, verdict.rule, note))
@@ -532,7 +398,7 @@ class _Walk:
         return Wait(
             due,
             SPACING_RULE,
-            f"lets {upcoming.id}, due on its own time at {_utc(due)}, go first; {step.id} "
+            f"lets {upcoming.id}, due on its own time at {utc_text(due)}, go first; {step.id} "
             f"follows it by {format_duration(gap)}",
         )
 
@@ -543,7 +409,7 @@ class _Walk:
             self.cursor += 1
         reason = wait.reason
         if wait.rule in (ORDER_RULE, READS_RULE, SPACING_RULE):
-            reason = f"{reason}; held until {_utc(wait.until)}"
+            reason = f"{reason}; held until {utc_text(wait.until)}"
         self.decisions.append(StepDecision(step.id, Outcome.DEFER, reason, wait.rule))
 
     def resolve(

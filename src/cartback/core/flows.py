@@ -192,11 +192,11 @@ class Flow:
     variants: tuple[Variant, ...]
     steps: tuple[Step, ...]
     source: str
-    # How late a step may still run (see core.engine.grace_for); None: the gap to the next step.
+    # How late a step may still run (see core.timing.grace_for); None: the gap to the next step.
     grace: timedelta | None = None
     channel_holdout: ChannelHoldout | None = None
     exclusions: ProductExclusions = field(default=NO_EXCLUSIONS, compare=False)
-    # The least time between two messages of one enrollment (see core.engine.spacing_between).
+    # The least time between two messages of one enrollment (see core.timing.spacing_between).
     spacing: timedelta = DEFAULT_SPACING
     # Problems that do not stop the flow from running (printed by `flows check`).
     warnings: tuple[FlowIssue, ...] = field(default=(), compare=False)

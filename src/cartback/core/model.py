@@ -148,7 +148,7 @@ class Enrollment:
     # instant while the steps after it keep their own time. Keyed by step id.
     holds: dict[str, datetime] = field(default_factory=dict)
     # Steps that went out of a hold: off their turn, so the steps after them do not keep their
-    # distance from them (see core.engine.due_at).
+    # distance from them (see core.timing.due_at).
     released: frozenset[str] = frozenset()
 
 
