@@ -209,7 +209,8 @@ def store_policy_command(
         Path | None, typer.Argument(help="Policy YAML; omit to show the current")
     ] = None,
 ) -> None:
-    """Set a store's send policy: cooldowns, caps, and stricter jurisdiction rules."""
+    """Set a store's send policy: cooldowns, caps, stricter jurisdiction rules, and the products
+    no discount covers."""
     from cartback.services import admin
 
     settings = _policy_file_or_exit(file) if file is not None else None

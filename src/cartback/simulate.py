@@ -15,7 +15,7 @@ from cartback.core.conditions import build_facts
 from cartback.core.consent import ConsentEvent, ConsentSource, fold
 from cartback.core.engine import LATE_RULE, Advance, Outcome, advance, may_enroll, plan_enrollment
 from cartback.core.events import CartEmptied, CheckoutUpdated, OrderPlaced, ShopEvent
-from cartback.core.flows import Flow
+from cartback.core.flows import Flow, with_exclusions
 from cartback.core.model import (
     Cart,
     CartStatus,
@@ -32,7 +32,7 @@ from cartback.core.model import (
 from cartback.core.policy import SentRecord
 from cartback.core.render import help_reply, opt_in_confirmation, opt_out_confirmation
 from cartback.core.replies import ReplyKind, classify_reply
-from cartback.core.storepolicy import store_policy, store_rates
+from cartback.core.storepolicy import store_exclusions, store_policy, store_rates
 from cartback.postcodes import postal_zones
 from cartback.services.compose import UNIQUE_POOL, ComposeError, compose
 from cartback.services.gates import policy_gate
@@ -115,6 +115,7 @@ def timeline(
     base_url: str = "",
     engagement: Engagement = NO_ENGAGEMENT,
 ) -> list[TimelineEntry]:
+    flow = with_exclusions(flow, store_exclusions(store.policy))
     checkouts = [event for event in events if isinstance(event, CheckoutUpdated)]
     if not checkouts:
         raise ValueError("the events need at least one checkout.updated")

@@ -134,6 +134,61 @@ def test_an_order_event_stops_the_flow(client: TestClient, world: World) -> None
     assert _count(world, t.outbox) == 0
 
 
+def _enrollment_state(world: World) -> tuple[str, str | None]:
+    with world.app.engine.connect() as conn:
+        row = conn.execute(select(t.enrollments.c.state, t.enrollments.c.exit_reason)).one()
+    return row.state, row.exit_reason
+
+
+@pytest.mark.parametrize(
+    "contact",
+    [
+        {"email": "Kari@Example.COM"},  # the email, in another case
+        {"phone": "912 34 567"},  # the phone, as typed on the laptop, national format
+    ],
+)
+def test_an_order_from_a_second_device_ends_the_flow_by_the_normalised_contact(
+    client: TestClient, world: World, contact: dict[str, str]
+) -> None:
+    _post(client, checkout_payload("phone-cart", world.now))
+    world.clock.advance(timedelta(minutes=30))
+    tick(world.app.engine, world.app.registry, world.now)
+    order = {
+        "id": "o-laptop",
+        "type": "order.placed",
+        "occurred_at": world.now.isoformat(),
+        "order_id": "1002",
+        "cart_token": "laptop-token",  # never seen by cartback
+        "contact": contact,
+        "shipping": {"country": "NO"},
+        "value": "120.00",
+        "currency": "NOK",
+    }
+    assert _post(client, order).json()["accepted"] == 1
+    assert _enrollment_state(world) == ("exited", "order_placed")
+    sent_before = _count(world, t.outbox)
+    world.clock.advance(timedelta(days=4))
+    tick(world.app.engine, world.app.registry, world.now)
+    assert _count(world, t.outbox) == sent_before == 1
+
+
+def test_an_order_naming_another_shopper_leaves_the_flow_running(
+    client: TestClient, world: World
+) -> None:
+    _post(client, checkout_payload("c1", world.now))
+    order = {
+        "id": "o-other",
+        "type": "order.placed",
+        "occurred_at": (world.now + timedelta(minutes=5)).isoformat(),
+        "order_id": "1003",
+        "contact": {"email": "ola@example.com", "phone": "+4798765432"},
+        "value": "120.00",
+        "currency": "NOK",
+    }
+    assert _post(client, order).json()["accepted"] == 1
+    assert _enrollment_state(world) == ("active", None)
+
+
 def test_consent_changes_are_recorded_in_the_ledger(client: TestClient, world: World) -> None:
     _post(client, checkout_payload("c1", world.now))
     revoke = {

@@ -75,6 +75,20 @@ def test_a_florida_number_abandoning_at_1950_is_deferred_to_0800() -> None:
     assert "08:00" in deferred.reason
 
 
+def test_a_maryland_sms_held_for_quiet_hours_does_not_hold_back_email1() -> None:
+    # Checkout at 20:20 in Baltimore, abandoned at 20:30: sms1 (20:45) is after Maryland's
+    # 20:00 close and waits for 08:00; email1 goes at its own 21:30 that evening.
+    entries = _run("2026-11-23T20:20:00-05:00", "+14105550123", "US", "MD")
+    deferred = next(e for e in entries if e.outcome == "defer")
+    assert (deferred.step_id, deferred.rule) == ("sms1", "us.md.quiet_hours")
+    assert "held until 2026-11-24 13:00 UTC" in deferred.reason
+    [email1] = [e for e in _sent(entries, "email") if e.step_id == "email1"]
+    assert email1.at == datetime(2026, 11, 24, 2, 30, tzinfo=UTC)  # 21:30 in Baltimore
+    [sms1] = _sent(entries, "sms")
+    assert sms1.at == datetime(2026, 11, 24, 13, 0, tzinfo=UTC)  # 08:00 the next morning
+    assert email1.at < sms1.at
+
+
 def test_without_sms_consent_only_emails_go_out() -> None:
     entries = _run(
         "2026-11-23T10:00:00+01:00", "+4791234567", "NO", consent={"email_marketing": True}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from cartback.cli import cli
+from cartback.core.model import CartLine
 from cartback.services.compose import discount_link
 from cartback.services.discounts import clean_codes, load_pool, pool_sizes
 from cartback.services.ingest import ingest
@@ -173,3 +175,38 @@ def test_the_default_flow_gives_no_code_to_a_cart_made_only_of_excluded_products
     assert "COMEBACK10" not in sms3["+4740000001"]
     # In Norwegian: the checkout ships to Norway and names no other language.
     assert "Handlekurven din er fortsatt lagret" in sms3["+4740000001"]
+
+
+def test_the_stores_excluded_skus_keep_the_default_flows_code_off_a_gift_card_cart(
+    world: World,
+) -> None:
+    with world.app.engine.begin() as conn:
+        conn.execute(update(t.stores).values(policy={"discount_exclusions": {"skus": ["GIFT-50"]}}))
+    flow = world.app.registry.current("default")
+    gift = replace(
+        checkout("gift", world.now, phone="+4740000001", email="a@x.no"),
+        lines=(CartLine("Gift card", 1, Decimal("150"), sku="GIFT-50"),),
+        value=Decimal("150"),
+    )
+    mixed = replace(
+        checkout("mixed", world.now, phone="+4740000002", email="b@x.no"),
+        lines=(
+            CartLine("Gift card", 1, Decimal("150"), sku="GIFT-50"),
+            CartLine("Wool socks", 1, Decimal("60"), sku="SOCK-1"),
+        ),
+        value=Decimal("210"),
+    )
+    with world.app.engine.begin() as conn:
+        ingest(conn, world.store, flow, [gift, mixed], world.now)
+    for _ in range(80):
+        world.clock.advance(timedelta(hours=1))
+        tick(world.app.engine, world.app.registry, world.now)
+    with world.app.engine.connect() as conn:
+        rows = conn.execute(
+            select(t.outbox.c.to_address, t.outbox.c.body).where(t.outbox.c.step_id == "sms3")
+        ).all()
+    sms3 = {row.to_address: row.body for row in rows}
+    # Only gift cards: sms3 goes, without a code. Gift card and socks: the code applies.
+    assert "COMEBACK10" not in sms3["+4740000001"]
+    assert "Handlekurven din er fortsatt lagret" in sms3["+4740000001"]
+    assert "COMEBACK10" in sms3["+4740000002"]

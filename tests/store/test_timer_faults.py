@@ -238,6 +238,8 @@ def test_isolation_adds_no_query_per_enrollment_on_the_happy_path(world: World) 
     [
         ("enrollments", {"flow_version": "000000000000"}, "UnknownFlow"),
         ("carts", {"lines": [{"title": "Socks", "quantity": 1, "price": "n/a"}]}, "Invalid"),
+        # A hold time edited by hand into something that is no instant.
+        ("enrollments", {"holds": {"held": {"sms1": 5}, "released": []}}, "ValueError"),
     ],
 )
 def test_an_unreadable_row_fails_only_its_own_enrollment(

@@ -157,7 +157,7 @@ def test_a_deferred_step_is_due_when_its_deferral_ends_not_at_its_offset() -> No
     assert "due 2026-03-03 08:00:00 UTC" in late.decisions[0].reason
 
 
-def test_a_deferral_moves_the_timer_of_its_step() -> None:
+def test_a_deferral_holds_its_step_and_the_timer_wakes_for_the_next_one() -> None:
     until = at(timedelta(hours=3))
 
     def quiet(_step: Step, _planned: tuple[Step, ...]) -> GateResult:
@@ -165,7 +165,10 @@ def test_a_deferral_moves_the_timer_of_its_step() -> None:
 
     result = advance(FLOW, enrollment(), CART, CONTACT, at(timedelta(minutes=15)), gate=quiet)
     assert [str(d.outcome) for d in result.decisions] == ["defer"]
-    assert result.enrollment.wake_at == until
+    # a keeps its own hold; b (on another channel) is due at its own 1h.
+    assert result.enrollment.holds == {"a": until}
+    assert result.enrollment.step_index == 1
+    assert result.enrollment.wake_at == at(timedelta(hours=1))
 
 
 # ---- one message per wake, offsets from the last message --------------------------------------
@@ -189,7 +192,7 @@ def test_a_step_on_time_keeps_its_offset_from_abandonment() -> None:
     assert result.enrollment.wake_at == at(timedelta(hours=1))
 
 
-def test_steps_at_the_same_offset_go_out_in_consecutive_wakes() -> None:
+def test_steps_at_the_same_offset_are_spaced_by_the_flow_spacing() -> None:
     now = at(timedelta(hours=24))
     state = enrollment(
         step_index=2, history={"a": StepOutcome(sent=True, queued_at=at(timedelta(minutes=15)))}
@@ -198,7 +201,15 @@ def test_steps_at_the_same_offset_go_out_in_consecutive_wakes() -> None:
     assert [step.id for step in first.sends] == ["c"]
     assert first.enrollment.wake_at == now
     second = advance(FLOW, first.enrollment, CART, CONTACT, now + timedelta(seconds=2))
-    assert [step.id for step in second.sends] == ["d"]
+    assert second.sends == ()
+    [spaced] = second.decisions
+    assert (spaced.step_id, spaced.outcome, spaced.rule) == ("d", Outcome.DEFER, "flow.spacing")
+    assert "spaced 30m after c" in spaced.reason
+    assert second.enrollment.holds == {"d": now + timedelta(minutes=30)}
+    third = advance(FLOW, second.enrollment, CART, CONTACT, now + timedelta(minutes=30))
+    assert [step.id for step in third.sends] == ["d"]
+    # e keeps its 48h from c, which went on its turn, not from d, which was spaced.
+    assert third.enrollment.wake_at == at(timedelta(hours=72))
 
 
 def test_due_at_counts_from_the_last_queued_message_when_that_is_later() -> None:

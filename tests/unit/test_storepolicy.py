@@ -6,8 +6,15 @@ from datetime import timedelta
 
 import pytest
 
+from cartback.core.conditions import ProductExclusions
+from cartback.core.flows import parse_flow, with_exclusions
 from cartback.core.policy import Cap
-from cartback.core.storepolicy import StorePolicyError, parse_store_policy_text, store_policy
+from cartback.core.storepolicy import (
+    StorePolicyError,
+    parse_store_policy_text,
+    store_exclusions,
+    store_policy,
+)
 
 GOOD = """\
 sms_cooldown: 4h
@@ -51,6 +58,15 @@ def test_no_settings_means_the_defaults() -> None:
             "policy.yaml:2: rules[0]: store override us.quiet_hour: no shipped rule",
         ),
         ("sms_cap: [1\n", "policy.yaml:2: yaml: expected"),
+        (
+            "discount_exclusions:\n  skus: GIFT-50\n",
+            "policy.yaml:2: discount_exclusions.skus: expected a list of text",
+        ),
+        (
+            "discount_exclusions:\n  sku: [GIFT-50]\n",
+            "policy.yaml:2: discount_exclusions.sku: unknown key",
+        ),
+        ("discount_exclusions: [GIFT-50]\n", "policy.yaml:1: discount_exclusions: expected a"),
     ],
 )
 def test_bad_policies_name_file_line_and_field(text: str, expected: str) -> None:
@@ -63,3 +79,38 @@ def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(StorePolicyError) as caught:
         parse_store_policy_text("sms_cooldown: x\nemail_cooldown: y\nfoo: 1\n", "p.yaml")
     assert [issue.line for issue in caught.value.issues] == [1, 2, 3]
+
+
+def test_the_stores_discount_exclusions_join_each_flows_own() -> None:
+    settings = parse_store_policy_text(
+        "discount_exclusions:\n  skus: [GIFT-50, ' SALE-1 ']\n  tags: [clearance]\n",
+        "policy.yaml",
+    )
+    extra = store_exclusions(settings)
+    assert extra == ProductExclusions(
+        skus=frozenset({"GIFT-50", "SALE-1"}), tags=frozenset({"clearance"})
+    )
+    flow = parse_flow(
+        """\
+name: t
+abandon_after: 10m
+discount_exclusions: {tags: [no-discount]}
+steps:
+  - {id: a, at: 1h, channel: email, subject: s, body: one}
+  - id: b
+    at: 2h
+    channel: sms
+    body: "{{ discount_code }}"
+    discount: {code: SAVE10, percent: 10}
+""",
+        "t.yaml",
+    )
+    merged = with_exclusions(flow, extra)
+    both = ProductExclusions(
+        skus=frozenset({"GIFT-50", "SALE-1"}), tags=frozenset({"clearance", "no-discount"})
+    )
+    assert merged.exclusions == both
+    discount = merged.steps[1].discount
+    assert discount is not None and discount.exclusions == both
+    # A store without exclusions leaves the flow as it is.
+    assert with_exclusions(flow, store_exclusions({})) is flow

@@ -231,6 +231,10 @@ class ProductExclusions:
             return False
         return self._tagged(cart) or all(self._line(line) for line in cart.lines)
 
+    def union(self, other: ProductExclusions) -> ProductExclusions:
+        """Both lists: the flow's exclusions and the store's apply together."""
+        return ProductExclusions(skus=self.skus | other.skus, tags=self.tags | other.tags)
+
 
 NO_EXCLUSIONS = ProductExclusions()
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
 from cartback.core.conditions import build_facts
-from cartback.core.flows import MIN_GRACE, Flow, Step
+from cartback.core.flows import Flow, Step
 from cartback.core.model import (
     Cart,
     CartStatus,
@@ -25,6 +25,22 @@ from cartback.core.model import (
 )
 from cartback.core.money import CURRENCY_RULE, Rates, currency_reason, uncovered
 from cartback.core.policy import Allow, Defer, Skip
+from cartback.core.timing import (
+    MAX_GRACE,
+    ORDER_RULE,
+    READS_RULE,
+    SPACING_RULE,
+    Wait,
+    blocker,
+    due_at,
+    grace_for,
+    latest_wait,
+    not_before,
+    sequence_time,
+    spacing_between,
+    utc_text,
+    wait_for,
+)
 
 
 class Outcome(StrEnum):
@@ -38,14 +54,28 @@ class Outcome(StrEnum):
     ERROR = "error"
 
 
-# A step this much past its due time is skipped, not sent: a catch-up after downtime must not
-# deliver a whole sequence at once. The default grace is the gap to the next step, within these.
-MAX_GRACE = timedelta(hours=6)
+# A step more than its grace past its due time is skipped with this rule (core.timing.grace_for).
 LATE_RULE = "timer.late"
 
 
 GateResult = Allow | Defer | Skip
-__all__ = ["Allow", "Defer", "GateResult", "SendGate", "Skip"]
+__all__ = [
+    "MAX_GRACE",
+    "ORDER_RULE",
+    "READS_RULE",
+    "SPACING_RULE",
+    "Allow",
+    "Defer",
+    "GateResult",
+    "SendGate",
+    "Skip",
+    "Wait",
+    "blocker",
+    "due_at",
+    "grace_for",
+    "not_before",
+    "spacing_between",
+]
 # Decides, at send time, whether one step may go out now. `planned` are the steps this same
 # evaluation already decided to send, so cooldowns and caps can count them.
 SendGate = Callable[[Step, tuple[Step, ...]], GateResult]
@@ -162,33 +192,6 @@ def exit_reason(flow: Flow, cart: Cart, contact: Contact | None, *, opted_out: b
     return None
 
 
-def grace_for(flow: Flow, index: int) -> timedelta:
-    """How long after its due time step `index` may still run: the flow's `grace`, else the gap
-    to the next step with a later offset, capped at MAX_GRACE (the last step: MAX_GRACE), and
-    never under MIN_GRACE."""
-    if flow.grace is not None:
-        return flow.grace
-    step = flow.steps[index]
-    for later in flow.steps[index + 1 :]:
-        if later.at > step.at:
-            return max(MIN_GRACE, min(later.at - step.at, MAX_GRACE))
-    return MAX_GRACE
-
-
-def due_at(
-    flow: Flow, enrollment: Enrollment, history: Mapping[str, StepOutcome], index: int
-) -> datetime:
-    """When step `index` is due: its offset from abandonment, or from the last queued message
-    if that is later (the step keeps its distance from the earlier step that went out)."""
-    step = flow.steps[index]
-    due = enrollment.abandoned_at + step.at
-    for earlier in reversed(flow.steps[:index]):
-        queued_at = history[earlier.id].queued_at if earlier.id in history else None
-        if queued_at is not None:
-            return max(due, queued_at + (step.at - earlier.at))
-    return due
-
-
 def advance(
     flow: Flow,
     enrollment: Enrollment,
@@ -200,10 +203,14 @@ def advance(
     gate: SendGate = allow_all,
     rates: Rates | None = None,
 ) -> Advance:
-    """Run the due steps at `now`, in order, until one must wait or one message was queued.
+    """Run the steps whose time has come at `now`, earliest first, until one message was
+    queued or none is due.
 
-    A step more than its grace past its due time is skipped as late; a deferral moves the due
-    time of its step; after a message the next step waits for its own due time (`due_at`).
+    Each step keeps its own time. A step a rule defers (quiet hours, a cooldown) is held: it
+    waits for its own instant while the steps after it go on at theirs. What must keep its
+    order waits behind a held step: the next step on the same channel, and a step whose
+    condition reads it. Released and on-time messages are spaced by the flow's `spacing`. A
+    step more than its grace past its due time is skipped as late.
     A step whose condition or discount names money the cart's currency has no figure for (and
     `rates`, the store's exchange rates, cannot convert) is skipped as flow.currency.
     """
@@ -214,106 +221,269 @@ def advance(
         ended = replace(enrollment, state=EnrollmentState.EXITED, wake_at=None, exit_reason=reason)
         return Advance(ended, (StepDecision(None, Outcome.EXIT, _EXIT_TEXT[reason]),))
     assert contact is not None
-
-    history = dict(enrollment.history)
-    decisions: list[StepDecision] = []
-    sends: list[Step] = []
-    send_before: dict[str, datetime] = {}
-    index = enrollment.step_index
-    wake_at: datetime | None = None
-    while index < len(flow.steps):
-        step = flow.steps[index]
-        due = due_at(flow, enrollment, history, index)
-        if index == enrollment.step_index and enrollment.wake_at is not None:
-            # The step this timer was set for: a deferral may have moved it past its offset.
-            due = max(due, enrollment.wake_at)
-        if due > now:
-            wake_at = due
+    walk = _Walk(flow, enrollment, cart, contact, now, gate, rates)
+    # Each turn decides a step or moves a hold past `now`; the bound only guards against a
+    # gate that defers to the past.
+    for _ in range(4 * len(flow.steps) + 4):
+        picked = walk.next_due()
+        if picked is None or walk.decide(*picked):
             break
+    return walk.result()
+
+
+class _Walk:
+    """The working state of one `advance`: which steps were decided, which are held."""
+
+    def __init__(
+        self,
+        flow: Flow,
+        enrollment: Enrollment,
+        cart: Cart,
+        contact: Contact,
+        now: datetime,
+        gate: SendGate,
+        rates: Rates | None,
+    ) -> None:
+        self.flow, self.enrollment, self.cart, self.contact = flow, enrollment, cart, contact
+        self.now, self.gate, self.rates = now, gate, rates
+        self.history = dict(enrollment.history)
+        self.holds = dict(enrollment.holds)
+        self.released = set(enrollment.released)
+        self.cursor = enrollment.step_index
+        self.decisions: list[StepDecision] = []
+        self.sends: list[Step] = []
+        self.send_before: dict[str, datetime] = {}
+
+    # ---- when ---------------------------------------------------------------------------------
+
+    def cursor_time(self) -> datetime | None:
+        """When the next step on its turn is due; None once every step had its turn."""
+        if self.cursor >= len(self.flow.steps):
+            return None
+        due = sequence_time(
+            self.flow, self.enrollment.abandoned_at, self.history, self.released, self.cursor
+        )
+        wake_at = self.enrollment.wake_at
+        if self.cursor == self.enrollment.step_index and wake_at is not None:
+            # The step this timer was set for: a retry may have moved it past its offset.
+            due = max(due, wake_at)
+        return due
+
+    def held_time(self, step_id: str) -> datetime:
+        until = self.holds[step_id]
+        wake_at = self.enrollment.wake_at
+        # A retried wake moves the held step's due time with it, as for the step on its turn.
+        if wake_at is not None and until <= wake_at <= self.now:
+            return wake_at
+        return until
+
+    def next_due(self) -> tuple[int, datetime, bool] | None:
+        """(index, due, held) of the step to decide next: the earliest due; on a tie, the step
+        on its own time before a released one, then file order."""
+        found: list[tuple[datetime, int, int]] = []
+        on_turn = self.cursor_time()
+        if on_turn is not None and on_turn <= self.now:
+            found.append((on_turn, 0, self.cursor))
+        held_due = {
+            step_id: self.held_time(step_id)
+            for step_id in self.holds
+            if self.held_time(step_id) <= self.now
+        }
+        for step_id, due in held_due.items():
+            found.append((due, 1, self.flow.index_of(step_id)))
+        if not found:
+            return None
+        due, kind, index = min(found)
+        # A step that waits behind a held step whose own time has come: that one goes first.
+        waits_for = blocker(self.flow, index, self.holds)
+        while waits_for is not None and waits_for[0].id in held_due:
+            index, due, kind = self.flow.index_of(waits_for[0].id), held_due[waits_for[0].id], 1
+            waits_for = blocker(self.flow, index, self.holds)
+        return index, due, kind == 1
+
+    # ---- what ---------------------------------------------------------------------------------
+
+    def decide(self, index: int, due: datetime, held: bool) -> bool:
+        """Decide step `index`; True when a message was queued (one per wake)."""
+        flow, step, now = self.flow, self.flow.steps[index], self.now
+        waits_for = blocker(flow, index, self.holds)
+        if waits_for is not None:
+            other, rule = waits_for
+            why = (
+                f"follows {other.id} on the {step.channel} channel"
+                if rule == ORDER_RULE
+                else f"its condition reads {other.id}"
+            )
+            self.hold(index, held, Wait(self.holds[other.id], rule, f"waits for {other.id}: {why}"))
+            return False
+        held_out = self.enrollment.holdout or self.enrollment.held_channel == str(step.channel)
+        if not held_out:
+            latest = latest_wait(flow, index, self.history)
+            if latest is not None and latest[0] > now:
+                self.hold(index, held, wait_for(flow, step, latest, self.history))
+                return False
+            if latest is not None:
+                due = max(due, latest[0])
+            ahead = self.lets_go_first(step) if held else None
+            if ahead is not None:
+                self.hold(index, held, ahead)
+                return False
         grace = grace_for(flow, index)
         if now - due > grace:
-            decisions.append(
+            self.resolve(
+                index,
+                held,
                 StepDecision(
                     step.id,
                     Outcome.SKIP,
                     f"late: due {due:%Y-%m-%d %H:%M:%S} UTC, {format_duration(now - due)} ago, "
                     f"more than the {format_duration(grace)} grace",
                     LATE_RULE,
-                )
+                ),
             )
-            history[step.id] = StepOutcome(skipped=True)
-            index += 1
-            continue
-        missing = uncovered(step.amounts, cart.currency, rates)
+            return False
+        missing = uncovered(step.amounts, self.cart.currency, self.rates)
         if missing:
-            reason = currency_reason(missing, cart.currency, rates)
-            decisions.append(StepDecision(step.id, Outcome.SKIP, reason, CURRENCY_RULE))
-            history[step.id] = StepOutcome(skipped=True)
-            index += 1
-            continue
+            reason = currency_reason(missing, self.cart.currency, self.rates)
+            self.resolve(index, held, StepDecision(step.id, Outcome.SKIP, reason, CURRENCY_RULE))
+            return False
         if step.when is not None and not step.when.evaluate(
-            build_facts(cart, contact, enrollment.variant, history, flow.exclusions, rates)
+            build_facts(
+                self.cart,
+                self.contact,
+                self.enrollment.variant,
+                self.history,
+                flow.exclusions,
+                self.rates,
+            )
         ):
-            decisions.append(
-                StepDecision(
-                    step.id, Outcome.SKIP, f"condition is false: {step.when.source}", "when"
-                )
-            )
-            history[step.id] = StepOutcome(skipped=True)
-            index += 1
-            continue
-        if enrollment.holdout:
-            decisions.append(
-                StepDecision(step.id, Outcome.HOLDOUT, "cart is in the holdout group", "holdout")
-            )
-            history[step.id] = StepOutcome(skipped=True)
-            index += 1
-            continue
-        if enrollment.held_channel == str(step.channel):
-            decisions.append(
+            reason = f"condition is false: {step.when.source}"
+            self.resolve(index, held, StepDecision(step.id, Outcome.SKIP, reason, "when"))
+            return False
+        if self.enrollment.holdout:
+            reason = "cart is in the holdout group"
+            self.resolve(index, held, StepDecision(step.id, Outcome.HOLDOUT, reason, "holdout"))
+            return False
+        if self.enrollment.held_channel == str(step.channel):
+            self.resolve(
+                index,
+                held,
                 StepDecision(
                     step.id,
                     Outcome.HOLDOUT,
                     f"cart is in the {step.channel} holdout group",
                     CHANNEL_HOLDOUT_RULE,
-                )
+                ),
             )
-            history[step.id] = StepOutcome(skipped=True)
-            index += 1
-            continue
-        verdict = gate(step, tuple(sends))
+            return False
+        verdict = self.gate(step, tuple(self.sends))
         if isinstance(verdict, Defer):
-            decisions.append(StepDecision(step.id, Outcome.DEFER, verdict.reason, verdict.rule))
-            wake_at = verdict.until
-            break
+            note = (
+                f"{verdict.reason}; {step.id} is held until {utc_text(verdict.until)}, "
+                "the steps after it on other channels keep their own time"
+            )
+            self.hold(index, held, Wait(verdict.until, verdict.rule, note))
+            return False
         if isinstance(verdict, Skip):
-            decisions.append(StepDecision(step.id, Outcome.SKIP, verdict.reason, verdict.rule))
-            history[step.id] = StepOutcome(skipped=True)
-            index += 1
-            continue
-        decisions.append(StepDecision(step.id, Outcome.SEND, f"{step.channel} step is due"))
+            self.resolve(
+                index, held, StepDecision(step.id, Outcome.SKIP, verdict.reason, verdict.rule)
+            )
+            return False
+        text = f"{step.channel} step is due" + (", released from its hold" if held else "")
         if verdict.until is not None:
-            send_before[step.id] = verdict.until
-        history[step.id] = StepOutcome(sent=True, queued_at=now)
-        sends.append(step)
-        index += 1
-        if index < len(flow.steps):
-            # One message per wake: the next step waits, keeping its distance from this one.
-            wake_at = due_at(flow, enrollment, history, index)
-        break
-
-    if index >= len(flow.steps):
-        done = replace(
-            enrollment,
-            step_index=index,
-            state=EnrollmentState.COMPLETED,
-            wake_at=None,
-            history=history,
+            self.send_before[step.id] = verdict.until
+        self.sends.append(step)
+        self.resolve(
+            index,
+            held,
+            StepDecision(step.id, Outcome.SEND, text),
+            StepOutcome(sent=True, queued_at=now),
         )
-        decisions.append(StepDecision(None, Outcome.COMPLETE, "all steps have run"))
-        return Advance(done, tuple(decisions), tuple(sends), send_before)
-    waiting = replace(enrollment, step_index=index, wake_at=wake_at, history=history)
-    return Advance(waiting, tuple(decisions), tuple(sends), send_before)
+        return True
+
+    def lets_go_first(self, step: Step) -> Wait | None:
+        """A released step yields to the next step on its turn, on another channel, due within
+        the spacing: that one keeps its own time, and the released one follows it."""
+        if self.cursor >= len(self.flow.steps):
+            return None
+        upcoming = self.flow.steps[self.cursor]
+        if upcoming.channel is step.channel:
+            return None
+        if upcoming.when is not None and step.id in upcoming.when.step_refs:
+            return None
+        due = self.cursor_time()
+        gap = spacing_between(self.flow, step, upcoming)
+        if due is None or not self.now < due < self.now + gap:
+            return None
+        return Wait(
+            due,
+            SPACING_RULE,
+            f"lets {upcoming.id}, due on its own time at {utc_text(due)}, go first; {step.id} "
+            f"follows it by {format_duration(gap)}",
+        )
+
+    def hold(self, index: int, held: bool, wait: Wait) -> None:
+        step = self.flow.steps[index]
+        self.holds[step.id] = wait.until
+        if not held:
+            self.cursor += 1
+        reason = wait.reason
+        if wait.rule in (ORDER_RULE, READS_RULE, SPACING_RULE):
+            reason = f"{reason}; held until {utc_text(wait.until)}"
+        self.decisions.append(StepDecision(step.id, Outcome.DEFER, reason, wait.rule))
+
+    def resolve(
+        self,
+        index: int,
+        held: bool,
+        decision: StepDecision,
+        outcome: StepOutcome | None = None,
+    ) -> None:
+        step = self.flow.steps[index]
+        self.decisions.append(decision)
+        self.history[step.id] = outcome if outcome is not None else StepOutcome(skipped=True)
+        if held:
+            del self.holds[step.id]
+            self.released.add(step.id)
+        else:
+            self.cursor += 1
+
+    def result(self) -> Advance:
+        state, wake_at = EnrollmentState.ACTIVE, None
+        if self.cursor >= len(self.flow.steps) and not self.holds:
+            state = EnrollmentState.COMPLETED
+            self.decisions.append(StepDecision(None, Outcome.COMPLETE, "all steps have run"))
+        else:
+            times = list(self.holds.values())
+            on_turn = self.cursor_time()
+            if on_turn is not None:
+                times.append(on_turn)
+            wake_at = min(times)
+        changed = replace(
+            self.enrollment,
+            step_index=self.cursor,
+            state=state,
+            wake_at=wake_at,
+            history=self.history,
+            holds=self.holds,
+            released=frozenset(self.released),
+        )
+        return Advance(changed, tuple(self.decisions), tuple(self.sends), self.send_before)
+
+
+def hold_step(enrollment: Enrollment, step_id: str, until: datetime) -> Enrollment:
+    """The enrollment with step `step_id` held until `until` again, as if it had not gone:
+    for a message the timer decided but could not compose yet (a unique code not issued)."""
+    holds = {**enrollment.holds, step_id: until}
+    history = {key: value for key, value in enrollment.history.items() if key != step_id}
+    wake_at = until if enrollment.wake_at is None else min(enrollment.wake_at, until)
+    return replace(
+        enrollment,
+        state=EnrollmentState.ACTIVE,
+        holds=holds,
+        history=history,
+        wake_at=wake_at,
+    )
 
 
 _EXIT_TEXT = {

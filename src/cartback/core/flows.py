@@ -53,6 +53,10 @@ MIN_GRACE = timedelta(minutes=1)
 # A condition on an earlier step's opens, clicks or deliveries planned less than this before
 # its own step is warned about: the shopper has had little time to act.
 DEFAULT_MIN_CONDITION_GAP = timedelta(hours=1)
+# Two messages to one shopper that a hold brings together are kept this far apart (`spacing`);
+# a flow may not go below a minute: two messages never go out in the same minute.
+DEFAULT_SPACING = timedelta(minutes=30)
+MIN_SPACING = timedelta(minutes=1)
 
 _FLOW_KEYS = (
     "name",
@@ -63,6 +67,7 @@ _FLOW_KEYS = (
     "holdout",
     "channel_holdout",
     "grace",
+    "spacing",
     "variants",
     "discount_exclusions",
     "language",
@@ -239,13 +244,15 @@ class Flow:
     variants: tuple[Variant, ...]
     steps: tuple[Step, ...]
     source: str
-    # How late a step may still run (see core.engine.grace_for); None: the gap to the next step.
+    # How late a step may still run (see core.timing.grace_for); None: the gap to the next step.
     grace: timedelta | None = None
     channel_holdout: ChannelHoldout | None = None
     exclusions: ProductExclusions = field(default=NO_EXCLUSIONS, compare=False)
     # The base currency plain amounts are in (`currency: USD`), and the named amounts.
     currency: str | None = None
     amounts: Mapping[str, Amount] = field(default_factory=dict, compare=False)
+    # The least time between two messages of one enrollment (see core.timing.spacing_between).
+    spacing: timedelta = DEFAULT_SPACING
     # Problems that do not stop the flow from running (printed by `flows check`).
     warnings: tuple[FlowIssue, ...] = field(default=(), compare=False)
     # The language of the steps' own text; None: the store's default language.
@@ -396,6 +403,21 @@ def _step_locales(step: Step) -> dict[str, str]:
     for override in step.variant_overrides.values():
         keys.extend(override.locales)
     return {_locale_key(key): key for key in keys}
+
+
+def with_exclusions(flow: Flow, extra: ProductExclusions) -> Flow:
+    """The flow with a store's `discount_exclusions` added to its own, in its conditions' facts
+    and in every discount."""
+    if extra == NO_EXCLUSIONS:
+        return flow
+    merged = flow.exclusions.union(extra)
+    steps = tuple(
+        replace(step, discount=replace(step.discount, exclusions=merged))
+        if step.discount is not None
+        else step
+        for step in flow.steps
+    )
+    return replace(flow, exclusions=merged, steps=steps)
 
 
 def load_flow(
@@ -621,6 +643,7 @@ class _Parser:
         holdout = self.holdout(data)
         channel_holdout = self.channel_holdout(data)
         grace = self.grace(data)
+        spacing = self.spacing(data)
         variants = self.variants(data)
         currency = self.base_currency(data)
         amounts = self.named_amounts(data, currency)
@@ -668,6 +691,7 @@ class _Parser:
             language=language,
             currency=currency,
             amounts=amounts,
+            spacing=spacing,
         )
 
     # ---- money -------------------------------------------------------------------------------
@@ -812,6 +836,19 @@ class _Parser:
             )
             return None
         return grace
+
+    def spacing(self, data: Mapping[str, object]) -> timedelta:
+        spacing = self.duration(data, (), "spacing")
+        if spacing is None:
+            return DEFAULT_SPACING
+        if spacing < MIN_SPACING:
+            self.issue(
+                ("spacing",),
+                f"{format_duration(spacing)} is too short: two messages to one shopper are "
+                f"kept at least {format_duration(MIN_SPACING)} apart",
+            )
+            return DEFAULT_SPACING
+        return spacing
 
     def channel_holdout(self, data: Mapping[str, object]) -> ChannelHoldout | None:
         if "channel_holdout" not in data:

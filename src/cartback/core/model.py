@@ -147,6 +147,12 @@ class Enrollment:
     # The flow's channel holdout: this cart gets no steps of this channel.
     held_channel: str | None = None
     history: dict[str, StepOutcome] = field(default_factory=dict)
+    # Steps a rule held back (quiet hours, a cooldown, their order): each waits for its own
+    # instant while the steps after it keep their own time. Keyed by step id.
+    holds: dict[str, datetime] = field(default_factory=dict)
+    # Steps that went out of a hold: off their turn, so the steps after them do not keep their
+    # distance from them (see core.timing.due_at).
+    released: frozenset[str] = frozenset()
 
 
 def parse_duration(text: str) -> timedelta:

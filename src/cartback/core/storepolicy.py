@@ -13,6 +13,9 @@ Written as YAML, checked with every problem reported as `file:line: field: messa
       base: USD
       NOK: "0.093"
       EUR: "1.08"
+    discount_exclusions:              # products no flow's discount covers, added to each
+      skus: [GIFT-50]                 # flow's own list (by SKU or product id)
+      tags: [no-discount]             # a cart with one of these tags is excluded as a whole
 
 Jurisdiction rules can only be tightened: an override that would loosen one is an error.
 """
@@ -24,6 +27,7 @@ from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from cartback.core.conditions import ProductExclusions
 from cartback.core.jurisdiction import PolicyConfigError, validate_overrides
 from cartback.core.model import parse_duration
 from cartback.core.money import CURRENCY_CODE, Rates
@@ -36,7 +40,15 @@ from cartback.core.yamlsrc import (
     load_with_lines,
 )
 
-KEYS = ("sms_cooldown", "email_cooldown", "sms_cap", "email_cap", "rules", "exchange_rates")
+KEYS = (
+    "sms_cooldown",
+    "email_cooldown",
+    "sms_cap",
+    "email_cap",
+    "rules",
+    "exchange_rates",
+    "discount_exclusions",
+)
 _DEFAULTS = StorePolicy()
 
 
@@ -77,6 +89,8 @@ def check(data: object, source: str = "<policy>", lines: Lines | None = None) ->
     for key in ("sms_cap", "email_cap"):
         if data.get(key) is not None:
             _cap(data[key], (key,), issue)
+    if "discount_exclusions" in data:
+        _exclusions(data["discount_exclusions"], ("discount_exclusions",), issue)
     rules = data.get("rules", [])
     if not isinstance(rules, list):
         issue(("rules",), "expected a list of rules")
@@ -149,6 +163,30 @@ def _duration(value: object, path: tuple[object, ...], issue: Any) -> None:
         parse_duration(str(value))
     except ValueError as error:
         issue(path, str(error))
+
+
+def _exclusions(value: object, path: tuple[object, ...], issue: Any) -> None:
+    if not isinstance(value, Mapping):
+        issue(path, "expected a mapping with skus and tags")
+        return
+    for key in value:
+        if key not in ("skus", "tags"):
+            issue((*path, key), "unknown key; discount_exclusions has skus and tags")
+    for key in ("skus", "tags"):
+        items = value.get(key, [])
+        if not isinstance(items, list) or not all(
+            isinstance(item, str) and item.strip() for item in items
+        ):
+            issue((*path, key), "expected a list of text")
+
+
+def store_exclusions(settings: Mapping[str, Any] | None) -> ProductExclusions:
+    """The store's `discount_exclusions` (as `check` returned them); none when unset."""
+    table = (settings or {}).get("discount_exclusions") or {}
+    return ProductExclusions(
+        skus=frozenset(item.strip() for item in table.get("skus", ())),
+        tags=frozenset(item.strip() for item in table.get("tags", ())),
+    )
 
 
 def _cap(value: object, path: tuple[object, ...], issue: Any) -> None:

@@ -4,12 +4,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableSequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
-from cartback.core.engine import GateResult, SendGate, Skip
+from cartback.core.engine import Defer, GateResult, SendGate, Skip
 from cartback.core.flows import Step
 from cartback.core.jurisdiction import RuleSet
-from cartback.core.model import Cart, Channel, ConsentView, Contact, Enrollment
+from cartback.core.model import (
+    Cart,
+    Channel,
+    ConsentView,
+    Contact,
+    Enrollment,
+    format_duration,
+)
 from cartback.core.policy import (
     Allow,
     SendRequest,
@@ -29,9 +36,12 @@ def policy_gate(
     recent: MutableSequence[SentRecord],
     store_policy: StorePolicy,
     now: datetime,
+    spacing: timedelta | None = None,
 ) -> SendGate:
     """`recent` is this contact's sends of the last days; an allowed step is appended to it, so
-    later decisions in the same batch (other carts of the same shopper) count it too."""
+    later decisions in the same batch (other carts of the same shopper) count it too. With
+    `spacing` (the flow's), a message less than that after one from another cart of the same
+    shopper is deferred: two carts never message one shopper together."""
     rules: dict[Channel, RuleSet] = {}
 
     def gate(step: Step, _planned: tuple[Step, ...]) -> GateResult:
@@ -54,8 +64,34 @@ def policy_gate(
             rules=rules[step.channel],
         )
         verdict = evaluate(request, now)
+        if isinstance(verdict, Allow) and spacing is not None:
+            verdict = _spaced_from_other_carts(verdict, cart.id, recent, spacing, now)
         if isinstance(verdict, Allow):
             recent.append(SentRecord(channel=step.channel, at=now, cart_id=cart.id))
         return verdict
 
     return gate
+
+
+SHOPPER_SPACING_RULE = "shopper.spacing"
+
+
+def _spaced_from_other_carts(
+    verdict: Allow,
+    cart_id: int,
+    recent: MutableSequence[SentRecord],
+    spacing: timedelta,
+    now: datetime,
+) -> Allow | Defer:
+    """The engine spaces one cart's own messages; this keeps another cart's from landing next to
+    them (a shopper with two carts in recovery)."""
+    others = [sent.at for sent in recent if sent.cart_id != cart_id and sent.at > now - spacing]
+    if not others:
+        return verdict
+    last = max(others).astimezone(UTC)
+    return Defer(
+        last + spacing,
+        SHOPPER_SPACING_RULE,
+        f"another cart of this shopper got a message at {last:%Y-%m-%d %H:%M} UTC; messages to "
+        f"one shopper are kept {format_duration(spacing)} apart",
+    )

@@ -23,8 +23,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from cartback.core.consent import erased_view
-from cartback.core.engine import LATE_RULE, Advance, Outcome, advance
-from cartback.core.flows import Flow, Step
+from cartback.core.engine import LATE_RULE, Advance, Outcome, advance, hold_step
+from cartback.core.flows import Flow, Step, with_exclusions
 from cartback.core.model import (
     Cart,
     Channel,
@@ -37,7 +37,7 @@ from cartback.core.model import (
     format_duration,
 )
 from cartback.core.policy import SentRecord
-from cartback.core.storepolicy import store_policy
+from cartback.core.storepolicy import store_exclusions, store_policy
 from cartback.services import outbound, unique_codes
 from cartback.services.compose import PENDING_RULE, UNIQUE_POOL, ComposeError, compose
 from cartback.services.consent import LazyViews
@@ -48,7 +48,13 @@ from cartback.services.flows import FlowRegistry, UnknownFlow
 from cartback.services.gates import policy_gate
 from cartback.store import tables as t
 from cartback.store.db import is_sqlite
-from cartback.store.rows import cart_from_row, contact_from_row, enrollment_from_row, store_from_row
+from cartback.store.rows import (
+    cart_from_row,
+    contact_from_row,
+    enrollment_from_row,
+    holds_to_json,
+    store_from_row,
+)
 
 log = logging.getLogger("cartback.timer")
 
@@ -331,8 +337,8 @@ def _advance_one(
 ) -> tuple[Advance, Flow]:
     # An unknown flow version (UnknownFlow) fails this enrollment alone: retried, then parked.
     flow = registry.get(enrollment.flow_name, enrollment.flow_version, conn)
-    # Earlier steps with no message were skipped; conditions may ask about that.
-    earlier = flow.steps[: enrollment.step_index]
+    # Earlier steps with no message, and not held, were skipped; conditions may ask about that.
+    earlier = [s for s in flow.steps[: enrollment.step_index] if s.id not in enrollment.holds]
     if any(step.id not in enrollment.history for step in earlier):
         history = dict(enrollment.history)
         for step in earlier:
@@ -348,6 +354,7 @@ def _advance_one(
         return advance(flow, enrollment, cart, contact, now, opted_out=opted_out), flow
     store = context.store(enrollment.store_id)
     policy = store_policy(store.policy, store.default_zone)
+    flow = with_exclusions(flow, store_exclusions(store.policy))
     gate = policy_gate(
         cart,
         contact,
@@ -356,6 +363,7 @@ def _advance_one(
         recent=context.recent[contact.id],
         store_policy=policy,
         now=now,
+        spacing=flow.spacing,
     )
     decided = advance(
         flow, enrollment, cart, contact, now, opted_out=opted_out, gate=gate, rates=policy.rates
@@ -445,13 +453,8 @@ def _collect(
                 if rule == PENDING_RULE:
                     outcome, rule, reason = _pending(conn, flow, enrollment, step, reason)
                 if outcome is Outcome.DEFER:
-                    # Back on this step, woken again once the issuer loop has had its turn.
-                    enrollment = replace(
-                        enrollment,
-                        step_index=flow.steps.index(step),
-                        state=EnrollmentState.ACTIVE,
-                        wake_at=now + unique_codes.PENDING_WAIT,
-                    )
+                    # The step is held again, tried once the issuer loop has had its turn.
+                    enrollment = hold_step(enrollment, step.id, now + unique_codes.PENDING_WAIT)
                     stats.deferred += 1
                     waiting = True
                 else:
@@ -495,6 +498,7 @@ def _collect(
             "state": str(enrollment.state),
             "wake_at": enrollment.wake_at,
             "exit_reason": enrollment.exit_reason,
+            "holds": holds_to_json(enrollment),
             "updated_at": now,
         }
     )
@@ -684,6 +688,7 @@ def _write(
                 state=bindparam("state"),
                 wake_at=bindparam("wake_at"),
                 exit_reason=bindparam("exit_reason"),
+                holds=bindparam("holds"),
                 updated_at=bindparam("updated_at"),
             ),
             updates,

@@ -3,10 +3,11 @@ removed from the shop once they expired unused.
 
 The timer composes messages inside its transaction, where no network call may happen, so it
 never calls a shop. Instead the worker's issuer loop looks a little ahead: for each active
-enrollment whose next step asks for a unique code and is due within `LEAD`, it asks the shop's
-API for a code with no transaction open, then stores it for the cart in a short one. At compose
-time the timer only reads the stored code (`stored_code`); when none is there yet the step is
-deferred by `PENDING_WAIT`, up to `PENDING_LIMIT` times, then skipped (`services/tick.py`).
+enrollment whose next step (or a held one) asks for a unique code and is due within `LEAD`, it
+asks the shop's API for a code with no transaction open, then stores it for the cart in a short
+one. At compose time the timer only reads the stored code (`stored_code`); when none is there
+yet the step is held for `PENDING_WAIT`, up to `PENDING_LIMIT` times, then skipped
+(`services/tick.py`).
 
 The cleanup (`prune_expired`) deletes from the shop the codes whose expiry has passed and whose
 cart was never ordered, again with no transaction open, and marks each `removed_at` in a short
@@ -17,16 +18,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from cartback.core.model import CartStatus, EnrollmentState
-from cartback.core.storepolicy import store_rates
+from cartback.core.flows import Discount, Step, with_exclusions
+from cartback.core.model import Cart, CartStatus, EnrollmentState
+from cartback.core.money import Rates
+from cartback.core.storepolicy import store_exclusions, store_rates
 from cartback.ports import DiscountIssuer, IssuedCode
 from cartback.services import shops as shop_service
 from cartback.services.compose import PENDING_RULE, UNIQUE_POOL
@@ -142,6 +146,7 @@ def wanted(
             e.flow_name,
             e.flow_version,
             e.step_index,
+            e.holds,
             e.wake_at,
             t.contacts.c.email.label("contact_email"),
             t.stores.c.policy.label("store_policy"),
@@ -176,14 +181,14 @@ def wanted(
         if row["id"] in carts:
             continue
         try:
-            steps = registry.get(row["flow_name"], row["flow_version"], conn).steps
+            flow = registry.get(row["flow_name"], row["flow_version"], conn)
+            steps = with_exclusions(flow, store_exclusions(row["store_policy"])).steps
             cart = cart_from_row(row)
         except (UnknownFlow, ValueError, KeyError):
             continue  # the timer names and parks such an enrollment
-        index = row["step_index"]
-        spec = steps[index].discount if 0 <= index < len(steps) else None
         rates = store_rates(row["store_policy"])
-        if spec is None or not spec.unique or not spec.offered_for(cart, rates):
+        spec = _unique_wanted(steps, row["step_index"], row["holds"], cart, rates)
+        if spec is None:
             continue
         amount = spec.amount_for(cart.currency, rates)
         if spec.amount is not None and amount is None:
@@ -203,6 +208,25 @@ def wanted(
             )
         )
     return found
+
+
+def _unique_wanted(
+    steps: Sequence[Step],
+    index: int,
+    holds: Mapping[str, Any] | None,
+    cart: Cart,
+    rates: Rates | None,
+) -> Discount | None:
+    """The unique discount the cart's next steps ask for: the step on its turn, or a held one."""
+    held = dict((holds or {}).get("held") or {})
+    waiting = [step for step in steps if step.id in held]
+    if 0 <= index < len(steps):
+        waiting.insert(0, steps[index])
+    for step in waiting:
+        spec = step.discount
+        if spec is not None and spec.unique and spec.offered_for(cart, rates):
+            return spec
+    return None
 
 
 def issue_due(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -139,4 +140,33 @@ def enrollment_from_row(
         held_channel=row["held_channel"],
         exit_reason=row["exit_reason"],
         history=dict(history or {}),
+        **holds_from_json(row["holds"]),
     )
+
+
+def holds_to_json(enrollment: Enrollment) -> dict[str, Any] | None:
+    """The enrollment's holds as stored: None when it has none (most enrollments)."""
+    if not enrollment.holds and not enrollment.released:
+        return None
+    return {
+        "held": {step_id: until.isoformat() for step_id, until in enrollment.holds.items()},
+        "released": sorted(enrollment.released),
+    }
+
+
+def holds_from_json(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Enrollment fields from the stored holds; a malformed value raises (the timer then
+    retries and parks that one enrollment)."""
+    if not value:
+        return {}
+    held = {step_id: _instant(text) for step_id, text in dict(value.get("held") or {}).items()}
+    return {"holds": held, "released": frozenset(str(s) for s in value.get("released") or ())}
+
+
+def _instant(text: object) -> datetime:
+    if not isinstance(text, str):
+        raise ValueError(f"a hold time must be ISO 8601 text, got {type(text).__name__}")
+    at = datetime.fromisoformat(text)
+    if at.tzinfo is None:
+        raise ValueError("a hold time must carry its UTC offset")
+    return at.astimezone(UTC)

@@ -256,6 +256,8 @@ enrollments = Table(
     Column("holdout", Boolean, nullable=False),
     # The channel whose steps this cart skips (the flow's channel holdout), or NULL.
     Column("held_channel", String(8)),
+    # Steps held back by a rule, each with its own time, and those released (rows.holds_to_json).
+    Column("holds", JSON),
     Column("exit_reason", String(40)),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
