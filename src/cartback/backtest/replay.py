@@ -21,7 +21,7 @@ from cartback.backtest.messages import MessageBook
 from cartback.backtest.tally import FlowTally, Tally
 from cartback.core.engine import Outcome, StepDecision, advance, may_enroll, plan_enrollment
 from cartback.core.events import CheckoutUpdated, ShopEvent
-from cartback.core.flows import Flow, Step
+from cartback.core.flows import Flow, Step, with_exclusions
 from cartback.core.lineup import (
     CHECKOUT_UPDATED,
     PRIORITY_RULE,
@@ -41,7 +41,7 @@ from cartback.core.model import (
     Store,
 )
 from cartback.core.policy import SentRecord, contact_zones
-from cartback.core.storepolicy import store_policy, store_rates
+from cartback.core.storepolicy import store_exclusions, store_policy, store_rates
 from cartback.core.timezones import phone_facts
 from cartback.services.gates import policy_gate
 from cartback.services.reports import Money
@@ -92,6 +92,9 @@ class Replayer:
         # The store's exchange rates, as the worker reads them: flows with a base currency
         # compare carts in other currencies through them.
         self.exchange_rates = store_rates(setup.store.policy)
+        # The store's discount exclusions join each flow's own, as the timer adds them.
+        self._exclusions = store_exclusions(setup.store.policy)
+        self._with_store_exclusions: dict[str, Flow] = {}
         self.book = MessageBook(setup.store, setup.base_url, setup.money)
         self.tally = Tally()
         self._rates: dict[tuple[str, str], StepRates] = {
@@ -218,14 +221,15 @@ class Replayer:
     # --- one timer firing ------------------------------------------------------------------
 
     def _wake(self, run: _Run, now: datetime) -> datetime | None:
-        flow = run.assigned.flow
+        flow = self._with_store_exclusions.get(run.assigned.flow.name)
+        if flow is None:
+            flow = with_exclusions(run.assigned.flow, self._exclusions)
+            self._with_store_exclusions[run.assigned.flow.name] = flow
         run.wakes += 1
         if run.wakes > MAX_WAKES:
             # As `flows test` does: a flow that keeps deferring is given up, and said so.
             self.tally.flow(flow.name).exits[WAKES_RULE] += 1
-            if run.enrollment.step_index < len(flow.steps):
-                step_id = flow.steps[run.enrollment.step_index].id
-                self.tally.flow(flow.name).step(step_id).exits_before += 1
+            self._left_before(flow, run.enrollment)
             run.ended_at = now
             return None
         # Only the events since the last wake: the earlier ones are in run.cart already.
@@ -259,6 +263,7 @@ class Replayer:
             recent=self._recent,
             store_policy=self.policy,
             now=now,
+            spacing=flow.spacing,
         )
         result = advance(
             flow,
@@ -275,8 +280,7 @@ class Replayer:
         for decision in result.decisions:
             if decision.outcome is Outcome.EXIT:
                 tally.exits[result.enrollment.exit_reason or "exit"] += 1
-                if enrollment.step_index < len(flow.steps):
-                    tally.step(flow.steps[enrollment.step_index].id).exits_before += 1
+                self._left_before(flow, enrollment)
             else:
                 self._record(run, tally, decision, sends.get(decision.step_id or ""), now)
         run.enrollment = result.enrollment
@@ -284,6 +288,15 @@ class Replayer:
             run.ended_at = now
             return None
         return result.enrollment.wake_at
+
+    def _left_before(self, flow: Flow, enrollment: Enrollment) -> None:
+        """A cart leaves the flow: every step it had not been decided on counts it, those
+        still to come and those held for later (a text waiting for the morning)."""
+        tally = self.tally.flow(flow.name)
+        undecided = {step.id for step in flow.steps[enrollment.step_index :]}
+        undecided.update(enrollment.holds)
+        for step_id in undecided:
+            tally.step(step_id).exits_before += 1
 
     def _seen(self, run: _Run, now: datetime) -> Enrollment:
         """The enrollment with the opens and clicks drawn for its messages up to `now`."""

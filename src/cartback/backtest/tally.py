@@ -17,7 +17,8 @@ class StepTally:
     unpriced: int = 0
     skips: Counter[str] = field(default_factory=Counter)
     defers: Counter[str] = field(default_factory=Counter)
-    # Carts whose flow ended (order, emptied cart, opt-out) while this step was next.
+    # Carts whose flow ended (order, emptied cart, opt-out) before this step was decided on:
+    # still to come, or held (a text waiting for the morning). Not cumulative.
     exits_before: int = 0
     # Of the sends: the cart values in the report currency, their squares (for the interval),
     # and the sends whose currency the rate table cannot convert.
