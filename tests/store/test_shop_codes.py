@@ -152,7 +152,7 @@ def test_a_fixed_amount_coupon_for_a_cart_without_an_email(
     world: World, monkeypatch: pytest.MonkeyPatch, shops: tuple[Shops, RecordingServer]
 ) -> None:
     _, server = shops
-    _woo_store(world, monkeypatch, "amount: 50")
+    _woo_store(world, monkeypatch, "amount: {NOK: 50}")
     _ingest(world, checkout("w1", world.now, email=None), flow="unique")
     assert _issue(world, server).issued == 1
     [call] = server.requests

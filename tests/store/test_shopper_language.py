@@ -42,7 +42,15 @@ def _messages(world: World, *events: CheckoutUpdated) -> dict[str, dict[str, str
 def test_a_norwegian_checkout_gets_every_message_in_norwegian(world: World) -> None:
     # Shipping to Sweden, but the checkout was in Norwegian: the checkout's locale wins.
     event = _shopper(
-        checkout("nb", world.now, phone="+4740000001", email="kari@x.no", title="Ullsokker"),
+        # NOK 1,200: a large cart, so sms3 goes too.
+        checkout(
+            "nb",
+            world.now,
+            phone="+4740000001",
+            email="kari@x.no",
+            title="Ullsokker",
+            price="600.00",
+        ),
         locale="nb-NO",
         country="SE",
     )

@@ -21,11 +21,14 @@ branch_labels = None
 depends_on = None
 
 
+# Plain ALTER TABLE on both backends, never SQLite's batch copy-and-rename: the report
+# summary's triggers (0018) name `enrollments`, and SQLite refuses to rename a table under them.
 def upgrade() -> None:
-    with op.batch_alter_table("enrollments") as batch:
-        batch.add_column(sa.Column("holds", sa.JSON(), nullable=True))
+    op.add_column("enrollments", sa.Column("holds", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("enrollments") as batch:
-        batch.drop_column("holds")
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("ALTER TABLE enrollments DROP COLUMN holds")
+    else:
+        op.drop_column("enrollments", "holds")
