@@ -1,0 +1,226 @@
+"""The hot paths' SQL, prebuilt once per dialect and run through the driver with tuple rows.
+
+SQLAlchemy builds, caches and type-processes a Core statement on every call, which costs more
+than the database's own work for the dispatcher's small per-group statements. These statements
+are plain SQL strings run with `exec_driver_sql`, so engine events, the connection's
+transaction and its error handling still apply. Values go in and out through the very bind and
+result processors of the table's column types (`Codec`), so what is written here is stored
+exactly as Core would store it (SQLite keeps datetimes as text, compared as text).
+
+Variable-length id lists are `IN (?, ...)` on SQLite (one text per length, cached) and
+`= ANY(array)` on PostgreSQL (one text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Column, Connection, Dialect
+
+from cartback.store import tables as t
+
+_Process = Callable[[Any], Any]
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+class Codec:
+    """Bind and result processors of some columns, for one dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+
+    def bind(self, column: Column[Any]) -> _Process:
+        processor = column.type.dialect_impl(self.dialect).bind_processor(self.dialect)
+        return processor or _same
+
+    def result(self, column: Column[Any]) -> _Process:
+        processor = column.type.dialect_impl(self.dialect).result_processor(self.dialect, None)
+        return processor or _same
+
+
+# The columns of an outbox row the dispatcher reads when it claims, in this order.
+CLAIM_COLUMNS = (
+    "id",
+    "store_id",
+    "enrollment_id",
+    "contact_id",
+    "step_id",
+    "service_key",
+    "channel",
+    "to_address",
+    "subject",
+    "body",
+    "html",
+    "headers",
+    "segments",
+    "attempts",
+    "available_at",
+    "send_before",
+)
+
+# What may stop a claimed row's send, read in the claim (see services.dispatch).
+FACTS_COLUMNS = (
+    "id",
+    "cart_id",
+    "created_at",
+    "status",
+    "sms_marketing",
+    "email_marketing",
+    "opted_out_at",
+)
+
+
+class DispatchSql:
+    """The dispatcher's per-batch and per-group statements for one dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.sqlite = dialect.name == "sqlite"
+        self.codec = codec = Codec(dialect)
+        o, e, c, k = t.outbox.c, t.enrollments.c, t.carts.c, t.contacts.c
+        self.time = codec.bind(o.lease_until)
+        self.cost = codec.bind(o.cost)
+        self._time_out = codec.result(o.available_at)
+        self._claim_out: list[tuple[int, _Process]] = [
+            (i, codec.result(o[name]))
+            for i, name in enumerate(CLAIM_COLUMNS)
+            if codec.result(o[name]) is not _same
+        ]
+        facts_types = [e.id, e.cart_id, e.created_at, c.status, k.sms_marketing]
+        facts_types += [k.email_marketing, k.opted_out_at]
+        self._facts_out: list[tuple[int, _Process]] = [
+            (i, codec.result(column))
+            for i, column in enumerate(facts_types)
+            if codec.result(column) is not _same
+        ]
+        self._columns = ", ".join(CLAIM_COLUMNS)
+        self.any_endpoint = "SELECT 1 FROM webhook_endpoints LIMIT 1"
+        self.next_due = self._q("SELECT MIN(available_at) FROM outbox WHERE status = 'pending'")
+        # One statement per outcome, in one executemany. Fenced by the lease: a dispatcher
+        # whose row was taken over writes nothing. Columns an outcome leaves NULL keep theirs.
+        self.record = self._q(
+            "UPDATE outbox SET status = ?, error = ?, error_code = ?, provider = ?, "
+            "provider_id = COALESCE(?, provider_id), sent_at = COALESCE(?, sent_at), "
+            "failed_at = COALESCE(?, failed_at), cost = COALESCE(?, cost), "
+            "segments = COALESCE(?, segments), available_at = COALESCE(?, available_at), "
+            "lease_owner = NULL, lease_until = NULL, updated_at = ? "
+            "WHERE id = ? AND lease_owner = ? AND status = 'sending'"
+        )
+        # A row marked `sending` whose call was not started after all goes back to the queue.
+        self.release = self._q(
+            "UPDATE outbox SET status = 'pending', attempts = outbox.attempts - 1, "
+            "lease_owner = NULL, lease_until = NULL, updated_at = ? "
+            "WHERE id = ? AND lease_owner = ? AND status = 'sending'"
+        )
+        # A claimed row this dispatcher will not send (it is stopping) goes back at once.
+        self.unclaim = self._q(
+            "UPDATE outbox SET status = 'pending', lease_owner = NULL, lease_until = NULL, "
+            "updated_at = ? WHERE id = ? AND lease_owner = ? AND status = 'claimed'"
+        )
+
+    def _q(self, sql: str) -> str:
+        """Write statements with `?`; psycopg takes `%s`."""
+        return sql if self.sqlite else sql.replace("?", "%s")
+
+    def _ids(self, ids: Sequence[int]) -> tuple[str, list[Any]]:
+        """`IN (...)` for these ids, and the parameters it takes."""
+        if self.sqlite:
+            return _qmarks(len(ids)), list(ids)
+        return "= ANY(%s::bigint[])", [list(ids)]
+
+    def _texts(self, values: Sequence[str]) -> tuple[str, list[Any]]:
+        if self.sqlite:
+            return _qmarks(len(values)), list(values)
+        return "= ANY(%s::text[])", [list(values)]
+
+    def claim_rows(
+        self, conn: Connection, now: datetime, channels: Sequence[str], most: int
+    ) -> list[tuple[Any, ...]]:
+        """Up to `most` due `pending` rows of these channels, oldest first (CLAIM_COLUMNS);
+        on PostgreSQL locked, skipping rows another worker is claiming."""
+        match, params = self._texts(channels)
+        sql = (
+            f"SELECT {self._columns} FROM outbox WHERE status = 'pending' AND available_at <= ? "
+            f"AND channel {match} ORDER BY available_at, id LIMIT ?"
+        )
+        if not self.sqlite:
+            sql += " FOR UPDATE SKIP LOCKED"
+        rows = conn.exec_driver_sql(self._q(sql), (self.time(now), *params, most)).fetchall()
+        return [self._decode(row, self._claim_out) for row in rows]
+
+    def facts(self, conn: Connection, enrollment_ids: Sequence[int]) -> list[tuple[Any, ...]]:
+        """FACTS_COLUMNS of these enrollments, their carts and contacts."""
+        if not enrollment_ids:
+            return []
+        match, params = self._ids(enrollment_ids)
+        sql = (
+            "SELECT e.id, e.cart_id, e.created_at, c.status, k.sms_marketing, "
+            "k.email_marketing, k.opted_out_at FROM enrollments e "
+            "JOIN carts c ON c.id = e.cart_id LEFT JOIN contacts k ON k.id = c.contact_id "
+            f"WHERE e.id {match}"
+        )
+        rows = conn.exec_driver_sql(self._q(sql), tuple(params)).fetchall()
+        return [self._decode(row, self._facts_out) for row in rows]
+
+    def mark_claimed(
+        self, conn: Connection, ids: Sequence[int], owner: str, until: datetime, now: datetime
+    ) -> None:
+        match, params = self._ids(ids)
+        sql = (
+            "UPDATE outbox SET status = 'claimed', lease_owner = ?, lease_until = ?, "
+            f"updated_at = ? WHERE id {match}"
+        )
+        conn.exec_driver_sql(self._q(sql), (owner, self.time(until), self.time(now), *params))
+
+    def mark_sending(
+        self, conn: Connection, ids: Sequence[int], owner: str, at: datetime, until: datetime
+    ) -> set[int]:
+        """The fence: of these rows, those this owner still holds `claimed` under a running
+        lease become `sending` with a lease to `until`; answers their ids."""
+        match, params = self._ids(ids)
+        sql = (
+            "UPDATE outbox SET status = 'sending', lease_until = ?, "
+            "attempts = outbox.attempts + 1, updated_at = ? "
+            f"WHERE id {match} AND lease_owner = ? AND status = 'claimed' AND lease_until > ? "
+            "RETURNING id"
+        )
+        stamp = self.time(at)
+        marked = conn.exec_driver_sql(
+            self._q(sql), (self.time(until), stamp, *params, owner, stamp)
+        )
+        return {row[0] for row in marked}
+
+    def earliest_pending(self, conn: Connection) -> datetime | None:
+        found = conn.exec_driver_sql(self.next_due).scalar()
+        return None if found is None else self._time_out(found)
+
+    def has_endpoint(self, conn: Connection) -> bool:
+        return conn.exec_driver_sql(self.any_endpoint).first() is not None
+
+    @staticmethod
+    def _decode(row: Sequence[Any], processors: list[tuple[int, _Process]]) -> tuple[Any, ...]:
+        values = list(row)
+        for i, process in processors:
+            values[i] = process(values[i])
+        return tuple(values)
+
+
+@cache
+def _qmarks(count: int) -> str:
+    return "IN (" + ", ".join("?" * count) + ")"
+
+
+_BY_DIALECT: dict[str, DispatchSql] = {}
+
+
+def dispatch_sql(dialect: Dialect) -> DispatchSql:
+    """The statements for this dialect, built on first use."""
+    found = _BY_DIALECT.get(dialect.name)
+    if found is None:
+        found = _BY_DIALECT.setdefault(dialect.name, DispatchSql(dialect))
+    return found
