@@ -72,6 +72,8 @@ MAX_ATTEMPTS = RetryPolicy().max_attempts
 # never hold up new work for long and what was reconciled survives a crash.
 RECOVERY_STEP = 20
 
+_NONE_4 = (None, None, None, None)
+
 UNKNOWN_AFTER_CRASH = "the dispatcher stopped mid-send; not resent to avoid a duplicate"
 
 
@@ -96,8 +98,7 @@ class DispatchStats:
     next_due: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Claimed:
+class _Claimed(NamedTuple):
     id: int
     message: OutboundMessage
     attempts: int
@@ -160,7 +161,14 @@ class Dispatcher:
         self.concurrency = concurrency
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send")
         self._sql = dispatch_sql(engine.dialect)
+        # The connections kept between runs: one for transactions and, on PostgreSQL, one in
+        # autocommit for the single-statement writes (a fence, a group's outcomes), which then
+        # cost one round trip instead of three.
         self._conn: Connection | None = None
+        self._auto: Connection | None = None
+        # Whether any webhook endpoint exists, read in each claim: a batch's `message.sent`
+        # events are queued with its outcomes only then, without a look-up per group.
+        self._webhooks = True
         # Once set, no new provider call starts: the rest of the claim goes back to the queue,
         # so a shutdown waits only for the calls already in flight.
         self._stopping = stopping or threading.Event()
@@ -199,13 +207,27 @@ class Dispatcher:
         """The connection this dispatcher keeps between runs; only the thread running
         `run_once` uses it, never the send threads."""
         if self._conn is None or self._conn.closed or self._conn.invalidated:
-            self._drop_connection()
+            if self._conn is not None:
+                self._drop_connection()
             self._conn = self.engine.connect()
         return self._conn
 
+    def _writer(self) -> Connection:
+        """The connection for one write statement: on PostgreSQL in autocommit (the statement
+        is its own transaction), on SQLite the one connection (BEGIN IMMEDIATE is cheap)."""
+        if self._sql.sqlite:
+            return self._connection()
+        if self._auto is None or self._auto.closed or self._auto.invalidated:
+            if self._auto is not None:
+                self._drop_connection()
+            self._auto = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self._auto
+
     def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
+        conns, self._conn, self._auto = (self._conn, self._auto), None, None
+        for conn in conns:
+            if conn is None:
+                continue
             try:
                 conn.close()
             except Exception:
@@ -313,13 +335,13 @@ class Dispatcher:
         """The fence, for a group of rows about to be handed over together: each becomes
         `sending`, with a lease of its own from `at`, only while this dispatcher still holds
         its claim. Answers the rows it marked; only those are handed to a provider."""
-        conn = self._connection()
+        conn = self._writer()
         with conn.begin():
             return self._sql.mark_sending(conn, row_ids, self.owner, at, at + self.lease)
 
     def _unclaim(self, row_ids: Sequence[int]) -> None:
         now = self._sql.time(self._now())
-        conn = self._connection()
+        conn = self._writer()
         with conn.begin():
             conn.exec_driver_sql(
                 self._sql.unclaim, [(now, row_id, self.owner) for row_id in row_ids]
@@ -367,6 +389,7 @@ class Dispatcher:
             if not rows:
                 stats.next_due = sql.earliest_pending(conn)
                 return []
+            self._webhooks = sql.has_endpoint(conn)
             facts = _enrollment_facts(conn, sql, rows)
             stop = {**_stopped(rows, facts), **_too_late(rows, now)}
             if stop:
@@ -421,20 +444,19 @@ class Dispatcher:
         gave_up: list[int] = []
         opted_out: list[tuple[_Claimed, _Handed]] = []
         counts: Counter[tuple[str, str | None, str]] = Counter()
+        fenced_at: datetime | None = None
+        fenced_stamp: Any = None
         for item, handed in ready:
             if handed is None:
                 not_started.append((stamp, item.id, owner))
                 continue
             result = handed.result
-            error, provider_id, sent_at, failed_at, available_at = (
-                result.error,
-                None,
-                None,
-                None,
-                None,
-            )
+            error, provider_id, sent_at, failed_at, available_at = result.error, *_NONE_4
             if result.status is SendStatus.ACCEPTED:
-                status, provider_id, sent_at = "sent", result.provider_id, time(handed.at)
+                if handed.at is not fenced_at:
+                    # A group's rows share their fence time: converted once.
+                    fenced_at, fenced_stamp = handed.at, time(handed.at)
+                status, provider_id, sent_at = "sent", result.provider_id, fenced_stamp
                 sent.append(item.id)
                 stats.sent += 1
                 stats.send_delays.append((handed.at - item.available_at).total_seconds())
@@ -478,13 +500,15 @@ class Dispatcher:
             )
             counts[(item.message.channel, provider, status)] += 1
         stats.lost_lease += len(not_started)
-        conn = self._connection()
+        queue_sent = bool(sent) and self._webhooks
+        # Only the outcome statement (and any releases) needs no transaction around it.
+        conn = self._connection() if queue_sent or opted_out or gave_up else self._writer()
         with conn.begin():
             if outcomes:
-                conn.exec_driver_sql(self._sql.record, outcomes)
+                self._sql.record(conn, outcomes)
             if not_started:
                 conn.exec_driver_sql(self._sql.release, not_started)
-            if sent and self._sql.has_endpoint(conn):
+            if queue_sent:
                 outbound.messages_sent(conn, sent, now)
             for item, handed in opted_out:
                 _suppress_opted_out(conn, item, handed, now)

@@ -13,6 +13,7 @@ Variable-length id lists are `IN (?, ...)` on SQLite (one text per length, cache
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import cache
@@ -76,6 +77,39 @@ FACTS_COLUMNS = (
 )
 
 
+# An outcome, as `DispatchSql.record` takes it.
+RECORD_COLUMNS = (
+    "status",
+    "error",
+    "error_code",
+    "provider",
+    "provider_id",
+    "sent_at",
+    "failed_at",
+    "cost",
+    "segments",
+    "available_at",
+    "updated_at",
+    "id",
+    "owner",
+)
+_RECORD_TYPES = (
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "numeric",
+    "int",
+    "timestamptz",
+    "timestamptz",
+    "bigint",
+    "text",
+)
+
+
 class DispatchSql:
     """The dispatcher's per-batch and per-group statements for one dialect."""
 
@@ -101,16 +135,36 @@ class DispatchSql:
         self._columns = ", ".join(CLAIM_COLUMNS)
         self.any_endpoint = "SELECT 1 FROM webhook_endpoints LIMIT 1"
         self.next_due = self._q("SELECT MIN(available_at) FROM outbox WHERE status = 'pending'")
-        # One statement per outcome, in one executemany. Fenced by the lease: a dispatcher
-        # whose row was taken over writes nothing. Columns an outcome leaves NULL keep theirs.
-        self.record = self._q(
-            "UPDATE outbox SET status = ?, error = ?, error_code = ?, provider = ?, "
-            "provider_id = COALESCE(?, provider_id), sent_at = COALESCE(?, sent_at), "
-            "failed_at = COALESCE(?, failed_at), cost = COALESCE(?, cost), "
-            "segments = COALESCE(?, segments), available_at = COALESCE(?, available_at), "
-            "lease_owner = NULL, lease_until = NULL, updated_at = ? "
-            "WHERE id = ? AND lease_owner = ? AND status = 'sending'"
+        # A group's outcomes (RECORD_COLUMNS). Fenced by the lease: a dispatcher whose row was
+        # taken over writes nothing. Columns an outcome leaves NULL keep their value. SQLite:
+        # one statement per outcome in one executemany (no round trips in process);
+        # PostgreSQL: one statement for the group, its values passed as arrays.
+        sets = (
+            "status = {v}status, error = {v}error, error_code = {v}error_code, "
+            "provider = {v}provider, "
+            "provider_id = COALESCE({v}provider_id, outbox.provider_id), "
+            "sent_at = COALESCE({v}sent_at, outbox.sent_at), "
+            "failed_at = COALESCE({v}failed_at, outbox.failed_at), "
+            "cost = COALESCE({v}cost, outbox.cost), "
+            "segments = COALESCE({v}segments, outbox.segments), "
+            "available_at = COALESCE({v}available_at, outbox.available_at), "
+            "lease_owner = NULL, lease_until = NULL, updated_at = {v}updated_at"
         )
+        if self.sqlite:
+            self._record = (
+                "UPDATE outbox SET "
+                + re.sub(r"\{v\}\w+", "?", sets)
+                + " WHERE id = ? AND lease_owner = ? AND status = 'sending'"
+            )
+        else:
+            arrays = ", ".join(f"%s::{kind}[]" for kind in _RECORD_TYPES)
+            self._record = (
+                "UPDATE outbox SET "
+                + sets.format(v="v.")
+                + f" FROM unnest({arrays}) AS v({', '.join(RECORD_COLUMNS)})"
+                " WHERE outbox.id = v.id AND outbox.lease_owner = v.owner"
+                " AND outbox.status = 'sending'"
+            )
         # A row marked `sending` whose call was not started after all goes back to the queue.
         self.release = self._q(
             "UPDATE outbox SET status = 'pending', attempts = outbox.attempts - 1, "
@@ -194,6 +248,15 @@ class DispatchSql:
             self._q(sql), (self.time(until), stamp, *params, owner, stamp)
         )
         return {row[0] for row in marked}
+
+    def record(self, conn: Connection, outcomes: Sequence[tuple[Any, ...]]) -> None:
+        """Write a group of outcomes, each a tuple in RECORD_COLUMNS order, its times and
+        cost already through `time` and `cost`."""
+        if self.sqlite:
+            conn.exec_driver_sql(self._record, list(outcomes))
+        else:
+            columns = zip(*outcomes, strict=True)
+            conn.exec_driver_sql(self._record, tuple(list(column) for column in columns))
 
     def earliest_pending(self, conn: Connection) -> datetime | None:
         found = conn.exec_driver_sql(self.next_due).scalar()
