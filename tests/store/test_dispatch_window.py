@@ -13,7 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, event, insert, select, update
 
+from cartback.core.model import Channel
+from cartback.ports import MessageChannel
 from cartback.services.dispatch import message_key
+from cartback.services.providers import ChannelResolver
 from cartback.store import tables as t
 from cartback.store.db import is_sqlite
 from tests.store.test_dispatch import _due_messages, _rows
@@ -291,3 +294,34 @@ def test_no_stall_at_any_window_ever_sends_a_message_twice(
         assert unknown == 0
     else:
         assert unknown <= concurrency
+
+
+class BrokenResolver(ChannelResolver):
+    """Fails inside the send thread, after the fence, with an error nobody planned for."""
+
+    def channel(self, store_id: int, kind: Channel) -> MessageChannel:
+        raise RuntimeError("a bug")
+
+
+def test_a_send_thread_that_fails_leaves_its_row_for_recovery(world: World) -> None:
+    """Whether the call started cannot be known: the row is not put back in the queue at once
+    but left `sending`, and recovery settles it with the provider after its lease."""
+    _due_messages(world, carts=1)
+    sent: list[str] = []
+    provider = Provider(sent)
+    resolver = BrokenResolver({Channel.SMS: provider}, base_url="", timeout=10, per_store=False)  # type: ignore[dict-item]
+    broken = _dispatcher(world.app.engine, provider, resolver=resolver, clock=world.clock.now)
+    try:
+        stats = broken.run_once(world.now)
+    finally:
+        broken.close()
+    assert (stats.sent, stats.lost_lease, sent) == (0, 1, [])
+    assert _statuses(world) == {"sending": 1}
+    world.clock.advance(LEASE + timedelta(seconds=1))
+    healthy = _dispatcher(world.app.engine, provider, clock=world.clock.now)
+    try:
+        healthy.run_once(world.now)  # the provider never got it: back to pending, sent
+    finally:
+        healthy.close()
+    assert len(sent) == 1
+    assert _statuses(world) == {"sent": 1}

@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, String, bindparam, case, func, select, update
@@ -108,6 +109,13 @@ class _Claimed(NamedTuple):
     contact_id: int | None = None
 
 
+class _Unsent(Enum):
+    # The call was not made: the row goes back to the queue.
+    NOT_STARTED = "not started"
+    # The send thread failed, maybe mid-call: the row is left `sending` for recovery.
+    BROKEN = "broken"
+
+
 @dataclass(frozen=True, slots=True)
 class _Handed:
     """A provider's answer for a row this dispatcher marked `sending` at `at`."""
@@ -116,6 +124,9 @@ class _Handed:
     at: datetime
     # The name of the channel that sent it; None when no channel could be built.
     provider: str | None = None
+
+
+_Answer = tuple[_Claimed, _Handed | _Unsent]
 
 
 class Dispatcher:
@@ -238,7 +249,7 @@ class Dispatcher:
         in a group with the others handed over at the same moment, and each answer is
         written as soon as it is back, together with the others already waiting."""
         waiting = deque(claimed)
-        answers: queue.SimpleQueue[tuple[_Claimed, _Handed | None]] = queue.SimpleQueue()
+        answers: queue.SimpleQueue[_Answer] = queue.SimpleQueue()
         in_flight = 0
         try:
             while waiting or in_flight:
@@ -263,7 +274,7 @@ class Dispatcher:
     def _hand_over(
         self,
         waiting: deque[_Claimed],
-        answers: queue.SimpleQueue[tuple[_Claimed, _Handed | None]],
+        answers: queue.SimpleQueue[_Answer],
         in_flight: int,
         stats: DispatchStats,
     ) -> int:
@@ -300,24 +311,22 @@ class Dispatcher:
         stats.lost_lease += len(group) - started
         return started
 
-    def _send_into(
-        self,
-        item: _Claimed,
-        at: datetime,
-        answers: queue.SimpleQueue[tuple[_Claimed, _Handed | None]],
-    ) -> None:
-        handed: _Handed | None = None
+    def _send_into(self, item: _Claimed, at: datetime, answers: queue.SimpleQueue[_Answer]) -> None:
+        handed: _Handed | _Unsent = _Unsent.BROKEN
         try:
             handed = self._send(item, at)
+        except Exception:
+            # The call may have started: the row stays `sending`, for recovery to settle.
+            log.exception("outbox row %s: the send thread failed", item.id)
         finally:
             answers.put((item, handed))
 
-    def _send(self, item: _Claimed, at: datetime) -> _Handed | None:
-        """One provider call for a row fenced `sending` at `at`, or None when it must not
-        start: the worker is stopping, or a stall since the fence (a slow commit, a paused
+    def _send(self, item: _Claimed, at: datetime) -> _Handed | _Unsent:
+        """One provider call for a row fenced `sending` at `at`, or NOT_STARTED when it must
+        not start: the worker is stopping, or a stall since the fence (a slow commit, a paused
         process, a wait for this thread) left less than one provider timeout of the lease."""
         if self._stopping.is_set() or self._now() + self.send_timeout >= at + self.lease:
-            return None
+            return _Unsent.NOT_STARTED
         try:
             channel = self.resolver.channel(item.store_id, item.message.channel)
         except ProviderUnavailable as error:
@@ -432,7 +441,7 @@ class Dispatcher:
             for channel, bucket in self.buckets.items()
         }
 
-    def _record(self, ready: list[tuple[_Claimed, _Handed | None]], stats: DispatchStats) -> None:
+    def _record(self, ready: list[_Answer], stats: DispatchStats) -> None:
         """Write a group of answers in one transaction; rows whose call did not start go back
         to the queue in the same one."""
         now = self._now()
@@ -447,8 +456,11 @@ class Dispatcher:
         fenced_at: datetime | None = None
         fenced_stamp: Any = None
         for item, handed in ready:
-            if handed is None:
+            if handed is _Unsent.NOT_STARTED:
                 not_started.append((stamp, item.id, owner))
+                continue
+            if handed is _Unsent.BROKEN:
+                stats.lost_lease += 1
                 continue
             result = handed.result
             error, provider_id, sent_at, failed_at, available_at = result.error, *_NONE_4

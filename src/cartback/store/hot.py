@@ -3,9 +3,11 @@
 SQLAlchemy builds, caches and type-processes a Core statement on every call, which costs more
 than the database's own work for the dispatcher's small per-group statements. These statements
 are plain SQL strings run with `exec_driver_sql`, so engine events, the connection's
-transaction and its error handling still apply. Values go in and out through the very bind and
-result processors of the table's column types (`Codec`), so what is written here is stored
-exactly as Core would store it (SQLite keeps datetimes as text, compared as text).
+transaction and its error handling still apply; bulk writes are one `executemany` on SQLite
+(in process, no round trips) and one statement over arrays on PostgreSQL. Values go in and out
+through the very bind and result processors of the table's column types (`Codec`), so what is
+written here is stored exactly as Core would store it (SQLite keeps datetimes as text,
+compared as text).
 
 Variable-length id lists are `IN (?, ...)` on SQLite (one text per length, cached) and
 `= ANY(array)` on PostgreSQL (one text).
@@ -43,6 +45,11 @@ class Codec:
     def result(self, column: Column[Any]) -> _Process:
         processor = column.type.dialect_impl(self.dialect).result_processor(self.dialect, None)
         return processor or _same
+
+    def decoders(self, columns: Sequence[Column[Any]]) -> list[tuple[int, _Process]]:
+        """(position, processor) for the columns of a row that need one."""
+        found = [(i, self.result(column)) for i, column in enumerate(columns)]
+        return [(i, process) for i, process in found if process is not _same]
 
 
 # The columns of an outbox row the dispatcher reads when it claims, in this order.
@@ -120,18 +127,9 @@ class DispatchSql:
         self.time = codec.bind(o.lease_until)
         self.cost = codec.bind(o.cost)
         self._time_out = codec.result(o.available_at)
-        self._claim_out: list[tuple[int, _Process]] = [
-            (i, codec.result(o[name]))
-            for i, name in enumerate(CLAIM_COLUMNS)
-            if codec.result(o[name]) is not _same
-        ]
-        facts_types = [e.id, e.cart_id, e.created_at, c.status, k.sms_marketing]
-        facts_types += [k.email_marketing, k.opted_out_at]
-        self._facts_out: list[tuple[int, _Process]] = [
-            (i, codec.result(column))
-            for i, column in enumerate(facts_types)
-            if codec.result(column) is not _same
-        ]
+        self._claim_out = codec.decoders([o[name] for name in CLAIM_COLUMNS])
+        facts = [e.id, e.cart_id, e.created_at, c.status, k.sms_marketing, k.email_marketing]
+        self._facts_out = codec.decoders([*facts, k.opted_out_at])
         self._columns = ", ".join(CLAIM_COLUMNS)
         self.any_endpoint = "SELECT 1 FROM webhook_endpoints LIMIT 1"
         self.next_due = self._q("SELECT MIN(available_at) FROM outbox WHERE status = 'pending'")
