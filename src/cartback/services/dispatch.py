@@ -247,7 +247,8 @@ class Dispatcher:
     def _send_all(self, claimed: list[_Claimed], stats: DispatchStats) -> None:
         """Hand the claim over a window at a time: each free send thread gets one row, fenced
         in a group with the others handed over at the same moment, and each answer is
-        written as soon as it is back, together with the others already waiting."""
+        written as soon as it is back, together with the others already waiting, before
+        the next window is fenced."""
         waiting = deque(claimed)
         answers: queue.SimpleQueue[_Answer] = queue.SimpleQueue()
         in_flight = 0
@@ -263,8 +264,8 @@ class Dispatcher:
                     except queue.Empty:
                         break
                 in_flight -= len(ready)
-                # The next group first: its calls run while these answers are written.
-                in_flight += self._hand_over(waiting, answers, in_flight, stats)
+                # Written before their threads get new rows: at most `concurrency` rows are
+                # ever `sending` with no outcome written, which is all a crash can leave.
                 self._record(ready, stats)
         except BaseException:
             # What was never fenced is still `claimed`: returned at the next run.
