@@ -129,6 +129,24 @@ class _Handed:
 _Answer = tuple[_Claimed, _Handed | _Unsent]
 
 
+@dataclass
+class _Group:
+    """A group of answers on their way to one outcome write, and what else they need."""
+
+    outcomes: list[tuple[Any, ...]] = field(default_factory=list)
+    sent: list[int] = field(default_factory=list)
+    gave_up: list[int] = field(default_factory=list)
+    opted_out: list[tuple[_Claimed, _Handed]] = field(default_factory=list)
+    counts: Counter[tuple[str, str | None, str]] = field(default_factory=Counter)
+    _fenced: tuple[datetime, Any] | None = None
+
+    def stamp(self, at: datetime, time: Callable[[Any], Any]) -> Any:
+        """A fence time as stored; a window's rows share theirs, so it is converted once."""
+        if self._fenced is None or self._fenced[0] is not at:
+            self._fenced = (at, time(at))
+        return self._fenced[1]
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -446,89 +464,87 @@ class Dispatcher:
         """Write a group of answers in one transaction; rows whose call did not start go back
         to the queue in the same one."""
         now = self._now()
-        time, owner = self._sql.time, self.owner
-        stamp = time(now)
-        outcomes: list[tuple[Any, ...]] = []
+        stamp = self._sql.time(now)
+        group = _Group()
         not_started: list[tuple[Any, ...]] = []
-        sent: list[int] = []
-        gave_up: list[int] = []
-        opted_out: list[tuple[_Claimed, _Handed]] = []
-        counts: Counter[tuple[str, str | None, str]] = Counter()
-        fenced_at: datetime | None = None
-        fenced_stamp: Any = None
         for item, handed in ready:
             if handed is _Unsent.NOT_STARTED:
-                not_started.append((stamp, item.id, owner))
-                continue
-            if handed is _Unsent.BROKEN:
+                not_started.append((stamp, item.id, self.owner))
+            elif handed is _Unsent.BROKEN:
                 stats.lost_lease += 1
-                continue
-            result = handed.result
-            error, provider_id, sent_at, failed_at, available_at = result.error, *_NONE_4
-            if result.status is SendStatus.ACCEPTED:
-                if handed.at is not fenced_at:
-                    # A group's rows share their fence time: converted once.
-                    fenced_at, fenced_stamp = handed.at, time(handed.at)
-                status, provider_id, sent_at = "sent", result.provider_id, fenced_stamp
-                sent.append(item.id)
-                stats.sent += 1
-                stats.send_delays.append((handed.at - item.available_at).total_seconds())
-            elif result.status is SendStatus.UNKNOWN:
-                status = "unknown"
-                stats.unknown += 1
-            elif (
-                result.retryable and not result.opted_out and not self.retry.gives_up(item.attempts)
-            ):
-                status = "pending"
-                available_at = time(now + self.retry.backoff(item.id, item.attempts))
-                stats.retried += 1
-            elif result.retryable and not result.opted_out:
-                status, failed_at = "failed", stamp
-                error = gave_up_reason(item.attempts, result.error)
-                gave_up.append(item.id)
-                stats.failed += 1
             else:
-                status, failed_at = "failed", stamp
-                stats.failed += 1
-            if result.opted_out and item.contact_id is not None:
-                opted_out.append((item, handed))
-            provider = result.provider or handed.provider
-            cost = None if result.cost is None else self._sql.cost(result.cost)
-            outcomes.append(
-                (
-                    status,
-                    error,
-                    result.error_code,
-                    provider,
-                    provider_id,
-                    sent_at,
-                    failed_at,
-                    cost,
-                    result.segments,
-                    available_at,
-                    stamp,
-                    item.id,
-                    owner,
-                )
-            )
-            counts[(item.message.channel, provider, status)] += 1
+                group.outcomes.append(self._outcome(item, handed, now, stamp, group, stats))
         stats.lost_lease += len(not_started)
-        queue_sent = bool(sent) and self._webhooks
+        queue_sent = bool(group.sent) and self._webhooks
         # Only the outcome statement (and any releases) needs no transaction around it.
-        conn = self._connection() if queue_sent or opted_out or gave_up else self._writer()
+        plain = not (queue_sent or group.opted_out or group.gave_up)
+        conn = self._writer() if plain else self._connection()
         with conn.begin():
-            if outcomes:
-                self._sql.record(conn, outcomes)
+            if group.outcomes:
+                self._sql.record(conn, group.outcomes)
             if not_started:
                 conn.exec_driver_sql(self._sql.release, not_started)
             if queue_sent:
-                outbound.messages_sent(conn, sent, now)
-            for item, handed in opted_out:
+                outbound.messages_sent(conn, group.sent, now)
+            for item, handed in group.opted_out:
                 _suppress_opted_out(conn, item, handed, now)
-            if gave_up:
-                record_gave_up(conn, gave_up, now)
-        for (channel, provider, status), count in counts.items():
+            if group.gave_up:
+                record_gave_up(conn, group.gave_up, now)
+        for (channel, provider, status), count in group.counts.items():
             metrics.count_send(str(channel), provider, status, count)
+
+    def _outcome(
+        self,
+        item: _Claimed,
+        handed: _Handed,
+        now: datetime,
+        stamp: Any,
+        group: _Group,
+        stats: DispatchStats,
+    ) -> tuple[Any, ...]:
+        """One answer as the outcome statement writes it (store.hot.RECORD_COLUMNS)."""
+        result, time = handed.result, self._sql.time
+        error, provider_id, sent_at, failed_at, available_at = result.error, *_NONE_4
+        if result.status is SendStatus.ACCEPTED:
+            status, provider_id, sent_at = "sent", result.provider_id, group.stamp(handed.at, time)
+            group.sent.append(item.id)
+            stats.sent += 1
+            stats.send_delays.append((handed.at - item.available_at).total_seconds())
+        elif result.status is SendStatus.UNKNOWN:
+            status = "unknown"
+            stats.unknown += 1
+        elif result.retryable and not result.opted_out and not self.retry.gives_up(item.attempts):
+            status = "pending"
+            available_at = time(now + self.retry.backoff(item.id, item.attempts))
+            stats.retried += 1
+        elif result.retryable and not result.opted_out:
+            status, failed_at = "failed", stamp
+            error = gave_up_reason(item.attempts, result.error)
+            group.gave_up.append(item.id)
+            stats.failed += 1
+        else:
+            status, failed_at = "failed", stamp
+            stats.failed += 1
+        if result.opted_out and item.contact_id is not None:
+            group.opted_out.append((item, handed))
+        provider = result.provider or handed.provider
+        cost = None if result.cost is None else self._sql.cost(result.cost)
+        group.counts[(item.message.channel, provider, status)] += 1
+        return (
+            status,
+            error,
+            result.error_code,
+            provider,
+            provider_id,
+            sent_at,
+            failed_at,
+            cost,
+            result.segments,
+            available_at,
+            stamp,
+            item.id,
+            self.owner,
+        )
 
     def recover_expired(self, now: datetime, stats: DispatchStats) -> None:
         """Rows whose lease expired: a dispatcher died or stalled. Never resend without proof.
