@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -329,3 +330,41 @@ def test_a_send_thread_that_fails_leaves_its_row_for_recovery(world: World) -> N
         healthy.close()
     assert len(sent) == 1
     assert _statuses(world) == {"sent": 1}
+
+
+class SecondFenceFails:
+    """The dispatcher's statements, with the second fence failing as a database blip would."""
+
+    def __init__(self, sql: Any) -> None:
+        self.sql = sql
+        self.fences = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sql, name)
+
+    def mark_sending(self, *args: Any) -> set[int]:
+        self.fences += 1
+        if self.fences == 2:
+            raise ConnectionError("server closed the connection unexpectedly")
+        return self.sql.mark_sending(*args)  # type: ignore[no-any-return]
+
+
+def test_answers_carried_by_a_fence_that_fails_are_still_written(world: World) -> None:
+    """The answers back from one window are written with the next window's fence. When that
+    fence fails (the database blips), they are written on their own: the sent message is
+    recorded `sent`, the rest of the claim goes back at the next run, and each goes out once."""
+    _due_messages(world, carts=3)
+    sent: list[str] = []
+    dispatcher = _dispatcher(world.app.engine, Provider(sent), concurrency=1, clock=world.clock.now)
+    failing = SecondFenceFails(dispatcher._sql)
+    dispatcher._sql = failing  # type: ignore[assignment]
+    try:
+        stats = dispatcher.run_once(world.now)
+        assert (failing.fences, stats.sent, len(sent)) == (2, 1, 1)
+        assert _statuses(world) == {"sent": 1, "claimed": 2}
+        world.clock.advance(timedelta(seconds=1))
+        dispatcher.run_once(world.now)
+    finally:
+        dispatcher.close()
+    assert sorted(Counter(sent).values()) == [1, 1, 1]
+    assert _statuses(world) == {"sent": 3}

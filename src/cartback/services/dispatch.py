@@ -133,12 +133,19 @@ _Answer = tuple[_Claimed, _Handed | _Unsent]
 class _Group:
     """A group of answers on their way to one outcome write, and what else they need."""
 
+    now: datetime
     outcomes: list[tuple[Any, ...]] = field(default_factory=list)
+    # Rows whose call did not start: back to the queue.
+    not_started: list[tuple[Any, ...]] = field(default_factory=list)
     sent: list[int] = field(default_factory=list)
     gave_up: list[int] = field(default_factory=list)
     opted_out: list[tuple[_Claimed, _Handed]] = field(default_factory=list)
     counts: Counter[tuple[str, str | None, str]] = field(default_factory=Counter)
     _fenced: tuple[datetime, Any] | None = None
+
+    def plain(self, webhooks: bool) -> bool:
+        """Only outcome rows to write: no release, no event, no ledger or history entry."""
+        return not (self.not_started or self.gave_up or self.opted_out or (webhooks and self.sent))
 
     def stamp(self, at: datetime, time: Callable[[Any], Any]) -> Any:
         """A fence time as stored; a window's rows share theirs, so it is converted once."""
@@ -198,6 +205,8 @@ class Dispatcher:
         # Whether any webhook endpoint exists, read in each claim: a batch's `message.sent`
         # events are queued with its outcomes only then, without a look-up per group.
         self._webhooks = True
+        # A group of outcomes waiting to be written with the next fence (see `_send_all`).
+        self._carry: _Group | None = None
         # Once set, no new provider call starts: the rest of the claim goes back to the queue,
         # so a shutdown waits only for the calls already in flight.
         self._stopping = stopping or threading.Event()
@@ -284,10 +293,22 @@ class Dispatcher:
                 in_flight -= len(ready)
                 # Written before their threads get new rows: at most `concurrency` rows are
                 # ever `sending` with no outcome written, which is all a crash can leave.
-                self._record(ready, stats)
+                group = self._answers(ready, stats)
+                if waiting and group.plain(self._webhooks):
+                    # In the next window's fence, together: one statement on PostgreSQL, one
+                    # transaction on SQLite. `_mark_sending` takes it; a fence that did not
+                    # run, or failed, leaves it here to be written on its own.
+                    self._carry = group
+                    in_flight += self._hand_over(waiting, answers, in_flight, stats)
+                    carried, self._carry = self._carry, None
+                    if carried is None:
+                        continue
+                self._record(group)
         except BaseException:
-            # What was never fenced is still `claimed`: returned at the next run.
+            # What was never fenced is still `claimed`: returned at the next run. Outcomes not
+            # written are left `sending`, for recovery.
             self._stranded = self._stranded or bool(waiting)
+            self._carry = None
             raise
 
     def _hand_over(
@@ -362,10 +383,19 @@ class Dispatcher:
     def _mark_sending(self, row_ids: Sequence[int], at: datetime) -> set[int]:
         """The fence, for a group of rows about to be handed over together: each becomes
         `sending`, with a lease of its own from `at`, only while this dispatcher still holds
-        its claim. Answers the rows it marked; only those are handed to a provider."""
+        its claim. Answers the rows it marked; only those are handed to a provider. The
+        outcomes of the answers just back (`_carry`, if any) are written with it."""
+        carry, self._carry = self._carry, None
+        outcomes = carry.outcomes if carry is not None else ()
         conn = self._writer()
-        with conn.begin():
-            return self._sql.mark_sending(conn, row_ids, self.owner, at, at + self.lease)
+        try:
+            with conn.begin():
+                return self._sql.mark_sending(
+                    conn, row_ids, self.owner, at, at + self.lease, outcomes
+                )
+        except BaseException:
+            self._carry = carry
+            raise
 
     def _unclaim(self, row_ids: Sequence[int]) -> None:
         now = self._sql.time(self._now())
@@ -460,38 +490,40 @@ class Dispatcher:
             for channel, bucket in self.buckets.items()
         }
 
-    def _record(self, ready: list[_Answer], stats: DispatchStats) -> None:
-        """Write a group of answers in one transaction; rows whose call did not start go back
-        to the queue in the same one."""
+    def _answers(self, ready: list[_Answer], stats: DispatchStats) -> _Group:
+        """A group of answers as their outcome write needs them."""
         now = self._now()
         stamp = self._sql.time(now)
-        group = _Group()
-        not_started: list[tuple[Any, ...]] = []
+        group = _Group(now)
         for item, handed in ready:
             if handed is _Unsent.NOT_STARTED:
-                not_started.append((stamp, item.id, self.owner))
+                group.not_started.append((stamp, item.id, self.owner))
             elif handed is _Unsent.BROKEN:
                 stats.lost_lease += 1
             else:
                 group.outcomes.append(self._outcome(item, handed, now, stamp, group, stats))
-        stats.lost_lease += len(not_started)
+        stats.lost_lease += len(group.not_started)
+        for (channel, provider, status), count in group.counts.items():
+            metrics.count_send(str(channel), provider, status, count)
+        return group
+
+    def _record(self, group: _Group) -> None:
+        """Write a group's outcomes; rows whose call did not start go back to the queue."""
         queue_sent = bool(group.sent) and self._webhooks
-        # Only the outcome statement (and any releases) needs no transaction around it.
-        plain = not (queue_sent or group.opted_out or group.gave_up)
-        conn = self._writer() if plain else self._connection()
+        now = group.now
+        # The outcome statement alone needs no transaction around it.
+        conn = self._writer() if group.plain(self._webhooks) else self._connection()
         with conn.begin():
             if group.outcomes:
                 self._sql.record(conn, group.outcomes)
-            if not_started:
-                conn.exec_driver_sql(self._sql.release, not_started)
+            if group.not_started:
+                conn.exec_driver_sql(self._sql.release, group.not_started)
             if queue_sent:
                 outbound.messages_sent(conn, group.sent, now)
             for item, handed in group.opted_out:
                 _suppress_opted_out(conn, item, handed, now)
             if group.gave_up:
                 record_gave_up(conn, group.gave_up, now)
-        for (channel, provider, status), count in group.counts.items():
-            metrics.count_send(str(channel), provider, status, count)
 
     def _outcome(
         self,

@@ -230,21 +230,33 @@ class DispatchSql:
         conn.exec_driver_sql(self._q(sql), (owner, self.time(until), self.time(now), *params))
 
     def mark_sending(
-        self, conn: Connection, ids: Sequence[int], owner: str, at: datetime, until: datetime
+        self,
+        conn: Connection,
+        ids: Sequence[int],
+        owner: str,
+        at: datetime,
+        until: datetime,
+        outcomes: Sequence[tuple[Any, ...]] = (),
     ) -> set[int]:
         """The fence: of these rows, those this owner still holds `claimed` under a running
-        lease become `sending` with a lease to `until`; answers their ids."""
+        lease become `sending` with a lease to `until`; answers their ids. `outcomes` (as
+        `record` takes them) are written first: on PostgreSQL in the same statement, which
+        touches the `sending` rows they name and the `claimed` rows fenced, never both."""
         match, params = self._ids(ids)
-        sql = (
+        sql = self._q(
             "UPDATE outbox SET status = 'sending', lease_until = ?, "
             "attempts = outbox.attempts + 1, updated_at = ? "
             f"WHERE id {match} AND lease_owner = ? AND status = 'claimed' AND lease_until > ? "
             "RETURNING id"
         )
         stamp = self.time(at)
-        marked = conn.exec_driver_sql(
-            self._q(sql), (self.time(until), stamp, *params, owner, stamp)
-        )
+        values: tuple[Any, ...] = (self.time(until), stamp, *params, owner, stamp)
+        if outcomes and self.sqlite:
+            self.record(conn, outcomes)
+        elif outcomes:
+            sql = f"WITH recorded AS ({self._record}) {sql}"
+            values = (*self._columns_of(outcomes), *values)
+        marked = conn.exec_driver_sql(sql, values)
         return {row[0] for row in marked}
 
     def record(self, conn: Connection, outcomes: Sequence[tuple[Any, ...]]) -> None:
@@ -253,8 +265,12 @@ class DispatchSql:
         if self.sqlite:
             conn.exec_driver_sql(self._record, list(outcomes))
         else:
-            columns = zip(*outcomes, strict=True)
-            conn.exec_driver_sql(self._record, tuple(list(column) for column in columns))
+            conn.exec_driver_sql(self._record, self._columns_of(outcomes))
+
+    @staticmethod
+    def _columns_of(outcomes: Sequence[tuple[Any, ...]]) -> tuple[list[Any], ...]:
+        """Outcome rows as one array per column (PostgreSQL's `unnest`)."""
+        return tuple(list(column) for column in zip(*outcomes, strict=True))
 
     def earliest_pending(self, conn: Connection) -> datetime | None:
         found = conn.exec_driver_sql(self.next_due).scalar()
