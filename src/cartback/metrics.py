@@ -81,12 +81,12 @@ def _snake(name: str) -> str:
 _SEND_STATUS = {"pending": "retried"}
 
 
-def count_send(channel: str, provider: str | None, status: str) -> None:
+def count_send(channel: str, provider: str | None, status: str, count: int = 1) -> None:
     label = _SEND_STATUS.get(status, status)
-    SENDS.labels(channel, provider or "none", label).inc()
+    SENDS.labels(channel, provider or "none", label).inc(count)
     # `unknown`: the call timed out or broke after the request went out.
     if label in ("retried", "failed", "unknown"):
-        PROVIDER_ERRORS.labels(channel, provider or "none").inc()
+        PROVIDER_ERRORS.labels(channel, provider or "none").inc(count)
 
 
 def observe_lateness(seconds: Iterable[float]) -> None:

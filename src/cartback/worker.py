@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from cartback import metrics
 from cartback.app import App
@@ -54,10 +54,22 @@ def shutdown_seconds(send_timeout_seconds: float) -> float:
     return send_timeout_seconds + SHUTDOWN_MARGIN_SECONDS
 
 
+def idle_wait(next_due: datetime | None, now: datetime, poll_seconds: float) -> float:
+    """How long the dispatcher waits after a run that took everything due: until the next
+    pending row comes due, at most `poll_seconds` (rows another process queues, a rate's
+    tokens, rows another worker holds, are looked for again within that)."""
+    if next_due is None or next_due <= now:
+        return poll_seconds
+    return min(poll_seconds, (next_due - now).total_seconds())
+
+
 @dataclass
 class Worker:
     app: App
     stop: threading.Event = field(default_factory=threading.Event)
+    # Set by the timer when it has queued messages, and at shutdown: the dispatcher looks at
+    # once instead of at the end of its idle wait.
+    outbox_ready: threading.Event = field(default_factory=threading.Event)
 
     @property
     def shutdown_seconds(self) -> float:
@@ -135,6 +147,7 @@ class Worker:
                 self.stop.wait(0.5)
         finally:
             self.stop.set()
+            self.outbox_ready.set()
         deadline = time.monotonic() + self.shutdown_seconds
         for thread in threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -178,6 +191,8 @@ class Worker:
                 self.stop.wait(settings.worker_poll_seconds * 4)
                 continue
             metrics.observe_lateness(stats.lateness)
+            if stats.sent:
+                self.outbox_ready.set()
             if stats.claimed < settings.worker_batch:
                 self.stop.wait(settings.worker_poll_seconds)
 
@@ -388,7 +403,10 @@ class Worker:
                 self.stop.wait(settings.worker_poll_seconds * 4)
                 continue
             if stats.claimed < settings.dispatch_batch:
-                self.stop.wait(settings.worker_poll_seconds)
+                now = self.app.clock.now()
+                self.outbox_ready.wait(idle_wait(stats.next_due, now, settings.worker_poll_seconds))
+                # Cleared before the next run, which sees whatever the timer committed.
+                self.outbox_ready.clear()
 
     def _webhook_loop(self, sender: WebhookSender) -> None:
         settings = self.app.settings

@@ -1,19 +1,26 @@
-"""The dispatcher: claim outbox rows with a lease, hand them to providers one by one under a
-lease per message, record each outcome.
+"""The dispatcher: claim outbox rows with a lease, hand them to providers under a lease per
+message, record each outcome.
 
-A batch is claimed (`claimed`, with this dispatcher's lease) in one short transaction. Just
-before each provider call, one conditional update marks that one row `sending` with a fresh
-lease, and only if this dispatcher still holds the claim; a row another worker took over, or
-whose claim lapsed while this one stalled, is never handed to the provider. A row's lease
-covers one message and is longer than the provider timeout, so recovery never takes over a
-row whose call may still be running.
+A batch is claimed (`claimed`, with this dispatcher's lease) in one short transaction. Then it
+is handed over a window at a time: whenever send threads are free, one conditional update (the
+fence) marks as many rows `sending`, each with a fresh lease of its own, and only those this
+dispatcher still holds `claimed`; the rows it marked, and only those, are handed to the free
+threads at once. A row another worker took over, or whose claim lapsed while this one stalled,
+is never handed to the provider. Right before each call the thread checks that the whole
+provider timeout is still left inside the row's lease (counted from its group's fence), so a
+stall between the fence and the call (a slow commit, a paused process) means the call does not
+start and the row goes back to the queue. A row's lease covers one message and is longer than
+the provider timeout, so recovery never takes over a row whose call may still be running.
 
 If the process dies, `claimed` rows (never handed over) simply go back to `pending` once
 their lease expires; if only the database failed around a claim or a fence, the dispatcher
 returns its own stranded `claimed` rows at its next run. `sending` rows (at most the calls in
 flight) are reconciled with the provider's records where the channel can look them up;
 otherwise they become `unknown` and are never sent again: a missed reminder is better than a
-duplicate marketing text. No provider call is ever made inside a database transaction.
+duplicate marketing text. No provider call is ever made inside a database transaction, and the
+send threads never touch the database: the claim, the fences and the outcome writes all run on
+the thread that called `run_once`, on one connection it keeps between runs, with prebuilt
+statements (store.hot).
 
 Each message goes out on its store's own provider where the store has one, else on the global
 channel of its kind (`ChannelResolver`, settings read in the claim's transaction). A provider
@@ -28,25 +35,15 @@ import queue
 import threading
 import time
 import uuid
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from enum import Enum
+from typing import Any, NamedTuple
 
-from sqlalchemy import (
-    Connection,
-    Engine,
-    Integer,
-    RowMapping,
-    String,
-    and_,
-    bindparam,
-    case,
-    func,
-    select,
-    update,
-)
+from sqlalchemy import Connection, Engine, String, bindparam, case, func, select, update
 
 from cartback import metrics
 from cartback.core.consent import ConsentSource
@@ -66,8 +63,8 @@ from cartback.services.ratelimit import TokenBucket
 from cartback.services.retry import RetryPolicy, gave_up_reason, record_gave_up
 from cartback.services.sendrate import RateBucket, RateUnit, within_grant
 from cartback.store import tables as t
-from cartback.store.db import is_sqlite
-from cartback.store.tables import Money, UtcDateTime
+from cartback.store.hot import DispatchSql, dispatch_sql
+from cartback.store.tables import UtcDateTime
 
 log = logging.getLogger("cartback.dispatch")
 
@@ -75,6 +72,8 @@ MAX_ATTEMPTS = RetryPolicy().max_attempts
 # Expired `sending` rows looked up per run: one committed step, so a slow provider's lookups
 # never hold up new work for long and what was reconciled survives a crash.
 RECOVERY_STEP = 20
+
+_NONE_4 = (None, None, None, None)
 
 UNKNOWN_AFTER_CRASH = "the dispatcher stopped mid-send; not resent to avoid a duplicate"
 
@@ -95,10 +94,12 @@ class DispatchStats:
     # Claimed rows not sent because the claim was no longer this dispatcher's at send time.
     lost_lease: int = 0
     send_delays: list[float] = field(default_factory=list)
+    # The earliest `available_at` still `pending` after a claim that took less than asked
+    # (None: nothing pending, or the claim was full): when the worker need look again.
+    next_due: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Claimed:
+class _Claimed(NamedTuple):
     id: int
     message: OutboundMessage
     attempts: int
@@ -106,6 +107,13 @@ class _Claimed:
     claim_until: datetime
     store_id: int = 0
     contact_id: int | None = None
+
+
+class _Unsent(Enum):
+    # The call was not made: the row goes back to the queue.
+    NOT_STARTED = "not started"
+    # The send thread failed, maybe mid-call: the row is left `sending` for recovery.
+    BROKEN = "broken"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +124,34 @@ class _Handed:
     at: datetime
     # The name of the channel that sent it; None when no channel could be built.
     provider: str | None = None
+
+
+_Answer = tuple[_Claimed, _Handed | _Unsent]
+
+
+@dataclass
+class _Group:
+    """A group of answers on their way to one outcome write, and what else they need."""
+
+    now: datetime
+    outcomes: list[tuple[Any, ...]] = field(default_factory=list)
+    # Rows whose call did not start: back to the queue.
+    not_started: list[tuple[Any, ...]] = field(default_factory=list)
+    sent: list[int] = field(default_factory=list)
+    gave_up: list[int] = field(default_factory=list)
+    opted_out: list[tuple[_Claimed, _Handed]] = field(default_factory=list)
+    counts: Counter[tuple[str, str | None, str]] = field(default_factory=Counter)
+    _fenced: tuple[datetime, Any] | None = None
+
+    def plain(self, webhooks: bool) -> bool:
+        """Only outcome rows to write: no release, no event, no ledger or history entry."""
+        return not (self.not_started or self.gave_up or self.opted_out or (webhooks and self.sent))
+
+    def stamp(self, at: datetime, time: Callable[[Any], Any]) -> Any:
+        """A fence time as stored; a window's rows share theirs, so it is converted once."""
+        if self._fenced is None or self._fenced[0] is not at:
+            self._fenced = (at, time(at))
+        return self._fenced[1]
 
 
 class Dispatcher:
@@ -158,7 +194,19 @@ class Dispatcher:
         # moved on by the real time elapsed since, so a stall inside a run is seen.
         self._clock = clock
         self._now: Callable[[], datetime] = clock or _since(datetime.min)
+        self.concurrency = concurrency
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send")
+        self._sql = dispatch_sql(engine.dialect)
+        # The connections kept between runs: one for transactions and, on PostgreSQL, one in
+        # autocommit for the single-statement writes (a fence, a group's outcomes), which then
+        # cost one round trip instead of three.
+        self._conn: Connection | None = None
+        self._auto: Connection | None = None
+        # Whether any webhook endpoint exists, read in each claim: a batch's `message.sent`
+        # events are queued with its outcomes only then, without a look-up per group.
+        self._webhooks = True
+        # A group of outcomes waiting to be written with the next fence (see `_send_all`).
+        self._carry: _Group | None = None
         # Once set, no new provider call starts: the rest of the claim goes back to the queue,
         # so a shutdown waits only for the calls already in flight.
         self._stopping = stopping or threading.Event()
@@ -169,72 +217,156 @@ class Dispatcher:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._drop_connection()
         self.resolver.close()
 
     def run_once(self, now: datetime, limit: int = 200) -> DispatchStats:
         stats = DispatchStats()
         if self._clock is None:
             self._now = _since(now)
-        if self._stranded:
-            self._unclaim_mine()
-        self.recover_expired(now, stats)
         try:
-            claimed = self._claim(now, limit, stats)
-        except Exception:
-            # The claim may have committed even though its answer was lost.
-            self._stranded = True
+            if self._stranded:
+                self._unclaim_mine()
+            self.recover_expired(now, stats)
+            try:
+                claimed = self._claim(now, limit, stats)
+            except Exception:
+                # The claim may have committed even though its answer was lost.
+                self._stranded = True
+                raise
+            if claimed:
+                self._send_all(claimed, stats)
+        except BaseException:
+            self._drop_connection()
             raise
-        if claimed:
-            self._send_all(claimed, stats)
         return stats
 
-    def _send_all(self, claimed: list[_Claimed], stats: DispatchStats) -> None:
-        """Send on the pool and write each answer as soon as it is back, together with the
-        others already waiting: a fast provider's answers are written in groups, a slow one's
-        one by one, and no answer waits for the rest of the batch."""
-        answers: queue.SimpleQueue[tuple[_Claimed, _Handed | None]] = queue.SimpleQueue()
-        for item in claimed:
-            self._pool.submit(self._send_into, item, answers)
-        remaining = len(claimed)
-        while remaining:
-            ready = [answers.get()]
-            while len(ready) < remaining:
-                try:
-                    ready.append(answers.get_nowait())
-                except queue.Empty:
-                    break
-            remaining -= len(ready)
-            done = [(item, handed) for item, handed in ready if handed is not None]
-            stats.lost_lease += len(ready) - len(done)
-            if done:
-                self._record(done, stats)
+    def _connection(self) -> Connection:
+        """The connection this dispatcher keeps between runs; only the thread running
+        `run_once` uses it, never the send threads."""
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            if self._conn is not None:
+                self._drop_connection()
+            self._conn = self.engine.connect()
+        return self._conn
 
-    def _send_into(
-        self, item: _Claimed, answers: queue.SimpleQueue[tuple[_Claimed, _Handed | None]]
-    ) -> None:
-        handed: _Handed | None = None
+    def _writer(self) -> Connection:
+        """The connection for one write statement: on PostgreSQL in autocommit (the statement
+        is its own transaction), on SQLite the one connection (BEGIN IMMEDIATE is cheap)."""
+        if self._sql.sqlite:
+            return self._connection()
+        if self._auto is None or self._auto.closed or self._auto.invalidated:
+            if self._auto is not None:
+                self._drop_connection()
+            self._auto = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self._auto
+
+    def _drop_connection(self) -> None:
+        conns, self._conn, self._auto = (self._conn, self._auto), None, None
+        for conn in conns:
+            if conn is None:
+                continue
+            try:
+                conn.close()
+            except Exception:
+                log.debug("closing a failed database connection failed too", exc_info=True)
+
+    def _send_all(self, claimed: list[_Claimed], stats: DispatchStats) -> None:
+        """Hand the claim over a window at a time: each free send thread gets one row, fenced
+        in a group with the others handed over at the same moment, and each answer is
+        written as soon as it is back, together with the others already waiting, before
+        the next window is fenced."""
+        waiting = deque(claimed)
+        answers: queue.SimpleQueue[_Answer] = queue.SimpleQueue()
+        in_flight = 0
         try:
-            handed = self._send(item)
+            while waiting or in_flight:
+                in_flight += self._hand_over(waiting, answers, in_flight, stats)
+                if not in_flight:
+                    continue
+                ready = [answers.get()]
+                while len(ready) < in_flight:
+                    try:
+                        ready.append(answers.get_nowait())
+                    except queue.Empty:
+                        break
+                in_flight -= len(ready)
+                # Written before their threads get new rows: at most `concurrency` rows are
+                # ever `sending` with no outcome written, which is all a crash can leave.
+                group = self._answers(ready, stats)
+                if waiting and group.plain(self._webhooks):
+                    # In the next window's fence, together: one statement on PostgreSQL, one
+                    # transaction on SQLite. `_mark_sending` takes it; a fence that did not
+                    # run, or failed, leaves it here to be written on its own.
+                    self._carry = group
+                    in_flight += self._hand_over(waiting, answers, in_flight, stats)
+                    carried, self._carry = self._carry, None
+                    if carried is None:
+                        continue
+                self._record(group)
+        except BaseException:
+            # What was never fenced is still `claimed`: returned at the next run. Outcomes not
+            # written are left `sending`, for recovery.
+            self._stranded = self._stranded or bool(waiting)
+            self._carry = None
+            raise
+
+    def _hand_over(
+        self,
+        waiting: deque[_Claimed],
+        answers: queue.SimpleQueue[_Answer],
+        in_flight: int,
+        stats: DispatchStats,
+    ) -> int:
+        """Fence as many waiting rows as there are free send threads and start their calls;
+        answers how many calls started."""
+        free = min(self.concurrency - in_flight, len(waiting))
+        if free <= 0:
+            return 0
+        if self._stopping.is_set():
+            self._unclaim([item.id for item in waiting])
+            stats.lost_lease += len(waiting)
+            waiting.clear()
+            return 0
+        group = [waiting.popleft() for _ in range(free)]
+        at = self._now()
+        live = [item for item in group if at < item.claim_until]
+        try:
+            fenced = self._mark_sending([item.id for item in live], at) if live else set()
         except Exception:
-            # The database failed around the fence: the row stays `claimed` (returned at the
-            # next run) or `sending` (settled by recovery once its lease expires).
+            # The database failed around the fence: these rows and the rest of the claim stay
+            # `claimed` (returned at the next run), or `sending` if the fence committed after
+            # all (settled by recovery once the lease expires). Nothing was handed over.
+            log.exception("could not mark %d outbox rows sending", len(live))
             self._stranded = True
-            log.exception("outbox row %s: could not hand it to its provider", item.id)
+            self._drop_connection()
+            stats.lost_lease += len(group) + len(waiting)
+            waiting.clear()
+            return 0
+        started = 0
+        for item in group:
+            if item.id in fenced:
+                self._pool.submit(self._send_into, item, at, answers)
+                started += 1
+        stats.lost_lease += len(group) - started
+        return started
+
+    def _send_into(self, item: _Claimed, at: datetime, answers: queue.SimpleQueue[_Answer]) -> None:
+        handed: _Handed | _Unsent = _Unsent.BROKEN
+        try:
+            handed = self._send(item, at)
+        except Exception:
+            # The call may have started: the row stays `sending`, for recovery to settle.
+            log.exception("outbox row %s: the send thread failed", item.id)
         finally:
             answers.put((item, handed))
 
-    def _send(self, item: _Claimed) -> _Handed | None:
-        if self._stopping.is_set():
-            self._unclaim(item.id)
-            return None
-        at = self._now()
-        if at >= item.claim_until or not self._mark_sending(item.id, at):
-            return None
-        # The commit may have been slow, or the process stopped right after it: a call must
-        # have the whole provider timeout left inside the row's lease, or it does not start.
-        if self._now() + self.send_timeout >= at + self.lease:
-            self._release(item.id)
-            return None
+    def _send(self, item: _Claimed, at: datetime) -> _Handed | _Unsent:
+        """One provider call for a row fenced `sending` at `at`, or NOT_STARTED when it must
+        not start: the worker is stopping, or a stall since the fence (a slow commit, a paused
+        process, a wait for this thread) left less than one provider timeout of the lease."""
+        if self._stopping.is_set() or self._now() + self.send_timeout >= at + self.lease:
+            return _Unsent.NOT_STARTED
         try:
             channel = self.resolver.channel(item.store_id, item.message.channel)
         except ProviderUnavailable as error:
@@ -248,30 +380,39 @@ class Dispatcher:
             result = SendResult(SendStatus.UNKNOWN, error=f"{type(error).__name__}: {error}")
             return _Handed(result, at, channel.name)
 
-    def _mark_sending(self, row_id: int, at: datetime) -> bool:
-        """The fence: this one row becomes `sending` only while this dispatcher holds it."""
-        with self.engine.begin() as conn:
-            marked = conn.execute(
-                _MARK_SENDING,
-                {"b_id": row_id, "b_owner": self.owner, "b_now": at, "b_until": at + self.lease},
-            )
-            return marked.rowcount == 1
+    def _mark_sending(self, row_ids: Sequence[int], at: datetime) -> set[int]:
+        """The fence, for a group of rows about to be handed over together: each becomes
+        `sending`, with a lease of its own from `at`, only while this dispatcher still holds
+        its claim. Answers the rows it marked; only those are handed to a provider. The
+        outcomes of the answers just back (`_carry`, if any) are written with it."""
+        carry, self._carry = self._carry, None
+        outcomes = carry.outcomes if carry is not None else ()
+        conn = self._writer()
+        try:
+            with conn.begin():
+                return self._sql.mark_sending(
+                    conn, row_ids, self.owner, at, at + self.lease, outcomes
+                )
+        except BaseException:
+            self._carry = carry
+            raise
 
-    def _unclaim(self, row_id: int) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(_UNCLAIM, {"b_id": row_id, "b_owner": self.owner, "b_now": self._now()})
+    def _unclaim(self, row_ids: Sequence[int]) -> None:
+        now = self._sql.time(self._now())
+        conn = self._writer()
+        with conn.begin():
+            conn.exec_driver_sql(
+                self._sql.unclaim, [(now, row_id, self.owner) for row_id in row_ids]
+            )
 
     def _unclaim_mine(self) -> None:
         """Every row still `claimed` by this dispatcher back to the queue. Safe even for a row
-        whose fence is still to run on the pool: the fence then fails, and the row is sent
-        once, by whoever claims it next."""
-        with self.engine.begin() as conn:
+        whose fence is still to come: the fence then fails, and the row is sent once, by
+        whoever claims it next."""
+        conn = self._connection()
+        with conn.begin():
             conn.execute(_UNCLAIM_MINE, {"b_owner": self.owner, "b_now": self._now()})
         self._stranded = False
-
-    def _release(self, row_id: int) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(_RELEASE, {"b_id": row_id, "b_owner": self.owner, "b_now": self._now()})
 
     def _claim(self, now: datetime, limit: int, stats: DispatchStats) -> list[_Claimed]:
         # Tokens are reserved before the claim's transaction and settled after it, whatever
@@ -295,61 +436,36 @@ class Dispatcher:
         allowance = self._allowance(limit, granted)
         if not allowance:
             return []
-        o = t.outbox.c
+        sql = self._sql
         claim_until = now + self.lease
-        with self.engine.begin() as conn:
-            rows: list[RowMapping] = []
+        conn = self._connection()
+        with conn.begin():
+            rows: list[_Row] = []
             for channels, most in allowance:
-                query = (
-                    select(t.outbox)
-                    .where(
-                        o.status == "pending",
-                        o.available_at <= now,
-                        o.channel.in_([str(kind) for kind in channels]),
-                    )
-                    .order_by(o.available_at, o.id)
-                    .limit(most)
-                )
-                if not is_sqlite(conn.engine):
-                    query = query.with_for_update(skip_locked=True)
-                rows.extend(conn.execute(query).mappings())
+                found = sql.claim_rows(conn, now, [str(kind) for kind in channels], most)
+                rows.extend(map(_Row._make, found))
             if not rows:
+                stats.next_due = sql.earliest_pending(conn)
                 return []
-            facts = _enrollment_facts(conn, rows)
+            self._webhooks = sql.has_endpoint(conn)
+            facts = _enrollment_facts(conn, sql, rows)
             stop = {**_stopped(rows, facts), **_too_late(rows, now)}
-            withdrawn = [row for row in rows if row["id"] in stop]
-            _record_withdrawals(conn, withdrawn, stop, facts, now)
-            for row in withdrawn:
-                stats.expired += stop[row["id"]][0] == "expired"
-                stats.cancelled += stop[row["id"]][0] == "cancelled"
-            live = within_grant(
-                [row for row in rows if row["id"] not in stop], granted, self._units, used
-            )
-            self.resolver.refresh(conn, {row["store_id"] for row in live})
+            if stop:
+                withdrawn = [row for row in rows if row.id in stop]
+                _record_withdrawals(conn, withdrawn, stop, facts, now)
+                for row in withdrawn:
+                    stats.expired += stop[row.id][0] == "expired"
+                    stats.cancelled += stop[row.id][0] == "cancelled"
+                rows = [row for row in rows if row.id not in stop]
+            live = within_grant(rows, granted, self._units, used, fields=_grant_fields)
+            self.resolver.refresh(conn, {row.store_id for row in live})
             if live:
-                conn.execute(
-                    update(t.outbox)
-                    .where(o.id.in_([row["id"] for row in live]))
-                    .values(
-                        status="claimed",
-                        lease_owner=self.owner,
-                        lease_until=claim_until,
-                        updated_at=now,
-                    )
-                )
+                sql.mark_claimed(conn, [row.id for row in live], self.owner, claim_until, now)
+            if len(live) < limit:
+                # Nothing more is due now: the worker may sleep until this (capped).
+                stats.next_due = sql.earliest_pending(conn)
         stats.claimed = len(live)
-        return [
-            _Claimed(
-                id=row["id"],
-                message=_message(row),
-                attempts=row["attempts"] + 1,
-                available_at=row["available_at"],
-                claim_until=claim_until,
-                store_id=row["store_id"],
-                contact_id=row["contact_id"],
-            )
-            for row in live
-        ]
+        return [_claimed(row, claim_until) for row in live]
 
     def _reserve(self, now: datetime, limit: int) -> dict[Channel, int]:
         return {
@@ -374,66 +490,93 @@ class Dispatcher:
             for channel, bucket in self.buckets.items()
         }
 
-    def _record(self, done: list[tuple[_Claimed, _Handed]], stats: DispatchStats) -> None:
+    def _answers(self, ready: list[_Answer], stats: DispatchStats) -> _Group:
+        """A group of answers as their outcome write needs them."""
         now = self._now()
-        outcomes = []
-        gave_up: list[int] = []
-        for item, handed in done:
-            result = handed.result
-            outcome: dict[str, Any] = {
-                "b_id": item.id,
-                "b_owner": self.owner,
-                "error": result.error,
-                "error_code": result.error_code,
-                "provider": result.provider or handed.provider,
-                "provider_id": None,
-                "sent_at": None,
-                "failed_at": None,
-                "cost": result.cost,
-                "segments": result.segments,
-                "available_at": None,
-                "updated_at": now,
-            }
-            if result.status is SendStatus.ACCEPTED:
-                outcome.update(status="sent", provider_id=result.provider_id, sent_at=handed.at)
-                stats.sent += 1
-                stats.send_delays.append((handed.at - item.available_at).total_seconds())
-            elif result.status is SendStatus.UNKNOWN:
-                outcome["status"] = "unknown"
-                stats.unknown += 1
-            elif (
-                result.retryable and not result.opted_out and not self.retry.gives_up(item.attempts)
-            ):
-                backoff = self.retry.backoff(item.id, item.attempts)
-                outcome.update(status="pending", available_at=now + backoff)
-                stats.retried += 1
-            elif result.retryable and not result.opted_out:
-                outcome.update(
-                    status="failed",
-                    failed_at=now,
-                    error=gave_up_reason(item.attempts, result.error),
-                )
-                gave_up.append(item.id)
-                stats.failed += 1
+        stamp = self._sql.time(now)
+        group = _Group(now)
+        for item, handed in ready:
+            if handed is _Unsent.NOT_STARTED:
+                group.not_started.append((stamp, item.id, self.owner))
+            elif handed is _Unsent.BROKEN:
+                stats.lost_lease += 1
             else:
-                outcome.update(status="failed", failed_at=now)
-                stats.failed += 1
-            outcomes.append(outcome)
-            metrics.count_send(str(item.message.channel), outcome["provider"], outcome["status"])
-        opted_out = [
-            (item, handed)
-            for item, handed in done
-            if handed.result.opted_out and item.contact_id is not None
-        ]
-        with self.engine.begin() as conn:
-            conn.execute(_RECORD_OUTCOME, outcomes)
-            outbound.messages_sent(
-                conn, [o["b_id"] for o in outcomes if o["status"] == "sent"], now
-            )
-            for item, handed in opted_out:
+                group.outcomes.append(self._outcome(item, handed, now, stamp, group, stats))
+        stats.lost_lease += len(group.not_started)
+        for (channel, provider, status), count in group.counts.items():
+            metrics.count_send(str(channel), provider, status, count)
+        return group
+
+    def _record(self, group: _Group) -> None:
+        """Write a group's outcomes; rows whose call did not start go back to the queue."""
+        queue_sent = bool(group.sent) and self._webhooks
+        now = group.now
+        # The outcome statement alone needs no transaction around it.
+        conn = self._writer() if group.plain(self._webhooks) else self._connection()
+        with conn.begin():
+            if group.outcomes:
+                self._sql.record(conn, group.outcomes)
+            if group.not_started:
+                conn.exec_driver_sql(self._sql.release, group.not_started)
+            if queue_sent:
+                outbound.messages_sent(conn, group.sent, now)
+            for item, handed in group.opted_out:
                 _suppress_opted_out(conn, item, handed, now)
-            if gave_up:
-                record_gave_up(conn, gave_up, now)
+            if group.gave_up:
+                record_gave_up(conn, group.gave_up, now)
+
+    def _outcome(
+        self,
+        item: _Claimed,
+        handed: _Handed,
+        now: datetime,
+        stamp: Any,
+        group: _Group,
+        stats: DispatchStats,
+    ) -> tuple[Any, ...]:
+        """One answer as the outcome statement writes it (store.hot.RECORD_COLUMNS)."""
+        result, time = handed.result, self._sql.time
+        error, provider_id, sent_at, failed_at, available_at = result.error, *_NONE_4
+        if result.status is SendStatus.ACCEPTED:
+            status, provider_id, sent_at = "sent", result.provider_id, group.stamp(handed.at, time)
+            group.sent.append(item.id)
+            stats.sent += 1
+            stats.send_delays.append((handed.at - item.available_at).total_seconds())
+        elif result.status is SendStatus.UNKNOWN:
+            status = "unknown"
+            stats.unknown += 1
+        elif result.retryable and not result.opted_out and not self.retry.gives_up(item.attempts):
+            status = "pending"
+            available_at = time(now + self.retry.backoff(item.id, item.attempts))
+            stats.retried += 1
+        elif result.retryable and not result.opted_out:
+            status, failed_at = "failed", stamp
+            error = gave_up_reason(item.attempts, result.error)
+            group.gave_up.append(item.id)
+            stats.failed += 1
+        else:
+            status, failed_at = "failed", stamp
+            stats.failed += 1
+        if result.opted_out and item.contact_id is not None:
+            group.opted_out.append((item, handed))
+        provider = result.provider or handed.provider
+        cost = None if result.cost is None else self._sql.cost(result.cost)
+        group.counts[(item.message.channel, provider, status)] += 1
+        return (
+            status,
+            error,
+            result.error_code,
+            provider,
+            provider_id,
+            sent_at,
+            failed_at,
+            cost,
+            result.segments,
+            available_at,
+            stamp,
+            item.id,
+            self.owner,
+        )
 
     def recover_expired(self, now: datetime, stats: DispatchStats) -> None:
         """Rows whose lease expired: a dispatcher died or stalled. Never resend without proof.
@@ -441,7 +584,8 @@ class Dispatcher:
         `claimed` rows were never handed to a provider and go back to `pending` at once. One
         step of expired `sending` rows is looked up with the provider, with no transaction
         open, and each answer is written only if no one else has moved the row since."""
-        with self.engine.begin() as conn:
+        conn = self._connection()
+        with conn.begin():
             stats.released += conn.execute(_RELEASE_EXPIRED, {"b_now": now}).rowcount
             expired = conn.execute(_EXPIRED_SENDING, {"b_now": now}).all()
             if expired:
@@ -467,7 +611,8 @@ class Dispatcher:
             else:
                 values.update(b_status="unknown", error=UNKNOWN_AFTER_CRASH)
             writes.append(values)
-        with self.engine.begin() as conn:
+        conn = self._connection()
+        with conn.begin():
             stats.recovered += conn.execute(_RECONCILE, writes).rowcount
 
     def _lookup(self, kind: str, row: Any) -> tuple[str | None, LookupResult]:
@@ -492,57 +637,6 @@ def _since(start: datetime) -> Callable[[], datetime]:
 
 
 _o = t.outbox.c
-
-# The fence before each provider call. It must hit exactly one row: the claim is still this
-# dispatcher's and its lease still runs. The row gets its own lease, for this one message.
-_MARK_SENDING = (
-    update(t.outbox)
-    .where(
-        _o.id == bindparam("b_id"),
-        _o.lease_owner == bindparam("b_owner"),
-        _o.status == "claimed",
-        _o.lease_until > bindparam("b_now", type_=UtcDateTime),
-    )
-    .values(
-        status="sending",
-        lease_until=bindparam("b_until", type_=UtcDateTime),
-        attempts=_o.attempts + 1,
-        updated_at=bindparam("b_now", type_=UtcDateTime),
-    )
-)
-
-# A row marked `sending` whose call was not started after all goes back to the queue.
-_RELEASE = (
-    update(t.outbox)
-    .where(
-        _o.id == bindparam("b_id"),
-        _o.lease_owner == bindparam("b_owner"),
-        _o.status == "sending",
-    )
-    .values(
-        status="pending",
-        attempts=_o.attempts - 1,
-        lease_owner=None,
-        lease_until=None,
-        updated_at=bindparam("b_now", type_=UtcDateTime),
-    )
-)
-
-# A claimed row this dispatcher will not send (it is stopping) goes back to the queue at once.
-_UNCLAIM = (
-    update(t.outbox)
-    .where(
-        _o.id == bindparam("b_id"),
-        _o.lease_owner == bindparam("b_owner"),
-        _o.status == "claimed",
-    )
-    .values(
-        status="pending",
-        lease_owner=None,
-        lease_until=None,
-        updated_at=bindparam("b_now", type_=UtcDateTime),
-    )
-)
 
 _UNCLAIM_MINE = (
     update(t.outbox)
@@ -599,35 +693,6 @@ _RECONCILE = (
     )
 )
 
-# One statement for a group of outcomes. Fenced by the lease: a dispatcher whose row was taken
-# over writes nothing. Columns an outcome does not set keep their value (COALESCE).
-_RECORD_OUTCOME = (
-    update(t.outbox)
-    .where(
-        and_(
-            _o.id == bindparam("b_id"),
-            _o.lease_owner == bindparam("b_owner"),
-            _o.status == "sending",
-        )
-    )
-    .values(
-        status=bindparam("status"),
-        error=bindparam("error"),
-        error_code=bindparam("error_code", type_=String),
-        provider=bindparam("provider", type_=String),
-        provider_id=func.coalesce(bindparam("provider_id", type_=String), _o.provider_id),
-        sent_at=func.coalesce(bindparam("sent_at", type_=UtcDateTime), _o.sent_at),
-        failed_at=func.coalesce(bindparam("failed_at", type_=UtcDateTime), _o.failed_at),
-        cost=func.coalesce(bindparam("cost", type_=Money), _o.cost),
-        segments=func.coalesce(bindparam("segments", type_=Integer), _o.segments),
-        available_at=func.coalesce(bindparam("available_at", type_=UtcDateTime), _o.available_at),
-        lease_owner=None,
-        lease_until=None,
-        updated_at=bindparam("updated_at"),
-    )
-)
-
-
 _WITHDRAW = (
     update(t.outbox)
     .where(_o.id == bindparam("b_id"))
@@ -641,16 +706,62 @@ def message_key(outbox_id: int) -> str:
     return f"cb-{outbox_id}"
 
 
-def _message(row: Mapping[Any, Any]) -> OutboundMessage:
-    return OutboundMessage(
-        key=message_key(row["id"]),
-        channel=Channel(row["channel"]),
-        to=row["to_address"],
-        body=row["body"],
-        subject=row["subject"],
-        html=row["html"],
-        headers=tuple(sorted((row["headers"] or {}).items())),
-        send_before=row["send_before"],
+class _Row(NamedTuple):
+    """A due outbox row as the claim reads it (store.hot.CLAIM_COLUMNS)."""
+
+    id: int
+    store_id: int
+    enrollment_id: int | None
+    contact_id: int | None
+    step_id: str
+    service_key: str | None
+    channel: str
+    to_address: str
+    subject: str | None
+    body: str
+    html: str | None
+    headers: dict[str, str] | None
+    segments: int | None
+    attempts: int
+    available_at: datetime
+    send_before: datetime | None
+
+
+class _Facts(NamedTuple):
+    """What may stop a row's send (store.hot.FACTS_COLUMNS)."""
+
+    id: int
+    cart_id: int
+    created_at: datetime
+    status: str
+    sms_marketing: bool | None
+    email_marketing: bool | None
+    opted_out_at: datetime | None
+
+
+def _grant_fields(row: _Row) -> tuple[str, int | None]:
+    return row.channel, row.segments
+
+
+def _claimed(row: _Row, claim_until: datetime) -> _Claimed:
+    message = OutboundMessage(
+        key=message_key(row.id),
+        channel=Channel(row.channel),
+        to=row.to_address,
+        body=row.body,
+        subject=row.subject,
+        html=row.html,
+        headers=tuple(sorted(row.headers.items())) if row.headers else (),
+        send_before=row.send_before,
+    )
+    return _Claimed(
+        id=row.id,
+        message=message,
+        attempts=row.attempts + 1,
+        available_at=row.available_at,
+        claim_until=claim_until,
+        store_id=row.store_id,
+        contact_id=row.contact_id,
     )
 
 
@@ -672,66 +783,48 @@ def _suppress_opted_out(conn: Connection, item: _Claimed, handed: _Handed, now: 
     )
 
 
-def _too_late(rows: Sequence[Mapping[Any, Any]], now: datetime) -> dict[int, tuple[str, str]]:
+def _too_late(rows: Sequence[_Row], now: datetime) -> dict[int, tuple[str, str]]:
     """Rows held up (a backlog, retries, a stopped worker) until quiet hours or the rule's
     deadline began: sending now would break the rule the timer checked, so they never go."""
     return {
-        row["id"]: (
+        row.id: (
             "expired",
-            f"not sent by {row['send_before']:%Y-%m-%d %H:%M} UTC, when quiet hours or the "
+            f"not sent by {row.send_before:%Y-%m-%d %H:%M} UTC, when quiet hours or the "
             "rule's deadline began; it is not sent late",
         )
         for row in rows
-        if row["send_before"] is not None and row["send_before"] <= now
+        if row.send_before is not None and row.send_before <= now
     }
 
 
-def _enrollment_facts(conn: Connection, rows: Sequence[Mapping[Any, Any]]) -> dict[int, Any]:
+def _enrollment_facts(
+    conn: Connection, sql: DispatchSql, rows: Sequence[_Row]
+) -> dict[int, _Facts]:
     """What may stop each row's send, read again in the claim, just before the send."""
-    enrollment_ids = {row["enrollment_id"] for row in rows if row["enrollment_id"] is not None}
-    e, c, k = t.enrollments.c, t.carts.c, t.contacts.c
-    found = conn.execute(
-        select(
-            e.id,
-            e.cart_id,
-            e.created_at,
-            c.status,
-            k.sms_marketing,
-            k.email_marketing,
-            k.opted_out_at,
-        )
-        .select_from(
-            t.enrollments.join(t.carts, c.id == e.cart_id).outerjoin(
-                t.contacts, k.id == c.contact_id
-            )
-        )
-        .where(e.id.in_(enrollment_ids))
-    ).all()
-    return {r.id: r for r in found}
+    enrollment_ids = {row.enrollment_id for row in rows if row.enrollment_id is not None}
+    return {facts[0]: _Facts._make(facts) for facts in sql.facts(conn, sorted(enrollment_ids))}
 
 
-def _stopped(
-    rows: Sequence[Mapping[Any, Any]], facts: Mapping[int, Any]
-) -> dict[int, tuple[str, str]]:
+def _stopped(rows: Sequence[_Row], facts: Mapping[int, _Facts]) -> dict[int, tuple[str, str]]:
     """Rows that must not go out any more: the order, the emptied cart or the opt-out came
     after the timer decided."""
     stop: dict[int, tuple[str, str]] = {}
     for row in rows:
-        if row["service_key"] is not None:
+        if row.service_key is not None:
             # A service message (a STOP confirmation, a HELP answer) is transactional: it goes
             # to a shopper who opted out too, and belongs to no enrollment.
             continue
-        reason = _stop_reason(row, facts.get(row["enrollment_id"]))
+        reason = _stop_reason(row, facts.get(row.enrollment_id) if row.enrollment_id else None)
         if reason is not None:
-            stop[row["id"]] = ("cancelled", reason)
+            stop[row.id] = ("cancelled", reason)
     return stop
 
 
 def _record_withdrawals(
     conn: Connection,
-    rows: Sequence[Mapping[Any, Any]],
+    rows: Sequence[_Row],
     stop: Mapping[int, tuple[str, str]],
-    facts: Mapping[int, Any],
+    facts: Mapping[int, _Facts],
     now: datetime,
 ) -> None:
     """Mark the withdrawn rows (one statement, however long the morning's backlog), and add
@@ -741,34 +834,29 @@ def _record_withdrawals(
     conn.execute(
         _WITHDRAW,
         [
-            {
-                "b_id": row["id"],
-                "status": stop[row["id"]][0],
-                "error": stop[row["id"]][1],
-                "updated_at": now,
-            }
+            {"b_id": row.id, "status": stop[row.id][0], "error": stop[row.id][1], "updated_at": now}
             for row in rows
         ],
     )
     decisions = [
         {
-            "store_id": row["store_id"],
-            "enrollment_id": row["enrollment_id"],
-            "cart_id": facts[row["enrollment_id"]].cart_id,
-            "step_id": row["step_id"],
+            "store_id": row.store_id,
+            "enrollment_id": row.enrollment_id,
+            "cart_id": facts[row.enrollment_id].cart_id,
+            "step_id": row.step_id,
             "outcome": "skip",
-            "rule": f"dispatch.{stop[row['id']][0]}",
-            "reason": stop[row["id"]][1],
+            "rule": f"dispatch.{stop[row.id][0]}",
+            "reason": stop[row.id][1],
             "at": now,
         }
         for row in rows
-        if row["enrollment_id"] in facts
+        if row.enrollment_id is not None and row.enrollment_id in facts
     ]
     if decisions:
         conn.execute(t.decisions.insert(), decisions)
 
 
-def _stop_reason(row: Mapping[Any, Any], info: Any) -> str | None:
+def _stop_reason(row: _Row, info: _Facts | None) -> str | None:
     if info is None:
         return "the enrollment is gone"
     if info.status == CartStatus.ORDERED:
@@ -777,8 +865,8 @@ def _stop_reason(row: Mapping[Any, Any], info: Any) -> str | None:
         return "cancelled: the cart was emptied"
     if info.opted_out_at is not None and info.opted_out_at >= info.created_at:
         return "cancelled: the shopper opted out"
-    if row["channel"] == Channel.SMS and not info.sms_marketing:
+    if row.channel == Channel.SMS and not info.sms_marketing:
         return "cancelled: SMS consent was withdrawn"
-    if row["channel"] == Channel.EMAIL and not info.email_marketing:
+    if row.channel == Channel.EMAIL and not info.email_marketing:
         return "cancelled: email consent was withdrawn"
     return None

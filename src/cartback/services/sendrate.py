@@ -17,7 +17,7 @@ never moves that time back. No provider call runs inside these transactions.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
@@ -32,7 +32,7 @@ from cartback.ports import MessageChannel
 from cartback.store import tables as t
 from cartback.store.db import is_sqlite
 
-_Row = TypeVar("_Row", bound=Mapping[Any, Any])
+_Row = TypeVar("_Row")
 
 
 class RateUnit(StrEnum):
@@ -141,24 +141,35 @@ def within_grant(
     granted: Mapping[Channel, int],
     units: Mapping[Channel, RateUnit],
     used: dict[Channel, int],
+    *,
+    fields: Callable[[_Row], tuple[str, int | None]] | None = None,
 ) -> list[_Row]:
     """The claimed rows that fit their channel's grant, in claim order; `used` is filled with
     the tokens they cost. A rate in segments charges a row its SMS segments; the first row of
     a channel always fits (a long SMS must not wait forever for a burst it exceeds), and what
-    it costs beyond the grant is settled as debt. Channels without a grant are not limited."""
+    it costs beyond the grant is settled as debt. Channels without a grant are not limited.
+    `fields` reads a row's channel and segments (default: the "channel" and "segments" keys)."""
+    if not granted:
+        return list(rows)
+    read = fields or _mapping_fields
     kept = []
     for row in rows:
-        channel = Channel(row["channel"])
+        kind, segments = read(row)
+        channel = Channel(kind)
         if channel not in granted:
             kept.append(row)
             continue
-        cost = (row["segments"] or 1) if units.get(channel) is RateUnit.SEGMENTS else 1
+        cost = (segments or 1) if units.get(channel) is RateUnit.SEGMENTS else 1
         spent = used.get(channel, 0)
         if spent and spent + cost > granted[channel]:
             continue
         used[channel] = spent + cost
         kept.append(row)
     return kept
+
+
+def _mapping_fields(row: Any) -> tuple[str, int | None]:
+    return row["channel"], row["segments"]
 
 
 def shared_rates(
