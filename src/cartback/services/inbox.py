@@ -1,0 +1,292 @@
+"""The inbox: ingest as a durable append, applied later in batches.
+
+A request's events are validated, then appended to `inbox` in one statement whose unique key
+(store, source, event id) answers `duplicate` for a repeat; the request is answered once that
+row is committed (services/inbox_writer.py groups the commits of concurrent requests). The
+worker applies pending rows in arrival order through `services.ingest`, one savepoint per row:
+stale checks, the consent ledger, enrollments and orders ending flows are exactly those of a
+synchronous ingest, with the row's receive time as ingest's `now`. A row that cannot be applied
+keeps its error and waits for `cartback inbox retry`; the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from cartback import metrics
+from cartback.core.events import ShopEvent
+from cartback.core.lineup import Lineup
+from cartback.core.model import Store
+from cartback.services import admin, store_flows
+from cartback.services.flows import FlowRegistry
+from cartback.services.ingest import DEFAULT_FUTURE_SKEW, ingest
+from cartback.store import tables as t
+
+log = logging.getLogger("cartback.inbox")
+
+# PostgreSQL's serialization failure and deadlock: the row raced another writer; it is tried again.
+_RACES = frozenset({"40001", "40P01"})
+# A row that raced this many times is kept as failed rather than tried for ever.
+MAX_ATTEMPTS = 3
+# The longest one apply transaction runs before it commits what it has (SQLite: the writer
+# lock, which the web server's appends wait for).
+APPLY_BUDGET_SECONDS = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One event to append: its id and its JSON, as received."""
+
+    event_id: str
+    body: str
+
+
+def append(
+    conn: Connection,
+    store_id: int,
+    source: str,
+    entries: Sequence[Entry],
+    received_at: datetime,
+) -> list[int | None]:
+    """Append in one statement; per entry, its new row's id (`accepted`), or None when its
+    event id was already in the inbox, or earlier in `entries` (`duplicate`)."""
+    if not entries:
+        return []
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    rows = [
+        {
+            "store_id": store_id,
+            "source": source,
+            "event_id": entry.event_id,
+            "body": entry.body,
+            "received_at": received_at,
+            "attempts": 0,
+        }
+        for entry in entries
+    ]
+    statement = dialect.insert(t.inbox).values(rows).on_conflict_do_nothing()
+    returning = statement.returning(t.inbox.c.event_id, t.inbox.c.id)
+    inserted: dict[str, int] = {row.event_id: int(row.id) for row in conn.execute(returning)}
+    # A repeat later in the same request is a duplicate of the first.
+    return [inserted.pop(entry.event_id, None) for entry in entries]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one `apply_pending` run did: rows applied, rows kept as failed, rows left for a
+    retry after a race."""
+
+    applied: int = 0
+    failed: int = 0
+    retried: int = 0
+
+
+class InboxApplier:
+    """Applies pending inbox rows. `decode` turns a row's body into its event (the web layer's
+    validation, injected so services do not import the web layer)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        registry: FlowRegistry,
+        decode: Callable[[str], ShopEvent],
+        clock: Callable[[], datetime],
+        *,
+        future_skew: timedelta = DEFAULT_FUTURE_SKEW,
+        suppression_key: str | None = None,
+        batch: int = 500,
+        budget_seconds: float = APPLY_BUDGET_SECONDS,
+    ) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.decode = decode
+        self.clock = clock
+        self.future_skew = future_skew
+        self.suppression_key = suppression_key
+        self.batch = batch
+        self.budget_seconds = budget_seconds
+
+    def apply_pending(self, ids: Iterable[int] | None = None) -> Applied:
+        """Apply up to `batch` pending rows (only `ids`, when given), oldest first."""
+        peeked = self._peek(None if ids is None else list(ids))
+        if not peeked:
+            return Applied()
+        contexts = self._contexts({row.store_id for row in peeked})
+        with self.engine.begin() as conn:
+            return self._apply(conn, [row.id for row in peeked], contexts)
+
+    def drain(self, ids: Sequence[int]) -> None:
+        """Apply these rows now (the web server's inline mode); rows another applier holds are
+        left to it."""
+        remaining = list(ids)
+        while remaining:
+            done = self.apply_pending(remaining)
+            if done == Applied():
+                return
+            remaining = self._still_pending(remaining)
+
+    def _still_pending(self, ids: Sequence[int]) -> list[int]:
+        i = t.inbox.c
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(i.id).where(i.id.in_(ids), i.applied_at.is_(None), i.error.is_(None))
+                ).scalars()
+            )
+
+    def _peek(self, ids: list[int] | None) -> list[Any]:
+        i = t.inbox.c
+        query = select(i.id, i.store_id).where(i.applied_at.is_(None), i.error.is_(None))
+        if ids is not None:
+            query = query.where(i.id.in_(ids))
+        with self.engine.connect() as conn:
+            return list(conn.execute(query.order_by(i.id).limit(self.batch)).all())
+
+    def _contexts(self, store_ids: set[int]) -> dict[int, tuple[Store, Lineup]]:
+        # Read before the apply transaction: the lineup is read on a connection of its own.
+        contexts = {}
+        for store_id in store_ids:
+            with self.engine.connect() as conn:
+                store = admin.get_store(conn, store_id)
+            contexts[store_id] = (store, store_flows.lineup_for(self.engine, self.registry, store))
+        return contexts
+
+    def _apply(
+        self, conn: Connection, ids: list[int], contexts: dict[int, tuple[Store, Lineup]]
+    ) -> Applied:
+        i = t.inbox.c
+        claim = (
+            select(i.id, i.store_id, i.source, i.body, i.received_at, i.attempts)
+            .where(i.id.in_(ids), i.applied_at.is_(None), i.error.is_(None))
+            .order_by(i.id)
+        )
+        if conn.dialect.name == "postgresql":
+            # Two appliers never apply one row; each takes what the other has not locked.
+            claim = claim.with_for_update(skip_locked=True)
+        started = time.monotonic()
+        done: list[dict[str, Any]] = []
+        lags: list[float] = []
+        failed = retried = 0
+        for row in conn.execute(claim).all():
+            if done and time.monotonic() - started > self.budget_seconds:
+                break  # commit what is done; the rest is applied by the next run
+            outcome = self._apply_row(conn, row, contexts[row.store_id])
+            if isinstance(outcome, tuple):
+                status, detail = outcome
+                applied_at = self.clock()
+                done.append(
+                    {"row_id": row.id, "at": applied_at, "status": status, "detail": detail}
+                )
+                lags.append((applied_at - row.received_at).total_seconds())
+            elif outcome.raced and row.attempts + 1 < MAX_ATTEMPTS:
+                retried += 1
+                self._mark(conn, row.id, error=None, attempts=row.attempts + 1)
+            else:
+                failed += 1
+                self._mark(conn, row.id, error=outcome.message, attempts=row.attempts + 1)
+        if done:
+            conn.execute(
+                update(t.inbox)
+                .where(i.id == bindparam("row_id"))
+                .values(
+                    applied_at=bindparam("at"),
+                    status=bindparam("status"),
+                    detail=bindparam("detail"),
+                ),
+                done,
+            )
+        metrics.observe_apply_lag(lags)
+        return Applied(applied=len(done), failed=failed, retried=retried)
+
+    def _apply_row(
+        self, conn: Connection, row: Any, context: tuple[Store, Lineup]
+    ) -> tuple[str, str | None] | _Failure:
+        store, lineup = context
+        try:
+            event = self.decode(row.body)
+        except Exception as error:  # a body that no longer validates is this row's problem only
+            return _Failure(f"cannot read the event: {_describe(error)}", raced=False)
+        try:
+            with conn.begin_nested():
+                (result,) = ingest(
+                    conn,
+                    store,
+                    lineup,
+                    [event],
+                    row.received_at,
+                    source=row.source,
+                    future_skew=self.future_skew,
+                    suppression_key=self.suppression_key,
+                )
+        except DBAPIError as error:
+            if error.connection_invalidated:
+                raise  # the database went away: the whole batch is tried again
+            raced = isinstance(error, IntegrityError) or (
+                getattr(error.orig, "sqlstate", None) in _RACES
+            )
+            log.warning("inbox row %s not applied: %s", row.id, type(error.orig).__name__)
+            return _Failure(f"database refused it: {type(error.orig).__name__}", raced=raced)
+        except Exception as error:  # one bad row never blocks the others
+            log.exception("inbox row %s not applied", row.id)
+            return _Failure(_describe(error), raced=False)
+        return str(result.status), result.detail
+
+    @staticmethod
+    def _mark(conn: Connection, row_id: int, *, error: str | None, attempts: int) -> None:
+        conn.execute(
+            update(t.inbox).where(t.inbox.c.id == row_id).values(error=error, attempts=attempts)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    message: str
+    raced: bool
+
+
+def _describe(error: Exception) -> str:
+    # The type and message only: bodies and bound values (phones, emails) stay out of it.
+    return f"{type(error).__name__}: {error}"[:500]
+
+
+def failed(conn: Connection, limit: int = 100) -> list[Any]:
+    """Rows kept with an error, oldest first."""
+    i = t.inbox.c
+    return list(
+        conn.execute(
+            select(i.id, i.store_id, i.source, i.event_id, i.received_at, i.attempts, i.error)
+            .where(i.applied_at.is_(None), i.error.is_not(None))
+            .order_by(i.id)
+            .limit(limit)
+        ).all()
+    )
+
+
+def retry(conn: Connection, ids: Sequence[int] | None = None) -> int:
+    """Put failed rows (all, or `ids`) back in the queue; returns how many."""
+    i = t.inbox.c
+    statement = update(t.inbox).where(i.applied_at.is_(None), i.error.is_not(None))
+    if ids is not None:
+        statement = statement.where(i.id.in_(ids))
+    return int(conn.execute(statement.values(error=None, attempts=0)).rowcount)
+
+
+def backlog(conn: Connection) -> tuple[int, int]:
+    """(rows waiting to be applied, rows kept as failed)."""
+    i = t.inbox.c
+    pending = conn.execute(
+        select(func.count()).where(i.applied_at.is_(None), i.error.is_(None))
+    ).scalar_one()
+    kept = conn.execute(
+        select(func.count()).where(i.applied_at.is_(None), i.error.is_not(None))
+    ).scalar_one()
+    return int(pending), int(kept)

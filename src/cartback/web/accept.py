@@ -1,0 +1,70 @@
+"""POST /v1/events after validation: append to the inbox, answer once the rows are durable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from cartback.app import App
+from cartback.core.events import ShopEvent
+from cartback.core.model import Store
+from cartback.services.inbox import Entry, InboxApplier
+from cartback.services.inbox_writer import InboxWriter
+from cartback.web.intake import event_from_stored
+from cartback.web.schemas import EventResultOut, EventsOut
+
+ALREADY_RECEIVED = "already received"
+
+
+class EventIntake:
+    """The web server's side of the inbox: one grouped-commit writer, and (inline mode) an
+    applier that applies a request's own rows before it is answered."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.writer = InboxWriter(app.engine)
+        self.applier = InboxApplier(
+            app.engine,
+            app.registry,
+            event_from_stored,
+            app.clock.now,
+            future_skew=timedelta(seconds=app.settings.future_skew_seconds),
+            suppression_key=app.settings.suppression_key,
+            batch=app.settings.inbox_batch,
+        )
+
+    async def accept(
+        self, store: Store, events: list[tuple[ShopEvent, dict[str, Any]]], now: datetime
+    ) -> EventsOut:
+        entries = [
+            Entry(event.event_id, json.dumps(raw, separators=(",", ":"), ensure_ascii=False))
+            for event, raw in events
+        ]
+        ids = await asyncio.wrap_future(self.writer.submit(store.id, "api", entries, now))
+        if self.app.settings.inbox_apply_inline:
+            await run_in_threadpool(self.applier.drain, [row for row in ids if row is not None])
+        skew = timedelta(seconds=self.app.settings.future_skew_seconds)
+        results = [
+            EventResultOut(id=event.event_id, status="accepted", detail=_clamped(event, now, skew))
+            if row is not None
+            else EventResultOut(id=event.event_id, status="duplicate", detail=ALREADY_RECEIVED)
+            for (event, _raw), row in zip(events, ids, strict=True)
+        ]
+        accepted = sum(row is not None for row in ids)
+        return EventsOut(accepted=accepted, duplicates=len(ids) - accepted, results=results)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _clamped(event: ShopEvent, now: datetime, skew: timedelta) -> str | None:
+    """Ingest clamps an event stamped further ahead of its receive time than the skew allows
+    (services/ingest.py); the answer says so already, with ingest's words."""
+    if event.occurred_at <= now + skew:
+        return None
+    ahead = int((event.occurred_at - now).total_seconds())
+    return f"occurred_at was {ahead} s ahead of the receive time; clamped"
