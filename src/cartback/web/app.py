@@ -22,6 +22,7 @@ from sqlalchemy.exc import (
     OperationalError,
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match, Route
 
 from cartback import __version__
@@ -35,7 +36,8 @@ from cartback.web import dashboard, pages, problems
 from cartback.web.accept import EventIntake
 from cartback.web.channel_hooks import channel_hooks
 from cartback.web.intake import parse_event_rows
-from cartback.web.limits import BodyLimit
+from cartback.web.keys import KeyCache
+from cartback.web.limits import BodyLimit, ConcurrencyLimit
 from cartback.web.metrics_route import metrics_router
 from cartback.web.problems import Problem
 from cartback.web.reports_api import reports_router
@@ -121,6 +123,7 @@ def create_app(app: App) -> FastAPI:
     )
     api.state.cartback = app
     api.add_middleware(BodyLimit)
+    api.add_middleware(ConcurrencyLimit, limit=app.settings.web_concurrency)
     _install_error_handlers(api)
     _publish_schemas(api)
     # Provider callbacks build each store's provider channel (no global default: a store
@@ -132,11 +135,9 @@ def create_app(app: App) -> FastAPI:
     api.include_router(channel_hooks(app, resolver))
     bearer = HTTPBearer(auto_error=False, description="The store's API key")
 
-    def current_store(
-        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
-    ) -> Store:
-        key = credentials.credentials if credentials is not None else ""
-        if not key.strip():
+    def _key_of(credentials: HTTPAuthorizationCredentials | None) -> str:
+        key = credentials.credentials.strip() if credentials is not None else ""
+        if not key:
             raise Problem(
                 401,
                 "Missing API key",
@@ -144,8 +145,11 @@ def create_app(app: App) -> FastAPI:
                 slug="unauthorized",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        return key
+
+    def _store_for(key: str) -> Store:
         with app.engine.connect() as conn:
-            store = admin.store_for_key(conn, key.strip())
+            store = admin.store_for_key(conn, key)
         if store is None:
             raise Problem(
                 401,
@@ -154,6 +158,25 @@ def create_app(app: App) -> FastAPI:
                 slug="unauthorized",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        return store
+
+    def current_store(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> Store:
+        return _store_for(_key_of(credentials))
+
+    keys = KeyCache()
+
+    async def ingesting_store(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> Store:
+        """The key's store for the event API, remembered briefly (web/keys.py): the append
+        needs only its id, and the lookup would cost more than the append."""
+        key = _key_of(credentials)
+        store = keys.get(key)
+        if store is None:
+            store = await run_in_threadpool(_store_for, key)
+            keys.put(key, store)
         return store
 
     api.include_router(shop_router(app, _problems(401, 404, 405, 413, 422, 503)))
@@ -174,7 +197,7 @@ def create_app(app: App) -> FastAPI:
         summary="Report shop events: one event, or a batch of up to 1,000",
         responses=_problems(401, 405, 413, 422, 503),
     )
-    async def post_events(request: Request, store: Store = Depends(current_store)) -> EventsOut:
+    async def post_events(request: Request, store: Store = Depends(ingesting_store)) -> EventsOut:
         window = EventWindow(
             now=app.clock.now(),
             max_age=timedelta(days=app.settings.event_max_age_days),
