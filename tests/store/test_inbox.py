@@ -141,6 +141,16 @@ def test_rows_are_applied_in_arrival_order_with_staleness_decided_then(world: Wo
     assert cart["status"] == "ordered"
     assert [line["title"] for line in cart["lines"]] == ["Hat"]
     assert enrollment["exit_reason"] == "order_placed"
+    # The stale ones show in the cart's timeline.
+    d = t.decisions.c
+    with world.app.engine.connect() as conn:
+        stale = conn.execute(
+            select(d.reason).where(d.rule == inbox.STALE_RULE).order_by(d.id)
+        ).scalars()
+        assert list(stale) == [
+            "event older not applied: an event as new or newer was applied",
+            "event late not applied: the cart was already ordered",
+        ]
     # Applied as at its receipt: the enrollment is timed from the event, not from the apply.
     assert enrollment["created_at"] == world.now - timedelta(seconds=2)
 

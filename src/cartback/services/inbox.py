@@ -28,7 +28,7 @@ from cartback.core.lineup import Lineup
 from cartback.core.model import Store
 from cartback.services import admin, store_flows
 from cartback.services.flows import FlowRegistry
-from cartback.services.ingest import DEFAULT_FUTURE_SKEW, ingest
+from cartback.services.ingest import DEFAULT_FUTURE_SKEW, EventStatus, ingest
 from cartback.store import tables as t
 
 log = logging.getLogger("cartback.inbox")
@@ -257,6 +257,8 @@ class InboxApplier:
         except Exception as error:  # one bad row never blocks the others
             log.exception("inbox row %s not applied", row.id)
             return _Failure(_describe(error), raced=False)
+        if result.status is EventStatus.STALE:
+            _note_stale(conn, store.id, event, result.detail, row.received_at)
         return str(result.status), result.detail
 
     @staticmethod
@@ -264,6 +266,36 @@ class InboxApplier:
         conn.execute(
             update(t.inbox).where(t.inbox.c.id == row_id).values(error=error, attempts=attempts)
         )
+
+
+# The rule a stale event's line in its cart's timeline carries.
+STALE_RULE = "ingest.stale"
+
+
+def _note_stale(
+    conn: Connection, store_id: int, event: ShopEvent, detail: str | None, at: datetime
+) -> None:
+    """A stale event changes nothing, and the answer came before it was applied: its cart's
+    timeline (`cartback why`, GET /v1/carts/{token}/decisions) is where it shows."""
+    token = getattr(event, "cart_token", None)
+    if not token:
+        return
+    c = t.carts.c
+    cart_id = conn.execute(select(c.id).where(c.store_id == store_id, c.token == token)).scalar()
+    if cart_id is None:
+        return
+    conn.execute(
+        t.decisions.insert().values(
+            store_id=store_id,
+            enrollment_id=None,
+            cart_id=cart_id,
+            step_id=None,
+            outcome="skip",
+            rule=STALE_RULE,
+            reason=f"event {event.event_id} not applied: {detail or 'stale'}",
+            at=at,
+        )
+    )
 
 
 @dataclass(frozen=True, slots=True)
