@@ -197,7 +197,7 @@ def create_app(app: App) -> FastAPI:
         summary="Report shop events: one event, or a batch of up to 1,000",
         responses=_problems(401, 405, 413, 422, 503),
     )
-    async def post_events(request: Request, store: Store = Depends(ingesting_store)) -> EventsOut:
+    async def post_events(request: Request, store: Store = Depends(ingesting_store)) -> Response:
         window = EventWindow(
             now=app.clock.now(),
             max_age=timedelta(days=app.settings.event_max_age_days),
