@@ -7,7 +7,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 
 from cartback.services import inbox
 from cartback.services.inbox import Entry, InboxApplier
@@ -199,3 +199,20 @@ def test_an_error_inside_ingest_rolls_back_that_row_only(world: World, monkeypat
         (kept,) = inbox.failed(conn)
     assert tokens == {"good"}
     assert kept.error == "ValueError: boom"
+
+
+def test_one_applier_at_a_time_keeps_arrival_order_across_workers(
+    world: World, database_url: str
+) -> None:
+    if not database_url.startswith("postgresql"):
+        return  # SQLite: every transaction holds the one write lock already
+    _append(world, checkout_payload("c1", world.now))
+    other = make_engine(database_url)
+    try:
+        with other.begin() as conn:
+            # Another worker is applying.
+            conn.execute(text(f"SELECT pg_advisory_xact_lock({inbox.APPLY_LOCK})"))
+            assert _applier(world).apply_pending() == inbox.Applied()
+        assert _applier(world).apply_pending() == inbox.Applied(applied=1)
+    finally:
+        other.dispose()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Engine, bindparam, func, select, update
+from sqlalchemy import Connection, Dialect, Engine, bindparam, func, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from cartback import metrics
@@ -37,6 +37,8 @@ log = logging.getLogger("cartback.inbox")
 _RACES = frozenset({"40001", "40P01"})
 # A row that raced this many times is kept as failed rather than tried for ever.
 MAX_ATTEMPTS = 3
+# The PostgreSQL advisory lock that one applier holds while it applies ("inbox" in ASCII).
+APPLY_LOCK = 0x696E626F78
 # The longest one apply transaction runs before it commits what it has (SQLite: the writer
 # lock, which the web server's appends wait for).
 APPLY_BUDGET_SECONDS = 0.05
@@ -143,14 +145,16 @@ class InboxApplier:
         with self.engine.begin() as conn:
             return self._apply(conn, [row.id for row in peeked], contexts)
 
-    def drain(self, ids: Sequence[int]) -> None:
-        """Apply these rows now (the web server's inline mode); rows another applier holds are
-        left to it."""
+    def drain(self, ids: Sequence[int], timeout: float = 5.0) -> None:
+        """Apply these rows now (the web server's inline mode). While another applier holds
+        the inbox it is waited for, up to `timeout` seconds; what is left then is its work."""
+        deadline = time.monotonic() + timeout
         remaining = list(ids)
         while remaining:
-            done = self.apply_pending(remaining)
-            if done == Applied():
-                return
+            if self.apply_pending(remaining) == Applied():
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.01)
             remaining = self._still_pending(remaining)
 
     def _still_pending(self, ids: Sequence[int]) -> list[int]:
@@ -189,8 +193,11 @@ class InboxApplier:
             .order_by(i.id)
         )
         if conn.dialect.name == "postgresql":
-            # Two appliers never apply one row; each takes what the other has not locked.
-            claim = claim.with_for_update(skip_locked=True)
+            # One applier at a time, so a cart's events are applied in arrival order even with
+            # several workers (SQLite's write lock does the same); the others find it taken.
+            if not conn.execute(text(f"SELECT pg_try_advisory_xact_lock({APPLY_LOCK})")).scalar():
+                return Applied()
+            claim = claim.with_for_update()
         started = time.monotonic()
         done: list[dict[str, Any]] = []
         lags: list[float] = []
