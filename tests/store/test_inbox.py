@@ -216,3 +216,31 @@ def test_one_applier_at_a_time_keeps_arrival_order_across_workers(
         assert _applier(world).apply_pending() == inbox.Applied(applied=1)
     finally:
         other.dispose()
+
+
+def test_the_backlog_and_the_apply_lag_are_exported(world: World) -> None:
+    from cartback import metrics
+
+    lags_before = _lag_count()
+    _append(world, checkout_payload("c1", world.now))
+    with world.app.engine.begin() as conn:
+        inbox.append(conn, world.store.id, "api", [Entry("poison", "{}")], world.now)
+    _append(world, checkout_payload("c2", world.now, id="waiting"))
+    collector = metrics.BacklogCollector(world.app.engine, world.clock.now, cache_seconds=0)
+    assert _inbox_gauge(collector) == {"pending": 3, "failed": 0}
+    world.clock.advance(timedelta(milliseconds=1500))
+    _applier(world).apply_pending()
+    assert _inbox_gauge(collector) == {"pending": 0, "failed": 1}
+    assert _lag_count() == lags_before + 2
+
+
+def _inbox_gauge(collector: Any) -> dict[str, float]:
+    (family,) = [m for m in collector.collect() if m.name == "cartback_inbox_events"]
+    return {sample.labels["status"]: sample.value for sample in family.samples}
+
+
+def _lag_count() -> float:
+    from cartback import metrics
+
+    value = metrics.REGISTRY.get_sample_value("cartback_inbox_apply_lag_seconds_count")
+    return value or 0.0
