@@ -136,6 +136,9 @@ def test_rows_are_applied_in_arrival_order_with_staleness_decided_then(world: Wo
     assert rows[3].detail == "the cart was already ordered"
     assert all(row.applied_at == world.now for row in rows)
     with world.app.engine.connect() as conn:
+        # Applied rows keep no shopper's details.
+        assert set(conn.execute(select(t.inbox.c.body)).scalars()) == {None}
+    with world.app.engine.connect() as conn:
         cart = conn.execute(select(t.carts)).mappings().one()
         enrollment = conn.execute(select(t.enrollments)).mappings().one()
     assert cart["status"] == "ordered"
@@ -167,6 +170,9 @@ def test_a_row_that_cannot_be_applied_is_kept_and_never_blocks_the_others(world:
     assert rows["before"].status == rows["after"].status == "accepted"
     assert rows["poison"].applied_at is None
     assert rows["poison"].error.startswith("cannot read the event: ")
+    with world.app.engine.connect() as conn:
+        kept = conn.execute(select(t.inbox.c.body).where(t.inbox.c.event_id == "poison"))
+        assert kept.scalar_one() == '{"type": "nonsense"}'  # kept to be applied when retried
     with world.app.engine.connect() as conn:
         assert [row.event_id for row in inbox.failed(conn)] == ["poison"]
         assert inbox.backlog(conn) == (0, 1)

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Engine, bindparam, func, select, text, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from cartback import metrics
 from cartback.core.events import ShopEvent
@@ -62,8 +62,7 @@ def append(
     """Append in one statement; per entry, its new row's id (`accepted`), or None when its
     event id was already in the inbox, or earlier in `entries` (`duplicate`).
 
-    The hot path of ingest: a prebuilt statement run on the driver's cursor, in the caller's
-    transaction, with no per-call statement building."""
+    The hot path of ingest: a prebuilt statement, in the caller's transaction."""
     if not entries:
         return []
     dialect = conn.dialect
@@ -73,12 +72,10 @@ def append(
         for entry in entries
         for value in (store_id, source, entry.event_id, entry.body, at, 0)
     ]
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(_append_sql(dialect.name, len(entries)), params)
-        inserted: dict[str, int] = {str(key): int(row_id) for key, row_id in cursor.fetchall()}
-    finally:
-        cursor.close()
+    # Driver SQL: no statement is built per call, and the driver's errors still arrive as
+    # SQLAlchemy's (a timeout is an OperationalError, a lost connection is invalidated).
+    rows = conn.exec_driver_sql(_append_sql(dialect.name, len(entries)), tuple(params))
+    inserted: dict[str, int] = {str(key): int(row_id) for key, row_id in rows}
     # A repeat later in the same request is a duplicate of the first.
     return [inserted.pop(entry.event_id, None) for entry in entries]
 
@@ -227,6 +224,9 @@ class InboxApplier:
                     applied_at=bindparam("at"),
                     status=bindparam("status"),
                     detail=bindparam("detail"),
+                    # Its job is done: the shopper's details live in their rows now, or, for
+                    # a shopper erased on request, nowhere.
+                    body=None,
                 ),
                 done,
             )
@@ -254,11 +254,14 @@ class InboxApplier:
                     suppression_key=self.suppression_key,
                 )
         except DBAPIError as error:
-            if error.connection_invalidated:
-                raise  # the database went away: the whole batch is tried again
-            raced = isinstance(error, IntegrityError) or (
-                getattr(error.orig, "sqlstate", None) in _RACES
-            )
+            sqlstate = getattr(error.orig, "sqlstate", None)
+            if error.connection_invalidated or (
+                isinstance(error, OperationalError) and sqlstate not in _RACES
+            ):
+                # The database went away or timed out (a lock, the statement timeout): not this
+                # row's fault. The whole batch is tried again.
+                raise
+            raced = isinstance(error, IntegrityError) or sqlstate in _RACES
             log.warning("inbox row %s not applied: %s", row.id, type(error.orig).__name__)
             return _Failure(f"database refused it: {type(error.orig).__name__}", raced=raced)
         except Exception as error:  # one bad row never blocks the others

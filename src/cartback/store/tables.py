@@ -377,8 +377,9 @@ inbox = Table(
     Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
     Column("source", String(32), nullable=False),
     Column("event_id", String(200), nullable=False),
-    # The event as received (one event of the request's body), validated again when applied.
-    Column("body", Text, nullable=False),
+    # The event as received (one event of the request's body), validated again when applied;
+    # dropped once applied, so no shopper's details stay here (an erasure need not look).
+    Column("body", Text),
     Column("received_at", UtcDateTime, nullable=False),
     Column("applied_at", UtcDateTime),
     # What applying it made of it: accepted, duplicate or stale, and why.

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from cartback import metrics
 from cartback.app import App
 from cartback.core.events import ShopEvent
 from cartback.core.model import Store
 from cartback.services.inbox import Entry, InboxApplier
 from cartback.services.inbox_writer import InboxWriter
+from cartback.services.ingest import EventStatus
 from cartback.web.intake import event_from_stored
+
+log = logging.getLogger("cartback.web.events")
 
 ALREADY_RECEIVED = "already received"
 
@@ -62,7 +67,12 @@ class EventIntake:
         ]
         ids = await asyncio.wrap_future(self.writer.submit(store.id, "api", entries, now))
         if self.app.settings.inbox_apply_inline:
-            await run_in_threadpool(self.applier.drain, [row for row in ids if row is not None])
+            await self._apply_inline([row for row in ids if row is not None])
+        # Accepted events are counted when applied (services.ingest); a repeat stops here.
+        metrics.count_events(
+            [event for (event, _raw), row in zip(events, ids, strict=True) if row is None],
+            [str(EventStatus.DUPLICATE)] * ids.count(None),
+        )
         skew = timedelta(seconds=self.app.settings.future_skew_seconds)
         results = [
             {"id": event.event_id, "status": "accepted", "detail": _clamped(event, now, skew)}
@@ -76,6 +86,13 @@ class EventIntake:
             json.dumps(answer, separators=(",", ":"), ensure_ascii=False),
             media_type="application/json",
         )
+
+    async def _apply_inline(self, rows: list[int]) -> None:
+        try:
+            await run_in_threadpool(self.applier.drain, rows)
+        except Exception:
+            # The events are stored and answered `accepted`: the worker applies them instead.
+            log.exception("inline apply failed; the worker will apply the rows")
 
     def close(self) -> None:
         if self._writer is not None:

@@ -5,7 +5,8 @@ Revises: 0015
 
 - `inbox`: one row per accepted event (unique per store, source and event id), committed before
   the request is answered and applied by the worker; `applied_at`, `status` and `detail` say
-  what applying it did, `error` keeps why a row could not be applied.
+  what applying it did, `error` keeps why a row could not be applied. `body` is dropped once the
+  row is applied.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def upgrade() -> None:
         sa.Column("store_id", _ID, nullable=False),
         sa.Column("source", sa.String(32), nullable=False),
         sa.Column("event_id", sa.String(200), nullable=False),
-        sa.Column("body", sa.Text(), nullable=False),
+        sa.Column("body", sa.Text()),
         sa.Column("received_at", _UTC, nullable=False),
         sa.Column("applied_at", _UTC),
         sa.Column("status", sa.String(16)),
