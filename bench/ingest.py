@@ -5,7 +5,10 @@ against a bare ASGI app that only answers 200, served by uvicorn with the same s
 
 Prints requests/s, p50/p99 latency, the ratio to the bare app, the server's CPU time per event
 (from /proc/<pid>/stat) and SQL statements per event (counted in-process on a sample), then
-checks that every request answered 200 is in the database: durable before its answer.
+checks that every request answered 200 is in the database: durable before its answer. Events
+are appended to the inbox and applied by a `cartback worker` running beside the server, as in
+production: the apply lag (accepted -> applied, p50/p99) and the worker's CPU per event are
+printed, and every accepted event must be applied within a minute of the load's end.
 
     python bench/ingest.py                         # 5,000 per target, both backends
     python bench/ingest.py -n 2000 --backend sqlite
@@ -84,6 +87,9 @@ class Result:
     cpu_seconds: float
     missing: int | None = None
     statements: float | None = None
+    lag: list[float] | None = None
+    unapplied: int | None = None
+    worker_cpu: float | None = None
 
     @property
     def rate(self) -> float:
@@ -290,7 +296,7 @@ def missing(url: str, answered: list[Request], kind: str) -> int:
     table, column = (
         (t.shop_deliveries, t.shop_deliveries.c.delivery_id)
         if kind == "hooks"
-        else (t.event_receipts, t.event_receipts.c.event_id)
+        else (t.inbox, t.inbox.c.event_id)
     )
     engine = create_engine(url)
     try:
@@ -299,6 +305,58 @@ def missing(url: str, answered: list[Request], kind: str) -> int:
     finally:
         engine.dispose()
     return sum(1 for request in answered if request.key not in stored)
+
+
+def applied(url: str, answered: list[Request], wait: float = 60.0) -> tuple[list[float], int]:
+    """(apply lag in seconds of each accepted event, accepted events not applied): waits up to
+    `wait` seconds for the worker to apply every event answered 200."""
+    from sqlalchemy import create_engine, select
+
+    from cartback.store import tables as t
+
+    keys = {request.key for request in answered}
+    i = t.inbox.c
+    engine = create_engine(url)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            with engine.connect() as conn:
+                rows = conn.execute(select(i.event_id, i.received_at, i.applied_at)).all()
+            done = {row.event_id: row for row in rows if row.applied_at is not None}
+            left = len(keys - done.keys())
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
+    lags = [
+        (_utc(row.applied_at) - _utc(row.received_at)).total_seconds()
+        for key, row in done.items()
+        if key in keys
+    ]
+    return lags, left
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+@contextmanager
+def worker(env: dict[str, str], log: Path) -> Iterator[int]:
+    """`cartback worker` beside the server: it applies the inbox."""
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cartback", "worker"], env=env, stdout=sink, stderr=sink
+        )
+        try:
+            yield process.pid
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def statements_per_request(url: str, requests: list[Request]) -> float:
@@ -341,15 +399,22 @@ def run_backend(
         server_env = {**env, "CARTBACK_DATABASE_URL": url, "CARTBACK_PORT": str(port)}
         command = [sys.executable, "-m", "cartback", "web", "--host", "127.0.0.1"]
         command += ["--port", str(port)]
-        with server(command, server_env, port, workdir / f"web-{backend}.log") as pid:
+        with (
+            server(command, server_env, port, workdir / f"web-{backend}.log") as pid,
+            worker(server_env, workdir / f"worker-{backend}.log") as worker_pid,
+        ):
             base = f"http://127.0.0.1:{port}"
             for kind, requests in (
                 ("hooks", shopify_deliveries(count, f"{backend}-hook", "bench")),
                 ("api", api_events(count, f"{backend}-api")),
             ):
                 label = f"{backend} {'shopify hooks' if kind == 'hooks' else 'POST /v1/events'}"
+                worker_before = cpu_seconds(worker_pid)
                 result, answered = measure(label, base, pid, requests, concurrency)
                 result.missing = missing(url, answered, kind)
+                if kind == "api":
+                    result.lag, result.unapplied = applied(url, answered)
+                    result.worker_cpu = cpu_seconds(worker_pid) - worker_before
                 results.append(result)
         samples = (
             shopify_deliveries(SAMPLE, f"{backend}-sample-hook", "bench"),
@@ -391,6 +456,16 @@ def report(results: list[Result], bare: Result) -> None:
             f"{result.cpu_seconds / max(result.ok, 1) * 1000:>10.2f} {statements:>7} {lost:>8}"
         )
     print(f"mean latency, bare: {statistics.mean(bare.latencies) * 1000:.1f} ms")
+    for result in results:
+        if result.lag is None:
+            continue
+        lag = result.lag or [float("nan")]
+        worker_ms = (result.worker_cpu or 0.0) / max(result.ok, 1) * 1000
+        print(
+            f"{result.label}: apply lag p50 {percentile(lag, 0.5):.2f} s, "
+            f"p99 {percentile(lag, 0.99):.2f} s, max {max(lag):.2f} s; "
+            f"worker CPU {worker_ms:.2f} ms/event; not applied: {result.unapplied}"
+        )
 
 
 def main() -> None:
@@ -417,6 +492,8 @@ def main() -> None:
     report(results, bare)
     if any(result.missing for result in results):
         raise SystemExit("some deliveries answered 200 are not in the database")
+    if any(result.unapplied for result in results):
+        raise SystemExit("some accepted events were not applied")
 
 
 if __name__ == "__main__":

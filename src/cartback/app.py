@@ -35,6 +35,13 @@ def flow_files(settings: Settings) -> list[Path]:
     return list(files.values())
 
 
+def pool_size(settings: Settings) -> int:
+    """A connection for every request the web server takes at once (web_concurrency; the
+    thread pool that runs their database work is sized to match), and a few for the inbox
+    writer, the worker's threads and /metrics."""
+    return settings.web_concurrency + 8
+
+
 def build_app(settings: Settings, clock: Clock | None = None) -> App:
     if settings.database_url.startswith("sqlite:///") and not settings.database_url.endswith(
         ":memory:"
@@ -46,6 +53,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
         settings.database_url,
         connect_timeout=settings.database_connect_timeout_seconds,
         statement_timeout=settings.database_statement_timeout_seconds,
+        pool_size=pool_size(settings),
     )
     clock = clock or SystemClock()
     registry = FlowRegistry(engine)

@@ -1768,10 +1768,12 @@ def _measurement_file_or_exit(file: Path) -> dict[str, Any]:
 
 
 # Registered last: these modules use the helpers above.
+from cartback.cli_inbox import inbox_cli  # noqa: E402
 from cartback.cli_outbound import export, webhooks_cli  # noqa: E402
 from cartback.cli_simulate import simulate  # noqa: E402
 
 cli.add_typer(webhooks_cli, name="webhooks")
+cli.add_typer(inbox_cli, name="inbox")
 cli.command("export")(export)
 cli.command("simulate")(simulate)
 

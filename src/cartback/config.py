@@ -107,10 +107,20 @@ class Settings:
     # Outbound webhooks: one POST's timeout, and the attempts before a delivery is given up.
     webhook_timeout_seconds: float = 5.0
     webhook_max_attempts: int = 8
+    # Requests the web server handles at once; more are answered 503 with Retry-After. The
+    # database pool is sized from it, so load never waits on a pool that is too small.
+    web_concurrency: int = 64
+    # Accepted events are applied by the worker (`inbox` thread). `true`: the web server also
+    # applies a request's events right after their commit, before answering (tests, one-off
+    # tools); the answer is the same either way.
+    inbox_apply_inline: bool = False
+    inbox_batch: int = 500
 
 
 _BOUNDS: dict[str, tuple[float, float]] = {
     "port": (1, 65535),
+    "web_concurrency": (1, 10000),
+    "inbox_batch": (1, 10000),
     "database_connect_timeout_seconds": (2, 300),
     "database_statement_timeout_seconds": (0.1, 3600),
     "event_max_age_days": (1, 36500),

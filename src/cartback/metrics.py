@@ -4,8 +4,9 @@ Counters and the lateness histogram are incremented where the work happens (inge
 the dispatcher, the consent ledger) and cost a lock and an addition, never SQL. Each process
 exposes its own: the web server at `/metrics`, a separate worker on
 CARTBACK_WORKER_METRICS_PORT. Prometheus adds the series of all targets up. The backlog (due
-timers, queued messages and webhook deliveries) is a database fact, the same from every
-process, so only the web server reports it: a few indexed COUNTs, cached for a few seconds.
+timers, queued messages and webhook deliveries, inbox rows waiting) is a database fact, the
+same from every process, so only the web server reports it: a few indexed COUNTs, cached for a
+few seconds.
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ LATENESS = Histogram(
     registry=REGISTRY,
 )
 
+# From the commit of an event's inbox row to its application by the worker.
+APPLY_LAG = Histogram(
+    "cartback_inbox_apply_lag_seconds",
+    "How long after it was accepted each event was applied.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, float("inf")),
+    registry=REGISTRY,
+)
+
 # How long one backlog reading is served before the database is asked again.
 BACKLOG_CACHE_SECONDS = 5.0
 
@@ -94,6 +103,11 @@ def observe_lateness(seconds: Iterable[float]) -> None:
         LATENESS.observe(max(0.0, value))
 
 
+def observe_apply_lag(seconds: Iterable[float]) -> None:
+    for value in seconds:
+        APPLY_LAG.observe(max(0.0, value))
+
+
 class BacklogCollector(Collector):
     """Due enrollments, outbox rows and webhook deliveries waiting, by status, read with a few
     COUNTs on indexed columns at scrape time and cached briefly, so that scrapes from several
@@ -121,7 +135,7 @@ class BacklogCollector(Collector):
 
     def _read(self) -> list[Metric]:
         now = self.clock()
-        e, o, w = t.enrollments.c, t.outbox.c, t.webhook_deliveries.c
+        e, o, w, i = t.enrollments.c, t.outbox.c, t.webhook_deliveries.c, t.inbox.c
         with self.engine.connect() as conn:
             due = conn.execute(select(func.count()).where(e.wake_at <= now)).scalar_one()
             queued = conn.execute(
@@ -129,6 +143,11 @@ class BacklogCollector(Collector):
                 .where(o.status.in_(("pending", "claimed", "sending")))
                 .group_by(o.status)
             ).all()
+            inbox = conn.execute(
+                select(func.count(i.error), func.count())
+                .select_from(t.inbox)
+                .where(i.applied_at.is_(None))
+            ).one()
             hooks = conn.execute(
                 select(w.status, func.count())
                 .where(w.status.in_(("pending", "sending")))
@@ -150,7 +169,15 @@ class BacklogCollector(Collector):
         )
         for status, count in _with_zeros(("pending", "sending"), hooks).items():
             deliveries.add_metric([status], count)
-        return [timers, outbox, deliveries]
+        failed, waiting = int(inbox[0]), int(inbox[1])
+        events = GaugeMetricFamily(
+            "cartback_inbox_events",
+            "Accepted events not yet applied: pending, or failed (kept with their error).",
+            labels=["status"],
+        )
+        events.add_metric(["pending"], waiting - failed)
+        events.add_metric(["failed"], failed)
+        return [timers, outbox, deliveries, events]
 
 
 def _with_zeros(statuses: Iterable[str], rows: Iterable[Any]) -> dict[str, int]:

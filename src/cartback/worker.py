@@ -1,5 +1,6 @@
-"""The worker: fire due timers and drain the outbox, in batches, until told to stop; beside
-them, drain the SMPP binds and pull inMobile's reports and replies (`services/bound.py`).
+"""The worker: apply accepted events (the inbox), fire due timers and drain the outbox, in
+batches, until told to stop; beside them, drain the SMPP binds and pull inMobile's reports and
+replies (`services/bound.py`).
 
 Stopping is bounded: once `stop` is set no new batch starts, a render in progress is interrupted
 (its transaction rolls back; the step is rendered again after the restart), and provider calls in
@@ -23,12 +24,14 @@ from cartback.core.sandbox import RenderInterrupted, interrupt_renders_on
 from cartback.services import outbound
 from cartback.services.bound import Listeners
 from cartback.services.dispatch import Dispatcher
+from cartback.services.inbox import Applied, InboxApplier
 from cartback.services.outbound import DEFAULT_RETRY, WebhookSender
 from cartback.services.providers import ChannelResolver
 from cartback.services.retry import RetryPolicy
 from cartback.services.sendrate import shared_rates
 from cartback.services.shops import prune
 from cartback.services.tick import tick
+from cartback.web.intake import event_from_stored
 
 log = logging.getLogger("cartback.worker")
 
@@ -44,6 +47,8 @@ WEBHOOK_DELIVERIES_KEPT = timedelta(days=30)
 REPORT_SUMMARY_EVERY_SECONDS = 60.0
 # Days per refresh call, so a stop is noticed between batches of a long backfill.
 REPORT_SUMMARY_BATCH = 20
+# How long the inbox thread waits when nothing is pending.
+INBOX_IDLE_SECONDS = 0.05
 # Time for the last writes of a batch once its provider calls are done.
 SHUTDOWN_MARGIN_SECONDS = 5.0
 
@@ -115,6 +120,7 @@ class Worker:
             retry=replace(DEFAULT_RETRY, max_attempts=settings.webhook_max_attempts),
         )
         threads = [
+            threading.Thread(target=self._inbox_loop, name="inbox", daemon=True),
             threading.Thread(target=self._timer_loop, name="timer", daemon=True),
             threading.Thread(
                 target=self._dispatch_loop, args=(dispatcher,), name="dispatch", daemon=True
@@ -165,6 +171,30 @@ class Worker:
         webhooks.close()
         log.info("worker stopped")
         return True
+
+    def _inbox_loop(self) -> None:
+        """Apply accepted events. An idle poll is one indexed query on pending rows, so it
+        runs often: the apply lag is what shoppers' first messages wait on."""
+        settings = self.app.settings
+        applier = InboxApplier(
+            self.app.engine,
+            self.app.registry,
+            event_from_stored,
+            self.app.clock.now,
+            future_skew=timedelta(seconds=settings.future_skew_seconds),
+            suppression_key=settings.suppression_key,
+            batch=settings.inbox_batch,
+        )
+        while not self.stop.is_set():
+            try:
+                done = applier.apply_pending()
+            except Exception:
+                # A database hiccup must not end the worker; the rows stay pending.
+                log.exception("inbox batch failed; retrying")
+                self.stop.wait(settings.worker_poll_seconds * 4)
+                continue
+            if done == Applied():
+                self.stop.wait(INBOX_IDLE_SECONDS)
 
     def _timer_loop(self) -> None:
         settings = self.app.settings

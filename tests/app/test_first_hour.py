@@ -119,7 +119,8 @@ def _post_quickstart_checkout(database_url: str, phone: str) -> None:
     from cartback.config import load_settings
     from cartback.web.app import create_app
 
-    app = build_app(load_settings({}, database_url=database_url))
+    # Applied before the answer, as `cartback serve`'s worker would a moment later.
+    app = build_app(load_settings({}, database_url=database_url, inbox_apply_inline=True))
     try:
         register_flows(app)
         body = checkout_payload("cart-123", app.clock.now(), id="evt-1")

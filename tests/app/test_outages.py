@@ -83,7 +83,8 @@ def test_a_statement_stuck_on_a_lock_ends_in_503_after_the_statement_timeout() -
         with psycopg.connect(
             host=parsed.host, port=parsed.port, user=parsed.username, dbname=parsed.database
         ) as holder:
-            holder.execute("LOCK TABLE carts IN ACCESS EXCLUSIVE MODE")
+            # An event is stored by one append to the inbox; it is applied later.
+            holder.execute("LOCK TABLE inbox IN ACCESS EXCLUSIVE MODE")
             started = time.monotonic()
             response = client.post(
                 "/v1/events", json=checkout_payload("c1", world.now), headers=AUTH

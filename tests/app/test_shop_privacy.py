@@ -167,7 +167,13 @@ def test_the_event_api_also_keeps_an_erased_shopper_out(client: TestClient, shop
         "currency": "NOK",
     }
     answer = client.post("/v1/events", json=event, headers={"Authorization": "Bearer cbk_test_key"})
-    assert answer.json()["results"][0]["detail"] == ERASED
+    assert answer.json()["results"][0]["status"] == "accepted"
+    # Whether the shopper was erased is found when the event is applied; its inbox row says so.
+    with shop.app.engine.connect() as conn:
+        detail = conn.execute(
+            select(t.inbox.c.detail).where(t.inbox.c.event_id == "api-1")
+        ).scalar_one()
+    assert detail == ERASED
     assert traces_left(shop) == [] and count(shop, t.enrollments) == 1
 
 

@@ -32,6 +32,9 @@ class World:
 
 @contextmanager
 def make_world(database_url: str, *, flow: str = "default", **settings: Any) -> Iterator[World]:
+    # The web server applies a request's events before answering, so a test can read the cart
+    # right after a POST (production leaves it to the worker's inbox thread).
+    settings.setdefault("inbox_apply_inline", True)
     config = load_settings(
         {}, database_url=database_url, sms_channel="null", email_channel="null", **settings
     )

@@ -33,7 +33,7 @@ def make_engine(
         return create_engine(
             url,
             pool_size=pool_size,
-            max_overflow=pool_size,
+            max_overflow=0,
             pool_pre_ping=True,
             # Bound values are phones, emails and message bodies: errors must not quote them.
             hide_parameters=True,

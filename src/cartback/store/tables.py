@@ -380,6 +380,35 @@ event_receipts = Table(
     UniqueConstraint("store_id", "source", "event_id"),
 )
 
+# Ingest is an append: each accepted event is one row, committed before its answer, then
+# applied by the worker (services/inbox.py). The unique key is the event id per store and source.
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("event_id", String(200), nullable=False),
+    # The event as received (one event of the request's body), validated again when applied;
+    # dropped once applied, so no shopper's details stay here (an erasure need not look).
+    Column("body", Text),
+    Column("received_at", UtcDateTime, nullable=False),
+    Column("applied_at", UtcDateTime),
+    # What applying it made of it: accepted, duplicate or stale, and why.
+    Column("status", String(16)),
+    Column("detail", Text),
+    # A row that cannot be applied keeps its error until it is retried (`cartback inbox`).
+    Column("error", Text),
+    Column("attempts", Integer, nullable=False, default=0),
+    UniqueConstraint("store_id", "source", "event_id"),
+    Index(
+        "ix_inbox_pending",
+        "id",
+        sqlite_where=text("applied_at IS NULL AND error IS NULL"),
+        postgresql_where=text("applied_at IS NULL AND error IS NULL"),
+    ),
+)
+
 links = Table(
     "links",
     metadata,

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Annotated, Any
 
+from anyio import to_thread
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -24,17 +27,17 @@ from starlette.routing import Match, Route
 
 from cartback import __version__
 from cartback.app import App
-from cartback.core.events import ShopEvent
 from cartback.core.model import Store, format_duration
 from cartback.services import admin, store_flows, tracking
 from cartback.services import consent as consent_service
-from cartback.services.ingest import EventStatus, ingest
 from cartback.services.providers import ChannelResolver
 from cartback.store import tables as t
 from cartback.web import dashboard, pages, problems
+from cartback.web.accept import EventIntake
 from cartback.web.channel_hooks import channel_hooks
-from cartback.web.intake import parse_event_document
-from cartback.web.limits import BodyLimit
+from cartback.web.intake import parse_event_rows
+from cartback.web.keys import KeyCache
+from cartback.web.limits import BodyLimit, ConcurrencyLimit
 from cartback.web.metrics_route import metrics_router
 from cartback.web.problems import Problem
 from cartback.web.reports_api import reports_router
@@ -43,7 +46,6 @@ from cartback.web.schemas import (
     LINE,
     DecisionOut,
     EventBatchIn,
-    EventResultOut,
     EventsOut,
     EventWindow,
     FlowAssignmentOut,
@@ -104,13 +106,24 @@ _EVENTS_BODY = {
 
 
 def create_app(app: App) -> FastAPI:
+    intake = EventIntake(app)
+
+    @asynccontextmanager
+    async def lifespan(_api: FastAPI) -> AsyncIterator[None]:
+        # Blocking database work runs on this thread pool: one thread per request taken at once.
+        to_thread.current_default_thread_limiter().total_tokens = app.settings.web_concurrency
+        yield
+        intake.close()
+
     api = FastAPI(
         title="cartback",
         version=__version__,
         description="Self-hosted abandoned-cart recovery: event API and tracked links.",
+        lifespan=lifespan,
     )
     api.state.cartback = app
     api.add_middleware(BodyLimit)
+    api.add_middleware(ConcurrencyLimit, limit=app.settings.web_concurrency)
     _install_error_handlers(api)
     _publish_schemas(api)
     # Provider callbacks build each store's provider channel (no global default: a store
@@ -122,11 +135,9 @@ def create_app(app: App) -> FastAPI:
     api.include_router(channel_hooks(app, resolver))
     bearer = HTTPBearer(auto_error=False, description="The store's API key")
 
-    def current_store(
-        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
-    ) -> Store:
-        key = credentials.credentials if credentials is not None else ""
-        if not key.strip():
+    def _key_of(credentials: HTTPAuthorizationCredentials | None) -> str:
+        key = credentials.credentials.strip() if credentials is not None else ""
+        if not key:
             raise Problem(
                 401,
                 "Missing API key",
@@ -134,8 +145,11 @@ def create_app(app: App) -> FastAPI:
                 slug="unauthorized",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        return key
+
+    def _store_for(key: str) -> Store:
         with app.engine.connect() as conn:
-            store = admin.store_for_key(conn, key.strip())
+            store = admin.store_for_key(conn, key)
         if store is None:
             raise Problem(
                 401,
@@ -144,6 +158,25 @@ def create_app(app: App) -> FastAPI:
                 slug="unauthorized",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        return store
+
+    def current_store(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> Store:
+        return _store_for(_key_of(credentials))
+
+    keys = KeyCache()
+
+    async def ingesting_store(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> Store:
+        """The key's store for the event API, remembered briefly (web/keys.py): the append
+        needs only its id, and the lookup would cost more than the append."""
+        key = _key_of(credentials)
+        store = keys.get(key)
+        if store is None:
+            store = await run_in_threadpool(_store_for, key)
+            keys.put(key, store)
         return store
 
     api.include_router(shop_router(app, _problems(401, 404, 405, 413, 422, 503)))
@@ -164,15 +197,14 @@ def create_app(app: App) -> FastAPI:
         summary="Report shop events: one event, or a batch of up to 1,000",
         responses=_problems(401, 405, 413, 422, 503),
     )
-    async def post_events(request: Request, store: Store = Depends(current_store)) -> EventsOut:
+    async def post_events(request: Request, store: Store = Depends(ingesting_store)) -> Response:
         window = EventWindow(
             now=app.clock.now(),
             max_age=timedelta(days=app.settings.event_max_age_days),
             max_ahead=MAX_AHEAD,
         )
-        events = parse_event_document(await request.body(), window)
-        # The database work is blocking; it runs on the thread pool, not the event loop.
-        return await run_in_threadpool(_ingest, app, store, events)
+        events = parse_event_rows(await request.body(), window)
+        return await intake.accept(store, events, window.now)
 
     @api.get(
         "/v1/flows",
@@ -317,39 +349,6 @@ def _store_flows_out(conn: Connection, store: Store) -> StoreFlowsOut:
 def _field_problem(field: str, message: str) -> Problem:
     return problems.invalid(
         [{"field": field, "message": message}], title="Invalid flows", slug="invalid-flows"
-    )
-
-
-def _ingest(app: App, store: Store, events: list[ShopEvent]) -> EventsOut:
-    flow = store_flows.lineup_for(app.engine, app.registry, store)
-    now = app.clock.now()
-    skew = timedelta(seconds=app.settings.future_skew_seconds)
-    for attempt in range(3):
-        try:
-            with app.engine.begin() as conn:
-                results = ingest(
-                    conn,
-                    store,
-                    flow,
-                    events,
-                    now,
-                    future_skew=skew,
-                    suppression_key=app.settings.suppression_key,
-                )
-            break
-        except (IntegrityError, OperationalError) as error:
-            # Two requests raced on the same contact or cart; the whole batch is retried. An
-            # outage or a lock wait that timed out is not retried: it answers 503 at once.
-            if attempt == 2 or not _raced(error):
-                raise
-    counts = dict.fromkeys(EventStatus, 0)
-    for result in results:
-        counts[result.status] += 1
-    return EventsOut(
-        accepted=counts[EventStatus.ACCEPTED],
-        duplicates=counts[EventStatus.DUPLICATE],
-        stale=counts[EventStatus.STALE],
-        results=[EventResultOut(id=r.id, status=r.status.value, detail=r.detail) for r in results],
     )
 
 

@@ -32,6 +32,26 @@ def parse_event_document(body: bytes, window: EventWindow | None = None) -> list
         raise problems.invalid([{"field": field, "message": error.message}]) from None
 
 
+def parse_event_rows(
+    body: bytes, window: EventWindow | None = None
+) -> list[tuple[ShopEvent, dict[str, Any]]]:
+    """As `parse_event_document`, with each event's own JSON object beside it: what the inbox
+    keeps, to be validated again by `event_from_stored` when the row is applied."""
+    parsed = _parse_events(body, window)
+    try:
+        return [(to_event(model, prefix, raw), raw) for model, prefix, raw in parsed]
+    except FieldError as error:
+        field = error.field.lstrip(".")
+        raise problems.invalid([{"field": field, "message": error.message}]) from None
+
+
+def event_from_stored(body: str) -> ShopEvent:
+    """An inbox row's event. It was valid when accepted; only the age window is not checked
+    again, since a row may be applied after a restart."""
+    (event,) = parse_event_document(body.encode("utf-8"))
+    return event
+
+
 def _parse_int(digits: str) -> int | Decimal:
     return int(digits) if len(digits) <= _LONGEST_INT else Decimal(digits)
 

@@ -85,3 +85,39 @@ def _content_length(scope: Scope) -> int | None:
             # Past 18 digits it is over any cap; int() would refuse past 4,300.
             return int(digits) if len(digits) <= 18 else 10**18
     return None
+
+
+# A request turned away for load may come back this soon.
+BUSY_RETRY_AFTER_SECONDS = 1
+
+
+class ConcurrencyLimit:
+    """ASGI middleware: at most `limit` requests at once. The database pool has a connection
+    for each of them (App.pool_size), so load waits in clients' retries, answered 503 with
+    Retry-After, rather than in a pool queue that ends in timeouts."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.running = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.running >= self.limit:
+            busy = Problem(
+                503,
+                "Busy",
+                f"more than {self.limit} requests at once; nothing was applied, retry shortly",
+                slug="unavailable",
+                headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+            )
+            await busy.response(scope["path"])(scope, receive, send)
+            return
+        # One event loop: the count needs no lock.
+        self.running += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.running -= 1

@@ -343,15 +343,17 @@ class EventBatchIn(_Strict):
 
 
 class EventResultOut(BaseModel):
+    """`accepted`: durably queued, applied shortly (stale or not is decided then and shows in
+    the cart's timeline); `duplicate`: this event id was already received."""
+
     id: str
-    status: Literal["accepted", "duplicate", "stale"]
+    status: Literal["accepted", "duplicate"]
     detail: str | None = None
 
 
 class EventsOut(BaseModel):
     accepted: int
     duplicates: int
-    stale: int
     results: list[EventResultOut]
 
 
