@@ -241,9 +241,18 @@ def _post_checkout(
 
 
 def _stored_version(rig: Rig, token: str) -> int:
+    """The cart's stored version once the worker has applied every accepted event."""
+    wait_until(lambda: _inbox_pending(rig) == 0, 60, "the worker to apply the inbox", 0.05)
     with rig.engine.connect() as conn:
         lines = conn.execute(select(t.carts.c.lines).where(t.carts.c.token == token)).scalar_one()
     return int(lines[0]["quantity"]) - 1
+
+
+def _inbox_pending(rig: Rig) -> int:
+    i = t.inbox.c
+    with rig.engine.connect() as conn:
+        query = select(func.count()).where(i.applied_at.is_(None), i.error.is_(None))
+        return int(conn.execute(query).scalar_one())
 
 
 def skewed_events(rig: Rig, carts: int = 4) -> Counts:

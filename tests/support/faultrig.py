@@ -7,9 +7,9 @@ services as a shop would report them, and lets a scenario kill, stop or starve t
 - ``duplicates``: provider acceptances beyond the first for one (cart, step);
 - ``after_optout``: messages the provider took more than a second after an opt-out was made;
 - ``quiet``: SMS taken inside the quiet hours the rule packs set for the number's zone;
-- ``lost``: an accepted event with no cart row, an enrollment overdue or ended without a
-  decision, a message due but still pending or sending, or recorded `sent` that the provider
-  never took;
+- ``lost``: an accepted event with no cart row or never applied (still in the inbox, or kept
+  there with an error), an enrollment overdue or ended without a decision, a message due but
+  still pending, claimed or sending, or recorded `sent` that the provider never took;
 - ``unknown``: messages whose fate cartback could not learn (never resent).
 """
 
@@ -287,7 +287,13 @@ class Rig:
                     | ((o.status == "pending") & (o.available_at <= now))
                 )
             ).scalar_one()
-        return bool(overdue or due)
+            # Events accepted by the web process and not yet applied by a worker.
+            unapplied = conn.execute(
+                select(func.count())
+                .select_from(t.inbox)
+                .where(t.inbox.c.applied_at.is_(None), t.inbox.c.error.is_(None))
+            ).scalar_one()
+        return bool(overdue or due or unapplied)
 
     def settle(self, timeout: float = 60) -> float:
         """Wait until nothing is overdue (progress after the fault); the seconds it took, or
@@ -321,6 +327,9 @@ class Rig:
             carts = set(conn.execute(select(c.token)).scalars())
             explained = set(conn.execute(select(t.decisions.c.enrollment_id).distinct()).scalars())
             enrollments = conn.execute(select(e.id, e.state, e.wake_at)).all()
+            inbox = conn.execute(
+                select(t.inbox.c.applied_at, t.inbox.c.error).where(t.inbox.c.applied_at.is_(None))
+            ).all()
         per_step = Counter(
             (messages[item.key].cart_id, messages[item.key].step_id)
             if item.key in messages
@@ -352,6 +361,9 @@ class Rig:
                 lost["overdue_pending"] += 1
             elif row.status == "sent" and key not in keys:
                 lost["sent_not_taken"] += 1
+        # An accepted event never applied: still waiting, or kept with an error.
+        for row in inbox:
+            lost["inbox_failed" if row.error is not None else "inbox_unapplied"] += 1
         counts.lost = sum(lost.values())
         counts.extra.update({f"lost_{kind}": n for kind, n in lost.items() if n})
         counts.unknown = sum(1 for row in messages.values() if row.status == "unknown")
