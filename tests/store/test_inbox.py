@@ -250,3 +250,41 @@ def _lag_count() -> float:
 
     value = metrics.REGISTRY.get_sample_value("cartback_inbox_apply_lag_seconds_count")
     return value or 0.0
+
+
+def test_an_erasure_closes_the_shoppers_unapplied_events_and_drops_their_bodies(
+    world: World,
+) -> None:
+    """Events accepted for a shopper who is then erased are never applied later (which would
+    store their details again), and no copy of their body stays in the inbox."""
+    from cartback.core.events import ContactInfo
+    from cartback.services.erasure import erase_shopper
+
+    other = {"phone": "+4798765432", "email": "ola@example.com", "first_name": "Ola"}
+    _append(
+        world,
+        checkout_payload("kari-1", world.now, id="k1"),
+        checkout_payload("ola-1", world.now, id="o1", contact=other),
+    )
+    with world.app.engine.begin() as conn:
+        erase_shopper(
+            conn,
+            world.store.id,
+            ContactInfo(email="kari@example.com"),
+            "a-suppression-key",
+            world.now,
+            "request",
+        )
+    i = t.inbox.c
+    with world.app.engine.connect() as conn:
+        rows = {
+            row.event_id: row
+            for row in conn.execute(select(i.event_id, i.body, i.status, i.applied_at))
+        }
+    assert rows["k1"].body is None and rows["k1"].status == "erased"
+    assert rows["k1"].applied_at is not None
+    assert rows["o1"].body is not None and rows["o1"].applied_at is None
+    _applier(world).apply_pending()
+    with world.app.engine.connect() as conn:
+        tokens = set(conn.execute(select(t.carts.c.token)).scalars())
+    assert tokens == {"ola-1"}

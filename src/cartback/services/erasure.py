@@ -108,7 +108,7 @@ def erase_shopper(
         suppress(conn, store_id, key, each, reason, now)
     for contact_id in contact_ids:
         erase_contact(conn, store_id, contact_id, now)
-    _blank_payloads(conn, store_id, [v for each in phones_emails for _, v in _pairs(each)])
+    _blank_payloads(conn, store_id, [v for each in phones_emails for _, v in _pairs(each)], now)
     return len(contact_ids)
 
 
@@ -129,6 +129,7 @@ def erase_store(conn: Connection, store_id: int, key: str | None, now: datetime)
         .where(t.shop_deliveries.c.store_id == store_id)
         .values(payload=None)
     )
+    _drop_unapplied(conn, t.inbox.c.store_id == store_id, now)
     conn.execute(
         update(t.carts).where(t.carts.c.store_id == store_id).values(restore_url=None, tags=[])
     )
@@ -224,19 +225,42 @@ def erase_contact(conn: Connection, store_id: int, contact_id: int, now: datetim
             .where(d.cart_id.in_(carts), d.outcome == "reply")
             .values(reason="the shopper replied (text erased)")
         )
-    _blank_payloads(conn, store_id, tokens)
+    _blank_payloads(conn, store_id, tokens, now)
 
 
-def _blank_payloads(conn: Connection, store_id: int, needles: Iterable[str]) -> None:
-    """Kept raw payloads that name the shopper (their phone, email or one of their carts)."""
+def _blank_payloads(conn: Connection, store_id: int, needles: Iterable[str], now: datetime) -> None:
+    """Kept raw payloads that name the shopper (their phone, email or one of their carts), and
+    events accepted for them but not applied yet (or kept after failing)."""
+    wanted = [needle for needle in needles if needle]
+    if not wanted:
+        return
     d = t.shop_deliveries.c
-    likes = [d.payload.contains(needle, autoescape=True) for needle in needles if needle]
-    if likes:
-        conn.execute(
-            update(t.shop_deliveries)
-            .where(d.store_id == store_id, d.payload.is_not(None), or_(*likes))
-            .values(payload=None)
+    likes = [d.payload.contains(needle, autoescape=True) for needle in wanted]
+    conn.execute(
+        update(t.shop_deliveries)
+        .where(d.store_id == store_id, d.payload.is_not(None), or_(*likes))
+        .values(payload=None)
+    )
+    i = t.inbox.c
+    naming = or_(*[i.body.contains(needle, autoescape=True) for needle in wanted])
+    _drop_unapplied(conn, (i.store_id == store_id) & naming, now)
+
+
+def _drop_unapplied(conn: Connection, which: Any, now: datetime) -> None:
+    """An erased shopper's events still in the inbox are never applied: their body goes, and
+    they are closed as `erased`, so neither the worker nor a retry brings the details back."""
+    i = t.inbox.c
+    conn.execute(
+        update(t.inbox)
+        .where(which, i.applied_at.is_(None), i.body.is_not(None))
+        .values(
+            body=None,
+            applied_at=now,
+            status="erased",
+            detail="the shopper was erased before this event was applied",
+            error=None,
         )
+    )
 
 
 def export_shopper(conn: Connection, store_id: int, info: ContactInfo) -> dict[str, Any]:
