@@ -9,16 +9,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
 import pytest
 
+from tests.support.faultrig import daytime_number
 from tests.support.kannel import PASSWORD, KannelRig, ensure_kannel, wait_until
 from tests.support.procs import free_port
 from tests.support.served import WAIT, Served, flow_with_steps, served
 
-PHONE = "+4791234567"
+# A number whose zone is in daytime now: the texts must not wait for the morning.
+PHONE = daytime_number(datetime.now(UTC), 1)
 SENDER = "12345"
 TOKEN = "kannel-e2e-token"
 FOOTER = "\nReply STOP to opt out"

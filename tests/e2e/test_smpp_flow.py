@@ -6,17 +6,20 @@ out, with one confirmation submitted over the same bind."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from tests.support.faultrig import daytime_number
 from tests.support.kannel import wait_until
 from tests.support.procs import free_port
 from tests.support.served import WAIT, Served, flow_with_steps, served
 from tests.support.smsc import SmscSimulator
 
-DELIVERED = "+4791234567"
-UNDELIVERED = "+4791234560"  # the simulator fails every destination ending in 0
+# Numbers whose zone is in daytime now: the texts must not wait for the morning.
+DELIVERED = daytime_number(datetime.now(UTC), 1)
+UNDELIVERED = daytime_number(datetime.now(UTC), 10)  # the simulator fails numbers ending in 0
 FLOW = flow_with_steps(
     """\
   - id: sms1
