@@ -70,9 +70,11 @@ def _sms1_defer(world: World) -> tuple[str | None, str]:
             .mappings()
             .one()
         )
-        wake_at = conn.execute(select(t.enrollments.c.wake_at)).scalar_one()
+        holds = conn.execute(select(t.enrollments.c.holds)).scalar_one()
     assert row["outcome"] == "defer", row
-    return row["rule"], f"{row['reason']}|{wake_at.astimezone(UTC).isoformat()}"
+    # The text is held on its own until then; the enrollment may wake earlier for an email.
+    held_until = datetime.fromisoformat(holds["held"]["sms1"])
+    return row["rule"], f"{row['reason']}|{held_until.astimezone(UTC).isoformat()}"
 
 
 def test_a_miami_zip_and_a_305_number_wait_for_8am_eastern(world: World) -> None:
@@ -140,3 +142,27 @@ def test_an_event_without_a_code_at_the_same_address_keeps_it(world: World) -> N
     _ingest(world, _checkout(EVENING + timedelta(minutes=1), postal_code=None))
     row = _contact_row(world)
     assert (row["postal_code"], row["postal_zones"]) == ("33130", "America/New_York")
+
+
+def test_a_miami_evening_cart_texts_at_8_eastern_and_emails_that_evening(world: World) -> None:
+    """Florida, a Miami ZIP and a 305 number, abandoned at 20:30 local: the first text waits
+    for 08:00 Eastern (not Central), while email1 goes at its own time that evening."""
+    checkout_at = EVENING - timedelta(minutes=10)  # ten idle minutes: abandoned at 20:30
+    world.clock.set(checkout_at.astimezone(UTC))
+    _ingest(world, _checkout(checkout_at, postal_code="33130"))
+    for _ in range(40):
+        with world.app.engine.connect() as conn:
+            wake_at = conn.execute(select(t.enrollments.c.wake_at)).scalar_one()
+        if wake_at is None:
+            break
+        world.clock.set(max(wake_at, world.now))
+        tick(world.app.engine, world.app.registry, world.now)
+        with world.app.engine.connect() as conn:
+            sent = {
+                row.step_id: row.created_at
+                for row in conn.execute(select(t.outbox.c.step_id, t.outbox.c.created_at))
+            }
+        if {"sms1", "email1"} <= set(sent):
+            break
+    assert sent["email1"] == (EVENING + timedelta(hours=1)).astimezone(UTC)
+    assert sent["sms1"] == datetime(2026, 6, 10, 8, 0, tzinfo=EASTERN).astimezone(UTC)
