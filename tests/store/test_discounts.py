@@ -180,21 +180,22 @@ def test_the_default_flow_gives_no_code_to_a_cart_made_only_of_excluded_products
 def test_the_stores_excluded_skus_keep_the_default_flows_code_off_a_gift_card_cart(
     world: World,
 ) -> None:
+    # NOK carts over the default flow's large-cart threshold (NOK 1,000), so sms3 goes.
     with world.app.engine.begin() as conn:
         conn.execute(update(t.stores).values(policy={"discount_exclusions": {"skus": ["GIFT-50"]}}))
     flow = world.app.registry.current("default")
     gift = replace(
         checkout("gift", world.now, phone="+4740000001", email="a@x.no"),
-        lines=(CartLine("Gift card", 1, Decimal("150"), sku="GIFT-50"),),
-        value=Decimal("150"),
+        lines=(CartLine("Gift card", 1, Decimal("1500"), sku="GIFT-50"),),
+        value=Decimal("1500"),
     )
     mixed = replace(
         checkout("mixed", world.now, phone="+4740000002", email="b@x.no"),
         lines=(
-            CartLine("Gift card", 1, Decimal("150"), sku="GIFT-50"),
+            CartLine("Gift card", 1, Decimal("1500"), sku="GIFT-50"),
             CartLine("Wool socks", 1, Decimal("60"), sku="SOCK-1"),
         ),
-        value=Decimal("210"),
+        value=Decimal("1560"),
     )
     with world.app.engine.begin() as conn:
         ingest(conn, world.store, flow, [gift, mixed], world.now)
