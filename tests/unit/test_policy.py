@@ -1106,3 +1106,21 @@ def test_next_window_open_agrees_with_a_fresh_span_computation(
 ) -> None:
     at = switch + timedelta(seconds=shift)
     assert next_window_open(at, zones, rules) == _next_open_reference(at, zones, rules)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    switch=st.sampled_from(SWITCHES + _SOUTHERN_SWITCHES),
+    days_before=st.integers(0, 20),
+    zones=st.sampled_from(ZONE_SETS + _SOUTHERN_ZONES),
+    rules=st.one_of(st.sampled_from(PACK_RULES), random_rules),
+)
+def test_spans_stitched_from_cached_days_equal_one_long_computation(
+    switch: datetime, days_before: int, zones: tuple[ZoneInfo, ...], rules: RuleSet
+) -> None:
+    from cartback.core.policy import _zone_allowed, _zone_spans
+
+    midnight = switch.replace(hour=0, minute=0, second=0) - timedelta(days=days_before)
+    for zone in zones:
+        stitched = _zone_spans(zone, rules, midnight, 16)
+        assert stitched == _zone_allowed(zone, rules, midnight, midnight + timedelta(days=16))
