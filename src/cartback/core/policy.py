@@ -26,7 +26,7 @@ from cartback.core.jurisdiction import (
     WindowRule,
     resolve_rules,
 )
-from cartback.core.model import CartStatus, Channel, ConsentView, Contact, Purpose
+from cartback.core.model import CartStatus, Channel, ConsentView, Contact, PhoneFacts, Purpose
 from cartback.core.money import Rates
 from cartback.core.timezones import candidate_zones, region_for_phone
 
@@ -144,14 +144,39 @@ def rules_for_contact(contact: Contact, channel: Channel, store_policy: StorePol
 
 
 def contact_zones(contact: Contact, store_policy: StorePolicy) -> tuple[ZoneInfo, ...]:
+    facts = contact.phone_facts
+    return _zones_of(
+        contact.zone,
+        contact.country,
+        contact.region,
+        # The number is read only when no facts were stored with it.
+        contact.phone if facts is None else None,
+        store_policy.default_zone,
+        facts,
+        contact.postal_zones,
+    )
+
+
+@lru_cache(maxsize=65536)
+def _zones_of(
+    explicit: str | None,
+    country: str | None,
+    region: str | None,
+    phone: str | None,
+    store_default: str,
+    facts: PhoneFacts | None,
+    postal_zones: tuple[str, ...],
+) -> tuple[ZoneInfo, ...]:
+    """candidate_zones, kept per shopper's place: every send decision asks for them, and many
+    shoppers share a state and a phone prefix."""
     return candidate_zones(
-        explicit=contact.zone,
-        country=contact.country,
-        region=contact.region,
-        phone=contact.phone,
-        store_default=store_policy.default_zone,
-        facts=contact.phone_facts,
-        postal_zones=contact.postal_zones,
+        explicit=explicit,
+        country=country,
+        region=region,
+        phone=phone,
+        store_default=store_default,
+        facts=facts,
+        postal_zones=postal_zones,
     )
 
 
