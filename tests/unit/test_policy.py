@@ -1124,3 +1124,59 @@ def test_spans_stitched_from_cached_days_equal_one_long_computation(
     for zone in zones:
         stitched = _zone_spans(zone, rules, midnight, 16)
         assert stitched == _zone_allowed(zone, rules, midnight, midnight + timedelta(days=16))
+
+
+_PHONES = st.sampled_from(
+    [None, "+13055550143", "+12125550100", "+4740123456", "+61412345678", "+5511912345678"]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    phone=_PHONES,
+    with_facts=st.booleans(),
+    zone=st.sampled_from([None, "Europe/Oslo", "Not/A_Zone"]),
+    place=st.sampled_from([(None, None), ("US", "FL"), ("US", "TX"), ("AU", None), ("NO", None)]),
+    postal_zones=st.sampled_from([(), ("America/New_York",)]),
+    default_zone=st.sampled_from(["UTC", "Europe/Paris"]),
+)
+def test_kept_candidate_zones_equal_a_fresh_resolution(
+    phone: str | None,
+    with_facts: bool,
+    zone: str | None,
+    place: tuple[str | None, str | None],
+    postal_zones: tuple[str, ...],
+    default_zone: str,
+) -> None:
+    from cartback.core.policy import contact_zones
+    from cartback.core.timezones import candidate_zones, phone_facts
+
+    contact = Contact(
+        id=1,
+        store_id=1,
+        phone=phone,
+        zone=zone,
+        country=place[0],
+        region=place[1],
+        postal_zones=postal_zones,
+        phone_facts=phone_facts(phone) if with_facts and phone else None,
+    )
+    store = StorePolicy(default_zone=default_zone)
+    fresh = candidate_zones(
+        explicit=zone,
+        country=place[0],
+        region=place[1],
+        phone=phone,
+        store_default=default_zone,
+        facts=contact.phone_facts,
+        postal_zones=postal_zones,
+    )
+    assert contact_zones(contact, store) == fresh
+    assert contact_zones(contact, store) == fresh  # and again, from the cache
+
+
+def test_equal_rule_sets_hash_alike_and_the_hash_is_kept() -> None:
+    first = rules_for("US", "FL")
+    rebuilt = RuleSet(channel=first.channel, jurisdictions=first.jurisdictions, rules=first.rules)
+    assert rebuilt == first and hash(rebuilt) == hash(first)
+    assert hash(first) == hash((first.channel, first.jurisdictions, first.rules))
