@@ -74,3 +74,20 @@ def test_a_name_jinja_would_find_among_its_globals_goes_through_jinja() -> None:
 def test_values_print_as_jinja_prints_them() -> None:
     values = {"a": None, "b": Decimal("1.10"), "c": ("x",)}
     assert render_text("{{ a }} {{ b }} {{ c }}", values) == "None 1.10 ('x',)"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    amount=st.decimals(min_value=-(10**7), max_value=10**7, places=2, allow_nan=False),
+    currency=st.sampled_from(["USD", "EUR", "NOK", "JPY", "BRL", "GBP"]),
+    locale=st.sampled_from(["en_US", "nb_NO", "de_AT", "ja_JP", "pt_BR", "fr", "en"]),
+)
+def test_money_formatted_with_a_kept_locale_reads_as_babel_formats_it(
+    amount: Decimal, currency: str, locale: str
+) -> None:
+    import babel.numbers
+
+    from cartback.core.render import format_money, resolve_locale
+
+    expected = babel.numbers.format_currency(amount, currency, locale=locale)
+    assert format_money(amount, currency, resolve_locale(locale)) == expected

@@ -112,9 +112,10 @@ class MessageContext:
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
+@functools.lru_cache(maxsize=1024)
 def resolve_locale(tag: str | None) -> babel.Locale:
     """A babel Locale for a tag like "nb-NO" or "de_AT"; its language, then English, when the
-    tag is unknown or malformed. Never raises."""
+    tag is unknown or malformed. Never raises. Cached: every message asks, for a few tags."""
     candidates = []
     if tag and tag.strip():
         cleaned = tag.strip().replace("-", "_")
@@ -146,7 +147,13 @@ def format_money(value: Decimal, currency: str, locale: babel.Locale) -> str:
 @functools.lru_cache(maxsize=4096)
 def _format_money(value: Decimal, currency: str, locale: str) -> str:
     # Babel's formatting dominates rendering time; prices repeat across carts, so cache it.
-    return babel.numbers.format_currency(value, currency, locale=locale)
+    return babel.numbers.format_currency(value, currency, locale=_babel_locale(locale))
+
+
+@functools.lru_cache(maxsize=1024)
+def _babel_locale(name: str) -> babel.Locale:
+    # Given a name, babel parses it into a Locale on every call; a Locale object it uses as is.
+    return babel.Locale.parse(name)
 
 
 def _one_line(text: str | None) -> str:
