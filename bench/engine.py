@@ -193,6 +193,7 @@ def child(url: str, out: str, stream_end: float, stop_after: float) -> None:
     from cartback.core.model import Channel
     from cartback.services.dispatch import Dispatcher
     from cartback.services.tick import tick
+    from cartback.worker import settle_startup_heap
 
     # CARTBACK_WORKER_BATCH and CARTBACK_DISPATCH_BATCH reach the worker as in production.
     settings = load_settings(
@@ -200,6 +201,7 @@ def child(url: str, out: str, stream_end: float, stop_after: float) -> None:
     )
     app = build_app(settings)
     dispatcher = Dispatcher(app.engine, {Channel.SMS: NullChannel(Channel.SMS)}, concurrency=4)
+    settle_startup_heap()  # as `cartback worker` does once it is ready
     lateness: list[float] = []
     busy = 0.0
     # CPU of the timer thread while it works on claimed steps (policy + render + outbox); the
