@@ -18,7 +18,7 @@ from cartback.core.jurisdiction import (
     all_rule_names,
     resolve_rules,
 )
-from cartback.core.model import CartStatus, Channel, ConsentView, Contact
+from cartback.core.model import CartStatus, Channel, ConsentView, Contact, PhoneFacts
 from cartback.core.policy import (
     Allow,
     Cap,
@@ -1173,6 +1173,14 @@ def test_kept_candidate_zones_equal_a_fresh_resolution(
     )
     assert contact_zones(contact, store) == fresh
     assert contact_zones(contact, store) == fresh  # and again, from the cache
+    if contact.phone_facts is not None:
+        # Facts holding a list cannot key the cache; the zones are still resolved.
+        listed = PhoneFacts(
+            contact.phone_facts.country,
+            contact.phone_facts.region,
+            list(contact.phone_facts.zones),  # type: ignore[arg-type]
+        )
+        assert contact_zones(replace(contact, phone_facts=listed), store) == fresh
 
 
 def test_equal_rule_sets_hash_alike_and_the_hash_is_kept() -> None:

@@ -145,16 +145,27 @@ def rules_for_contact(contact: Contact, channel: Channel, store_policy: StorePol
 
 def contact_zones(contact: Contact, store_policy: StorePolicy) -> tuple[ZoneInfo, ...]:
     facts = contact.phone_facts
-    return _zones_of(
-        contact.zone,
-        contact.country,
-        contact.region,
-        # The number is read only when no facts were stored with it.
-        contact.phone if facts is None else None,
-        store_policy.default_zone,
-        facts,
-        contact.postal_zones,
-    )
+    try:
+        return _zones_of(
+            contact.zone,
+            contact.country,
+            contact.region,
+            # The number is read only when no facts were stored with it.
+            contact.phone if facts is None else None,
+            store_policy.default_zone,
+            facts,
+            tuple(contact.postal_zones),
+        )
+    except TypeError:  # facts built with a list of zones cannot key the cache
+        return candidate_zones(
+            explicit=contact.zone,
+            country=contact.country,
+            region=contact.region,
+            phone=contact.phone,
+            store_default=store_policy.default_zone,
+            facts=facts,
+            postal_zones=contact.postal_zones,
+        )
 
 
 @lru_cache(maxsize=65536)
