@@ -1186,12 +1186,13 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port")] = None,
 ) -> None:
     """Web and worker in one process. Stops cleanly on SIGTERM/SIGINT."""
-    from cartback.worker import Worker
+    from cartback.worker import Worker, settle_startup_heap
 
     _logging()
     with running_app(host=host, port=port) as app:
         _flows_or_exit(app)
         runner = Worker(app)
+        settle_startup_heap()
         result: list[bool] = []
         thread = threading.Thread(
             target=lambda: result.append(runner.run()), name="worker", daemon=True
@@ -1224,12 +1225,13 @@ def web(
 def worker() -> None:
     """The worker alone: fire due timers and send messages. Stops cleanly on SIGTERM/SIGINT,
     within the send timeout plus five seconds."""
-    from cartback.worker import Worker, serve_worker_metrics
+    from cartback.worker import Worker, serve_worker_metrics, settle_startup_heap
 
     _logging()
     with running_app() as app:
         _flows_or_exit(app)
         runner = Worker(app)
+        settle_startup_heap()
         _stop_on_signals(runner.stop)
         if app.settings.worker_metrics_port:
             serve_worker_metrics(app.settings.worker_metrics_host, app.settings.worker_metrics_port)

@@ -10,6 +10,7 @@ dispatcher is done, the SMPP binds are closed and what they queued meanwhile is 
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -457,3 +458,12 @@ def serve_worker_metrics(host: str, port: int) -> None:
 
     start_http_server(port, addr=host, registry=metrics.REGISTRY)
     log.info("worker metrics on http://%s:%d/metrics", host, port)
+
+
+def settle_startup_heap() -> None:
+    """Move what startup built (modules, the schema, flows, rule packs, compiled templates) out
+    of the garbage collector's view, once the worker process is ready. Its full collections then
+    walk only what the batches make: without this they cost about a sixth of the timer's CPU per
+    step. Garbage is collected first, so none of it is kept."""
+    gc.collect()
+    gc.freeze()

@@ -18,7 +18,7 @@ from cartback.core.jurisdiction import (
     all_rule_names,
     resolve_rules,
 )
-from cartback.core.model import CartStatus, Channel, ConsentView, Contact
+from cartback.core.model import CartStatus, Channel, ConsentView, Contact, PhoneFacts
 from cartback.core.policy import (
     Allow,
     Cap,
@@ -1106,3 +1106,85 @@ def test_next_window_open_agrees_with_a_fresh_span_computation(
 ) -> None:
     at = switch + timedelta(seconds=shift)
     assert next_window_open(at, zones, rules) == _next_open_reference(at, zones, rules)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    switch=st.sampled_from(SWITCHES + _SOUTHERN_SWITCHES),
+    days_before=st.integers(0, 20),
+    zones=st.sampled_from(ZONE_SETS + _SOUTHERN_ZONES),
+    rules=st.one_of(st.sampled_from(PACK_RULES), random_rules),
+)
+def test_spans_stitched_from_cached_days_equal_one_long_computation(
+    switch: datetime, days_before: int, zones: tuple[ZoneInfo, ...], rules: RuleSet
+) -> None:
+    from cartback.core.policy import _zone_allowed, _zone_spans
+
+    midnight = switch.replace(hour=0, minute=0, second=0) - timedelta(days=days_before)
+    for zone in zones:
+        stitched = _zone_spans(zone, rules, midnight, 16)
+        assert stitched == _zone_allowed(zone, rules, midnight, midnight + timedelta(days=16))
+
+
+_PHONES = st.sampled_from(
+    [None, "+13055550143", "+12125550100", "+4740123456", "+61412345678", "+5511912345678"]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    phone=_PHONES,
+    with_facts=st.booleans(),
+    zone=st.sampled_from([None, "Europe/Oslo", "Not/A_Zone"]),
+    place=st.sampled_from([(None, None), ("US", "FL"), ("US", "TX"), ("AU", None), ("NO", None)]),
+    postal_zones=st.sampled_from([(), ("America/New_York",)]),
+    default_zone=st.sampled_from(["UTC", "Europe/Paris"]),
+)
+def test_kept_candidate_zones_equal_a_fresh_resolution(
+    phone: str | None,
+    with_facts: bool,
+    zone: str | None,
+    place: tuple[str | None, str | None],
+    postal_zones: tuple[str, ...],
+    default_zone: str,
+) -> None:
+    from cartback.core.policy import contact_zones
+    from cartback.core.timezones import candidate_zones, phone_facts
+
+    contact = Contact(
+        id=1,
+        store_id=1,
+        phone=phone,
+        zone=zone,
+        country=place[0],
+        region=place[1],
+        postal_zones=postal_zones,
+        phone_facts=phone_facts(phone) if with_facts and phone else None,
+    )
+    store = StorePolicy(default_zone=default_zone)
+    fresh = candidate_zones(
+        explicit=zone,
+        country=place[0],
+        region=place[1],
+        phone=phone,
+        store_default=default_zone,
+        facts=contact.phone_facts,
+        postal_zones=postal_zones,
+    )
+    assert contact_zones(contact, store) == fresh
+    assert contact_zones(contact, store) == fresh  # and again, from the cache
+    if contact.phone_facts is not None:
+        # Facts holding a list cannot key the cache; the zones are still resolved.
+        listed = PhoneFacts(
+            contact.phone_facts.country,
+            contact.phone_facts.region,
+            list(contact.phone_facts.zones),  # type: ignore[arg-type]
+        )
+        assert contact_zones(replace(contact, phone_facts=listed), store) == fresh
+
+
+def test_equal_rule_sets_hash_alike_and_the_hash_is_kept() -> None:
+    first = rules_for("US", "FL")
+    rebuilt = RuleSet(channel=first.channel, jurisdictions=first.jurisdictions, rules=first.rules)
+    assert rebuilt == first and hash(rebuilt) == hash(first)
+    assert hash(first) == hash((first.channel, first.jurisdictions, first.rules))

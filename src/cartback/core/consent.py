@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from cartback.core.model import Channel, ConsentView, Purpose
 
@@ -174,7 +175,9 @@ def _with_cart_reminders(state: _State) -> _State:
         and state.cart_choice is not False
         and (view.marketing or state.cart_choice is True)
     )
-    return replace(state, view=replace(view, cart_reminders=allowed))
+    if view.cart_reminders == allowed:
+        return state  # unchanged: the fold runs for every step the timer decides
+    return _State(replace(view, cart_reminders=allowed), state.cart_choice, state.last_opt_out)
 
 
 def _opt_out(state: _State, event: ConsentEvent) -> _Applied:
@@ -224,14 +227,18 @@ def _grant(state: _State, event: ConsentEvent) -> _Applied:
         note = "ignored: stamped before the opt-out was received; it speaks for an earlier moment"
         return _Applied(state, effective=False, note=note)
     note = f"re-subscribed by the shopper ({event.source.value})" if view.suppressed else ""
-    view = replace(view, suppressed=False, opted_out_at=None)
+    # Every change gathered first and made in one copy of the view: the timer folds the ledger
+    # for each step. _keeps_current_basis reads no field changed before it.
+    changes: dict[str, Any] = {"suppressed": False, "opted_out_at": None}
     if not _keeps_current_basis(view, event):
-        view = replace(view, basis=event.basis, basis_since=event.at)
+        changes["basis"], changes["basis_since"] = event.basis, event.at
     if event.purpose is Purpose.MARKETING:
-        view = replace(view, marketing=True, double_opt_in=event.has_double_opt_in_evidence)
-        state = replace(state, view=view, last_opt_out=None)
+        changes["marketing"] = True
+        changes["double_opt_in"] = event.has_double_opt_in_evidence
+        state = _State(replace(view, **changes), state.cart_choice, last_opt_out=None)
         return _Applied(_with_cart_reminders(state), True, note)
-    return _Applied(_with_cart_reminders(_State(view, cart_choice=True)), True, note)
+    state = _State(replace(view, **changes), cart_choice=True)
+    return _Applied(_with_cart_reminders(state), True, note)
 
 
 def _revoke(state: _State, event: ConsentEvent) -> _Applied:

@@ -167,6 +167,16 @@ class RuleSet:
     _day_windows: dict[int, DayWindow | None] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
+    # The hash, taken once: rule sets key the policy's caches for every message, and hashing
+    # every rule each time cost more than the cached work.
+    _hash: list[int] = field(
+        default_factory=list, init=False, repr=False, compare=False, hash=False
+    )
+
+    def __hash__(self) -> int:
+        if not self._hash:
+            self._hash.append(hash((self.channel, self.jurisdictions, self.rules)))
+        return self._hash[0]
 
     @property
     def names(self) -> frozenset[str]:

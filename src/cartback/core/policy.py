@@ -26,7 +26,7 @@ from cartback.core.jurisdiction import (
     WindowRule,
     resolve_rules,
 )
-from cartback.core.model import CartStatus, Channel, ConsentView, Contact, Purpose
+from cartback.core.model import CartStatus, Channel, ConsentView, Contact, PhoneFacts, Purpose
 from cartback.core.money import Rates
 from cartback.core.timezones import candidate_zones, region_for_phone
 
@@ -144,14 +144,50 @@ def rules_for_contact(contact: Contact, channel: Channel, store_policy: StorePol
 
 
 def contact_zones(contact: Contact, store_policy: StorePolicy) -> tuple[ZoneInfo, ...]:
+    facts = contact.phone_facts
+    try:
+        return _zones_of(
+            contact.zone,
+            contact.country,
+            contact.region,
+            # The number is read only when no facts were stored with it.
+            contact.phone if facts is None else None,
+            store_policy.default_zone,
+            facts,
+            tuple(contact.postal_zones),
+        )
+    except TypeError:  # facts built with a list of zones cannot key the cache
+        return candidate_zones(
+            explicit=contact.zone,
+            country=contact.country,
+            region=contact.region,
+            phone=contact.phone,
+            store_default=store_policy.default_zone,
+            facts=facts,
+            postal_zones=contact.postal_zones,
+        )
+
+
+@lru_cache(maxsize=65536)
+def _zones_of(
+    explicit: str | None,
+    country: str | None,
+    region: str | None,
+    phone: str | None,
+    store_default: str,
+    facts: PhoneFacts | None,
+    postal_zones: tuple[str, ...],
+) -> tuple[ZoneInfo, ...]:
+    """candidate_zones, kept per shopper's place: every send decision asks for them, and many
+    shoppers share a state and a phone prefix."""
     return candidate_zones(
-        explicit=contact.zone,
-        country=contact.country,
-        region=contact.region,
-        phone=contact.phone,
-        store_default=store_policy.default_zone,
-        facts=contact.phone_facts,
-        postal_zones=contact.postal_zones,
+        explicit=explicit,
+        country=country,
+        region=region,
+        phone=phone,
+        store_default=store_default,
+        facts=facts,
+        postal_zones=postal_zones,
     )
 
 
@@ -449,9 +485,10 @@ def first_violation(
     for zone in zones:
         local = at.astimezone(zone)
         weekday = local.weekday()
-        clock = _clock(at, (zone, *(other for other in zones if other != zone)))
+        # The clock text is built only for the reason returned: most checks find no violation.
         if weekday == 6:
             for sunday in rules.no_sundays:
+                clock = _clock_from(at, zone, zones)
                 return (sunday, f"{sunday.title} allows no {noun} on Sundays; {clock}")
         for holiday in rules.no_holidays:
             label = holiday.holiday_name(local.date())
@@ -459,18 +496,28 @@ def first_violation(
                 return (
                     holiday,
                     f"{holiday.title} allows no {noun} on public holidays; "
-                    f"{local:%Y-%m-%d} is {label} in {zone.key}; {clock}",
+                    f"{local:%Y-%m-%d} is {label} in {zone.key}; {_clock_from(at, zone, zones)}",
                 )
         for window in rules.windows:
             day = window.week[weekday]
             if day is None:
                 return (
                     window,
-                    f"{window.title} allows no {noun} on {DAY_NAMES[weekday]}s; {clock}",
+                    f"{window.title} allows no {noun} on {DAY_NAMES[weekday]}s; "
+                    f"{_clock_from(at, zone, zones)}",
                 )
             if not day.contains(local.hour * 60 + local.minute):
-                return (window, f"{window.title} allows {noun} {_span(window, weekday)}; {clock}")
+                return (
+                    window,
+                    f"{window.title} allows {noun} {_span(window, weekday)}; "
+                    f"{_clock_from(at, zone, zones)}",
+                )
     return None
+
+
+def _clock_from(at: datetime, zone: ZoneInfo, zones: tuple[ZoneInfo, ...]) -> str:
+    """_clock with the objecting zone first."""
+    return _clock(at, (zone, *(other for other in zones if other != zone)))
 
 
 def _span(rule: WindowRule, weekday: int) -> str:
@@ -511,10 +558,37 @@ def _day_spans(midnight: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet) 
     end = midnight + _SPAN_DAYS
     allowed = [(midnight, end)]
     for zone in zones:
-        allowed = _intersect(allowed, _zone_allowed(zone, rules, midnight, end))
+        allowed = _intersect(allowed, _zone_spans(zone, rules, midnight, _SPAN_DAYS.days))
         if not allowed:
             break
     return tuple(allowed)
+
+
+_DAY = timedelta(days=1)
+
+
+def _zone_spans(zone: ZoneInfo, rules: RuleSet, midnight: datetime, days: int) -> list[Span]:
+    """_zone_allowed over [midnight, midnight + days), stitched from cached single UTC days.
+
+    The set of allowed instants does not depend on where [start, end) is cut, and _merge joins
+    spans that touch, so stitching the days gives the spans of one long call; a window spanning
+    UTC midnight is joined back together here. Consecutive UTC days share 15 of their 16 days.
+    """
+    spans: list[Span] = []
+    day = midnight
+    for _ in range(days):
+        for span_start, span_end in _zone_day(zone, rules, day):
+            if spans and span_start <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], max(spans[-1][1], span_end))
+            else:
+                spans.append((span_start, span_end))
+        day += _DAY
+    return spans
+
+
+@lru_cache(maxsize=65536)
+def _zone_day(zone: ZoneInfo, rules: RuleSet, midnight: datetime) -> tuple[Span, ...]:
+    return tuple(_zone_allowed(zone, rules, midnight, midnight + _DAY))
 
 
 # How far ahead window_closes looks: no allowed window is longer than a day.
