@@ -967,9 +967,18 @@ def test_the_us_cart_deadline_ends_the_send_before_the_window_does() -> None:
 
 
 def _close_by_spans_reference(at: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet) -> object:
-    from cartback.core.policy import _close_by_spans
+    """window_closes computed afresh over [at, at + CLOSE_HORIZON), without the spans kept per
+    day."""
+    from cartback.core.policy import CLOSE_HORIZON, _intersect, _zone_allowed
 
-    return _close_by_spans(at.astimezone(UTC), zones, rules)
+    start = at.astimezone(UTC)
+    end = start + CLOSE_HORIZON
+    allowed = [(start, end)]
+    for zone in zones:
+        allowed = _intersect(allowed, _zone_allowed(zone, rules, start, end))
+    if not allowed or allowed[0][0] > start:
+        return start
+    return None if allowed[0][1] >= end else allowed[0][1]
 
 
 _CLOSE_CASES = [

@@ -608,19 +608,6 @@ def window_closes(now: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet) ->
     return start
 
 
-def _close_by_spans(
-    start: datetime, zones: tuple[ZoneInfo, ...], rules: RuleSet
-) -> datetime | None:
-    """window_closes computed afresh over [start, start + CLOSE_HORIZON), without the cache."""
-    end = start + CLOSE_HORIZON
-    allowed = [(start, end)]
-    for zone in zones:
-        allowed = _intersect(allowed, _zone_allowed(zone, rules, start, end))
-    if not allowed or allowed[0][0] > start:
-        return start
-    return None if allowed[0][1] >= end else allowed[0][1]
-
-
 Span = tuple[datetime, datetime]
 
 
