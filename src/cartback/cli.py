@@ -1222,20 +1222,40 @@ def web(
 
 
 @cli.command()
-def worker() -> None:
-    """The worker alone: fire due timers and send messages. Stops cleanly on SIGTERM/SIGINT,
-    within the send timeout plus five seconds."""
-    from cartback.worker import Worker, serve_worker_metrics, settle_startup_heap
+def worker(
+    role: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--role",
+            help="What this process runs: timer, dispatcher, inbox, jobs or all (the default). "
+            "Repeat it or give a comma list; run every role in some process.",
+        ),
+    ] = None,
+) -> None:
+    """The worker alone: apply accepted events, fire due timers and send messages, or the roles
+    given. Stops cleanly on SIGTERM/SIGINT, within the send timeout plus five seconds."""
+    from cartback.worker import (
+        ALL_ROLES,
+        Worker,
+        parse_roles,
+        serve_worker_metrics,
+        settle_startup_heap,
+    )
 
+    try:
+        roles = parse_roles(role or [])
+    except ValueError as error:
+        raise fail(f"--role: {error}") from None
     _logging()
     with running_app() as app:
         _flows_or_exit(app)
-        runner = Worker(app)
+        runner = Worker(app, roles=roles)
         settle_startup_heap()
         _stop_on_signals(runner.stop)
         if app.settings.worker_metrics_port:
             serve_worker_metrics(app.settings.worker_metrics_host, app.settings.worker_metrics_port)
-        out.print("worker running; Ctrl-C to stop")
+        running = "all" if roles == ALL_ROLES else ",".join(sorted(roles))
+        out.print(f"worker running ({running}); Ctrl-C to stop")
         if not runner.run():
             _exit_now()
 

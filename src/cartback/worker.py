@@ -1,6 +1,10 @@
 """The worker: apply accepted events (the inbox), fire due timers and drain the outbox, in
 batches, until told to stop; beside them, drain the SMPP binds and pull inMobile's reports and
-replies (`services/bound.py`).
+replies (`services/bound.py`), and run the scheduled jobs.
+
+Its parts are roles (`Role`), so that they can run in separate processes: `cartback worker
+--role timer`, `--role dispatcher,inbox`, ... Loops wake each other through `services/wakeups.py`
+(in-process events; LISTEN/NOTIFY between processes on PostgreSQL).
 
 Stopping is bounded: once `stop` is set no new batch starts, a render in progress is interrupted
 (its transaction rolls back; the step is rendered again after the restart), and provider calls in
@@ -14,8 +18,10 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from cartback import metrics
 from cartback.app import App
@@ -32,6 +38,7 @@ from cartback.services.retry import RetryPolicy
 from cartback.services.sendrate import shared_rates
 from cartback.services.shops import prune
 from cartback.services.tick import tick
+from cartback.services.wakeups import Topic, Wakeups, next_wake
 from cartback.web.intake import event_from_stored
 
 log = logging.getLogger("cartback.worker")
@@ -48,8 +55,11 @@ WEBHOOK_DELIVERIES_KEPT = timedelta(days=30)
 REPORT_SUMMARY_EVERY_SECONDS = 60.0
 # Days per refresh call, so a stop is noticed between batches of a long backfill.
 REPORT_SUMMARY_BATCH = 20
-# How long the inbox thread waits when nothing is pending.
+# How long the inbox thread waits when nothing is pending, when appends are found by polling
+# only (SQLite). With LISTEN (PostgreSQL) it waits up to the worker's poll, or until notified.
 INBOX_IDLE_SECONDS = 0.05
+# How soon the timer looks again at an enrollment that is due but was not claimed.
+TIMER_RECHECK_SECONDS = 0.02
 # Time for the last writes of a batch once its provider calls are done.
 SHUTDOWN_MARGIN_SECONDS = 5.0
 
@@ -61,30 +71,133 @@ def shutdown_seconds(send_timeout_seconds: float) -> float:
 
 
 def idle_wait(next_due: datetime | None, now: datetime, poll_seconds: float) -> float:
-    """How long the dispatcher waits after a run that took everything due: until the next
-    pending row comes due, at most `poll_seconds` (rows another process queues, a rate's
+    """How long the dispatcher (or the timer) waits after a run that took everything due: until
+    the next row comes due, at most `poll_seconds` (rows another process queues, a rate's
     tokens, rows another worker holds, are looked for again within that)."""
     if next_due is None or next_due <= now:
         return poll_seconds
     return min(poll_seconds, (next_due - now).total_seconds())
 
 
+class Role(StrEnum):
+    """A part of the worker that can run in a process of its own."""
+
+    # Fires due enrollments: policy, render, outbox rows.
+    TIMER = "timer"
+    # Sends the outbox; with it go the provider traffic that shares its channels (SMPP binds'
+    # receipts, inMobile pulls) and the outbound webhook deliveries.
+    DISPATCHER = "dispatcher"
+    # Applies accepted events from the inbox.
+    INBOX = "inbox"
+    # The scheduled jobs: per-cart discount codes, the report summary, pruning kept payloads,
+    # the Magento poll and the Shopify reconciliation.
+    JOBS = "jobs"
+
+
+ALL_ROLES = frozenset(Role)
+
+
+def parse_roles(values: Iterable[str]) -> frozenset[Role]:
+    """Roles from `--role` values, each one role or a comma list; `all` (or nothing) is every
+    role. ValueError names an unknown one."""
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    if not names or "all" in names:
+        return ALL_ROLES
+    known = {role.value: role for role in Role}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        choices = ", ".join([*known, "all"])
+        raise ValueError(f"unknown role {unknown[0]!r}; choose from {choices}")
+    return frozenset(known[name] for name in names)
+
+
+# The topics each role waits on.
+_LISTENS = {Role.TIMER: Topic.DUE, Role.DISPATCHER: Topic.OUTBOX, Role.INBOX: Topic.INBOX}
+
+
 @dataclass
 class Worker:
     app: App
     stop: threading.Event = field(default_factory=threading.Event)
-    # Set by the timer when it has queued messages, and at shutdown: the dispatcher looks at
-    # once instead of at the end of its idle wait.
-    outbox_ready: threading.Event = field(default_factory=threading.Event)
+    roles: frozenset[Role] = ALL_ROLES
+    wakeups: Wakeups = field(init=False)
+    # What to close once the loops have ended (the sending role's channels and binds).
+    _closers: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        topics = [_LISTENS[role] for role in self.roles if role in _LISTENS]
+        self.wakeups = Wakeups(self.app.engine, topics, self.stop)
+
+    @property
+    def outbox_ready(self) -> threading.Event:
+        """Set when messages were queued, and at shutdown: the dispatcher looks at once instead
+        of at the end of its idle wait."""
+        return self.wakeups.events[Topic.OUTBOX]
 
     @property
     def shutdown_seconds(self) -> float:
         return shutdown_seconds(self.app.settings.send_timeout_seconds)
 
     def run(self) -> bool:
-        """Run the timer and the dispatcher on two threads until `stop` is set. True when both
+        """Run this worker's roles on their threads until `stop` is set. True when they all
         ended within `shutdown_seconds` of the stop; False when a batch was still running then
         (the caller ends the process; its rows are recovered by lease, as after a crash)."""
+        threads = [
+            threading.Thread(target=target, name=name, daemon=True)
+            for name, target in self._loops()
+        ]
+        self.wakeups.start()
+        for thread in threads:
+            thread.start()
+        try:
+            while not self.stop.is_set() and all(thread.is_alive() for thread in threads):
+                self.stop.wait(0.5)
+        finally:
+            self.stop.set()
+            self.wakeups.set_all()
+        deadline = time.monotonic() + self.shutdown_seconds
+        for thread in threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        busy = [thread.name for thread in threads if thread.is_alive()]
+        if busy:
+            log.warning(
+                "stopping with a %s batch still running after %.0f s; its rows are recovered "
+                "by lease",
+                " and ".join(busy),
+                self.shutdown_seconds,
+            )
+            return False
+        for close in self._closers:
+            close()
+        self.wakeups.join(timeout=1.0)
+        log.info("worker stopped")
+        return True
+
+    def _loops(self) -> list[tuple[str, Callable[[], None]]]:
+        """(thread name, loop) of this worker's roles; `_closers` what to close once they end."""
+        settings = self.app.settings
+        loops: list[tuple[str, Callable[[], None]]] = []
+        if Role.INBOX in self.roles:
+            loops.append(("inbox", self._inbox_loop))
+        if Role.TIMER in self.roles:
+            loops.append(("timer", self._timer_loop))
+        if Role.DISPATCHER in self.roles:
+            loops.extend(self._sending_loops())
+        if Role.JOBS in self.roles:
+            loops.append(("prune", self._prune_loop))
+            # Per-cart discount codes are asked of the shop here, never inside the timer's
+            # transaction; a slow shop API holds up only this thread.
+            loops.append(("unique-codes", self._codes_loop))
+            # Its own thread: a long backfill of the report summary never holds up a send.
+            loops.append(("report-summary", self._summary_loop))
+            if settings.magento_poll_minutes > 0:
+                # Its own thread: a slow shop API must not hold up timers or sends.
+                loops.append(("magento", self._magento_loop))
+            if settings.shopify_reconcile_minutes > 0:
+                loops.append(("shopify-reconcile", self._reconcile_loop))
+        return loops
+
+    def _sending_loops(self) -> list[tuple[str, Callable[[], None]]]:
         settings = self.app.settings
         defaults = build_channels(settings)
         # Stores with a provider of their own send through it; the others through defaults.
@@ -120,58 +233,15 @@ class Worker:
             timeout=settings.webhook_timeout_seconds,
             retry=replace(DEFAULT_RETRY, max_attempts=settings.webhook_max_attempts),
         )
-        threads = [
-            threading.Thread(target=self._inbox_loop, name="inbox", daemon=True),
-            threading.Thread(target=self._timer_loop, name="timer", daemon=True),
-            threading.Thread(
-                target=self._dispatch_loop, args=(dispatcher,), name="dispatch", daemon=True
-            ),
-            threading.Thread(target=listeners.run_drain, name="smpp-drain", daemon=True),
-            threading.Thread(target=listeners.run_pull, name="pull", daemon=True),
-            # Webhooks have a thread of their own: a slow endpoint never holds up a timer.
-            threading.Thread(
-                target=self._webhook_loop, args=(webhooks,), name="webhooks", daemon=True
-            ),
+        # Once the loops have ended: the binds' last receipts, then the connections.
+        self._closers.extend([listeners.finish, dispatcher.close, webhooks.close])
+        return [
+            ("dispatch", lambda: self._dispatch_loop(dispatcher)),
+            ("smpp-drain", listeners.run_drain),
+            ("pull", listeners.run_pull),
+            # Webhooks have a thread of their own: a slow endpoint never holds up a send.
+            ("webhooks", lambda: self._webhook_loop(webhooks)),
         ]
-        # Per-cart discount codes are asked of the shop here, never inside the timer's
-        # transaction; a slow shop API holds up only this thread.
-        threads.append(threading.Thread(target=self._codes_loop, name="unique-codes", daemon=True))
-        # Its own thread: a long backfill of the report summary never holds up a send.
-        threads.append(
-            threading.Thread(target=self._summary_loop, name="report-summary", daemon=True)
-        )
-        if settings.magento_poll_minutes > 0:
-            # Its own thread: a slow shop API must not hold up timers or sends.
-            threads.append(threading.Thread(target=self._magento_loop, name="magento", daemon=True))
-        if settings.shopify_reconcile_minutes > 0:
-            threads.append(
-                threading.Thread(target=self._reconcile_loop, name="shopify-reconcile", daemon=True)
-            )
-        for thread in threads:
-            thread.start()
-        try:
-            while not self.stop.is_set() and all(thread.is_alive() for thread in threads):
-                self.stop.wait(0.5)
-        finally:
-            self.stop.set()
-            self.outbox_ready.set()
-        deadline = time.monotonic() + self.shutdown_seconds
-        for thread in threads:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        busy = [thread.name for thread in threads if thread.is_alive()]
-        if busy:
-            log.warning(
-                "stopping with a %s batch still running after %.0f s; its rows are recovered "
-                "by lease",
-                " and ".join(busy),
-                self.shutdown_seconds,
-            )
-            return False
-        listeners.finish()
-        dispatcher.close()
-        webhooks.close()
-        log.info("worker stopped")
-        return True
 
     def _inbox_loop(self) -> None:
         """Apply accepted events. An idle poll is one indexed query on pending rows, so it
@@ -194,17 +264,18 @@ class Worker:
                 log.exception("inbox batch failed; retrying")
                 self.stop.wait(settings.worker_poll_seconds * 4)
                 continue
+            if done.applied:
+                # Enrollments may now be due before the timer's next wake.
+                self.wakeups.announce(Topic.DUE)
             if done == Applied():
-                self.stop.wait(INBOX_IDLE_SECONDS)
+                listening = self.wakeups.listening.is_set()
+                idle = settings.worker_poll_seconds if listening else INBOX_IDLE_SECONDS
+                self.wakeups.wait(Topic.INBOX, idle)
 
     def _timer_loop(self) -> None:
         settings = self.app.settings
         interrupt_renders_on(self.stop)
-        next_prune = time.monotonic()
         while not self.stop.is_set():
-            if time.monotonic() >= next_prune:
-                next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
-                self._prune_payloads()
             try:
                 stats = tick(
                     self.app.engine,
@@ -223,9 +294,31 @@ class Worker:
                 continue
             metrics.observe_lateness(stats.lateness)
             if stats.sent:
-                self.outbox_ready.set()
+                self.wakeups.announce(Topic.OUTBOX)
             if stats.claimed < settings.worker_batch:
-                self.stop.wait(settings.worker_poll_seconds)
+                self._timer_idle()
+
+    def _timer_idle(self) -> None:
+        """Wait until the next enrollment is due, at most the poll, or until one may be due
+        sooner (an applied event here, or a notification from another process)."""
+        poll = self.app.settings.worker_poll_seconds
+        try:
+            due = next_wake(self.app.engine)
+        except Exception:
+            log.exception("reading the next wake time failed; polling")
+            due = None
+        now = self.app.clock.now()
+        if due is not None and due <= now:
+            # Due already: it came due after the claim's clock, or another worker holds it
+            # (SKIP LOCKED) and commits shortly. Looked at again soon, without spinning.
+            self.wakeups.wait(Topic.DUE, min(poll, TIMER_RECHECK_SECONDS))
+            return
+        self.wakeups.wait(Topic.DUE, idle_wait(due, now, poll))
+
+    def _prune_loop(self) -> None:
+        while not self.stop.is_set():
+            self._prune_payloads()
+            self.stop.wait(PRUNE_EVERY_SECONDS)
 
     def _prune_payloads(self) -> None:
         try:
@@ -435,9 +528,8 @@ class Worker:
                 continue
             if stats.claimed < settings.dispatch_batch:
                 now = self.app.clock.now()
-                self.outbox_ready.wait(idle_wait(stats.next_due, now, settings.worker_poll_seconds))
-                # Cleared before the next run, which sees whatever the timer committed.
-                self.outbox_ready.clear()
+                wait = idle_wait(stats.next_due, now, settings.worker_poll_seconds)
+                self.wakeups.wait(Topic.OUTBOX, wait)
 
     def _webhook_loop(self, sender: WebhookSender) -> None:
         settings = self.app.settings

@@ -1,4 +1,5 @@
-"""Two worker processes on one database: every step of every cart is sent exactly once."""
+"""Two worker processes on one database: every step of every cart is sent exactly once; and
+workers with complementary roles (`--role`) together send a cart's messages."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from cartback.services import admin
+from cartback.services import admin, inbox
 from cartback.services.flows import FlowRegistry
+from cartback.services.inbox import Entry
 from cartback.services.ingest import ingest
 from cartback.store import tables as t
 from cartback.store.db import make_engine
-from tests.support.events import checkout
+from tests.support.events import checkout, checkout_payload
 from tests.support.procs import cartback_env, run_cartback, start_cartback, stop, wait_for
 
 CARTS = 150
@@ -58,7 +60,8 @@ def _seed(database_url: str) -> None:
         engine.dispose()
 
 
-def test_two_workers_never_send_a_step_twice(database_url: str, tmp_path: Path) -> None:
+def _migrated(database_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A migrated database with the demo store and the burst flow; the workers' environment."""
     flows = tmp_path / "flows"
     flows.mkdir()
     (flows / "burst.yaml").write_text(BURST)
@@ -67,10 +70,16 @@ def test_two_workers_never_send_a_step_twice(database_url: str, tmp_path: Path) 
         CARTBACK_SMS_CHANNEL="jsonl",
         CARTBACK_EMAIL_CHANNEL="jsonl",
         CARTBACK_FLOWS_DIR=str(flows),
+        **extra,
     )
     for command in (["migrate"], ["demo"]):
         done = run_cartback(command, env, tmp_path)
         assert done.returncode == 0, done.stderr
+    return env
+
+
+def test_two_workers_never_send_a_step_twice(database_url: str, tmp_path: Path) -> None:
+    env = _migrated(database_url, tmp_path)
     outputs = [tmp_path / f"worker{i}.jsonl" for i in (1, 2)]
     workers = [
         start_cartback(
@@ -125,3 +134,56 @@ def test_two_workers_never_send_a_step_twice(database_url: str, tmp_path: Path) 
         # time and its lock is not fair, so one worker may win every claim there; what the test
         # shows on SQLite is that the lock and the unique key still allow no second send.
         assert all(path.exists() and path.stat().st_size > 0 for path in outputs)
+
+
+def test_workers_with_complementary_roles_send_a_cart_end_to_end(
+    database_url: str, tmp_path: Path
+) -> None:
+    """One process applies the inbox and fires the timer (and runs the jobs), another sends:
+    an accepted event becomes a sent message, sent by the dispatcher's process only."""
+    env = _migrated(database_url, tmp_path, CARTBACK_WORKER_POLL_SECONDS="0.1")
+    roles = {"firing": "inbox,timer,jobs", "sending": "dispatcher"}
+    outputs = {name: tmp_path / f"{name}.jsonl" for name in roles}
+    logs = {name: tmp_path / f"{name}.log" for name in roles}
+    workers = [
+        start_cartback(
+            ["worker", "--role", role],
+            {**env, "CARTBACK_JSONL_PATH": str(outputs[name])},
+            tmp_path,
+            logs[name],
+        )
+        for name, role in roles.items()
+    ]
+    engine = make_engine(database_url)
+    try:
+        wait_for(
+            lambda: all(
+                "worker running" in log.read_text(errors="replace") for log in logs.values()
+            ),
+            60,
+            "both workers to start",
+        )
+        past = datetime.now(UTC) - timedelta(hours=1)
+        payload = checkout_payload("cart-1", past, id="evt-1")
+        with engine.begin() as conn:
+            store = admin.store_by_slug(conn, "demo")
+            assert store is not None
+            conn.execute(t.stores.update().values(flow_name="burst"))
+            inbox.append(
+                conn, store.id, "api", [Entry("evt-1", json.dumps(payload))], datetime.now(UTC)
+            )
+
+        def all_sent() -> bool:
+            with engine.connect() as conn:
+                statuses = conn.execute(select(t.outbox.c.status)).scalars().all()
+            return sorted(statuses) == ["sent"] * STEPS
+
+        wait_for(all_sent, 60, "the cart's messages to be sent")
+    finally:
+        codes = [stop(worker) for worker in workers]
+        engine.dispose()
+    assert codes == [0, 0], [log.read_text() for log in logs.values()]
+    assert "worker running (inbox,jobs,timer)" in logs["firing"].read_text()
+    assert not outputs["firing"].exists()
+    sent = [json.loads(line) for line in outputs["sending"].read_text().splitlines()]
+    assert len(sent) == STEPS

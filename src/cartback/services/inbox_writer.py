@@ -19,6 +19,7 @@ from datetime import datetime
 from sqlalchemy import Engine
 
 from cartback.services.inbox import Entry, append
+from cartback.services.wakeups import Topic, notify
 
 log = logging.getLogger("cartback.inbox")
 
@@ -93,6 +94,8 @@ class InboxWriter:
                 results = [
                     append(conn, r.store_id, r.source, r.entries, r.received_at) for r in group
                 ]
+                # Workers of other processes apply it at once, not at their next poll.
+                notify(conn, Topic.INBOX)
         except Exception as error:
             if len(group) == 1:
                 group[0].done.set_exception(error)
