@@ -1,10 +1,12 @@
 """Benchmark the durable timer: N pending enrollments, a stream of them due at R per second,
-one or more workers (`--workers`) with a null channel. Prints steps/s, the timer's CPU µs per
-step, lateness (fire time − due time) and the workers' peak RSS, on SQLite and on PostgreSQL.
+one or more workers (`--workers`, repeatable: each count runs on a fresh database in the same
+run) with a null channel. Prints steps/s, the timer's CPU µs per step, lateness (fire time − due
+time) and the workers' peak RSS, on SQLite and on PostgreSQL; on PostgreSQL also the server
+backends' CPU per step (the PIDs in `pg_stat_activity`, read from /proc/PID/stat).
 
     python bench/engine.py                      # 100k and 1M pending, both backends
     python bench/engine.py --pending 100000 --backend sqlite --rate 5000 --window 20
-    python bench/engine.py --pending 100000 --backend postgres --rate 1000 --workers 2
+    python bench/engine.py --pending 100000 --backend postgres --rate 2000 --workers 1 --workers 2
 """
 
 from __future__ import annotations
@@ -267,9 +269,54 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU of a process so far (/proc/PID/stat), None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the command's closing parenthesis: state is field 3, utime 14 and stime 15.
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND
+
+
+class ServerCpu:
+    """The CPU of the PostgreSQL backends serving the bench's database, sampled while the
+    workers run: each backend's last reading counts (a backend's CPU only grows)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        self.connection = psycopg.connect(
+            parsed.set(drivername="postgresql").render_as_string(hide_password=False),
+            autocommit=True,
+        )
+        self.seen: dict[int, float] = {}
+
+    def sample(self) -> None:
+        pids = self.connection.execute(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+        for (pid,) in pids:
+            used = cpu_seconds(pid)
+            if used is not None:
+                self.seen[pid] = max(used, self.seen.get(pid, 0.0))
+
+    def total(self) -> float:
+        self.connection.close()
+        return sum(self.seen.values())
+
+
 def run_workers(url: str, tmp: str, workers: int, stream_end: float, stop_after: float) -> Any:
-    """Start the workers, watch their memory, and return their results and the highest peak RSS."""
+    """Start the workers, watch their memory (and on PostgreSQL their backends' CPU), and return
+    their results, the highest peak RSS and the server CPU seconds (None on SQLite)."""
     outs = [f"{tmp}/worker-{n}.json" for n in range(workers)]
+    server = ServerCpu(url) if url.startswith("postgresql") else None
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, "--child", url, out, str(stream_end), str(stop_after)]
@@ -279,10 +326,13 @@ def run_workers(url: str, tmp: str, workers: int, stream_end: float, stop_after:
     peak = 0.0
     while any(proc.poll() is None for proc in procs):
         peak = max([peak, *(peak_rss_mb(proc.pid) for proc in procs)])
-        time.sleep(0.2)
+        if server is not None:
+            server.sample()
+        time.sleep(0.1)
     if any(proc.returncode != 0 for proc in procs):
         raise SystemExit(f"a worker failed: exit codes {[proc.returncode for proc in procs]}")
-    return [json.loads(Path(out).read_text()) for out in outs], peak
+    server_cpu = server.total() if server is not None else None
+    return [json.loads(Path(out).read_text()) for out in outs], peak, server_cpu
 
 
 def run(
@@ -305,7 +355,7 @@ def run(
             seed_s = time.time() - seeded
             stream_end = start + due / rate
             # Generous: a saturated worker needs far longer than the window to work off the stream.
-            results, peak = run_workers(url, tmp, workers, stream_end, window + 900)
+            results, peak, server_cpu = run_workers(url, tmp, workers, stream_end, window + 900)
         finally:
             if cleanup is not None:
                 drop_database(*cleanup)
@@ -338,6 +388,10 @@ def run(
         # Wall-clock rates swing with the machine's load; CPU per step does not.
         "timer_cpu_us_per_step": round(1e6 * tick_cpu / fired, 1) if fired else None,
         "process_cpu_us_per_step": round(1e6 * process_cpu / fired, 1) if fired else None,
+        # The database's side of each step (PostgreSQL's backends; SQLite runs in the worker).
+        "server_cpu_us_per_step": (
+            round(1e6 * server_cpu / fired, 1) if fired and server_cpu is not None else None
+        ),
         "started_at": start,
     }
 
@@ -351,7 +405,8 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=20)
     # Seconds between seeding and the first due step; by default enough to stamp the due times.
     parser.add_argument("--lead", type=float)
-    parser.add_argument("--workers", type=int, default=1)
+    # Repeat it to compare worker counts in one run: `--workers 1 --workers 2`.
+    parser.add_argument("--workers", type=int, action="append")
     args = parser.parse_args()
     if args.child:
         url, out, stream_end, stop_after = args.child
@@ -360,22 +415,25 @@ def main() -> None:
     rows = []
     for backend in args.backend or ["sqlite", "postgres"]:
         for pending in args.pending or [100_000, 1_000_000]:
-            lead = args.lead or max(8.0, pending / 20_000)
-            row = run(backend, pending, args.rate, args.window, lead, args.workers)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            for workers in args.workers or [1]:
+                lead = args.lead or max(8.0, pending / 20_000)
+                row = run(backend, pending, args.rate, args.window, lead, workers)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     print()
     print(
         "| backend | pending | workers | due at | fired | sent | capacity steps/s "
-        "| throughput steps/s | late p50 | late p99 | peak RSS |"
+        "| throughput steps/s | late p50 | late p99 | worker CPU µs/step "
+        "| server CPU µs/step | peak RSS |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['backend']} | {row['pending']:,} | {row['workers']} "
             f"| {row['due_rate']:,.0f}/s | {row['fired']:,} | {row['sent']:,} "
             f"| {row['capacity_steps_per_s']:,} | {row['throughput_steps_per_s']:,} "
-            f"| {row['late_p50_s']} s | {row['late_p99_s']} s | {row['worker_peak_rss_mb']} MB |"
+            f"| {row['late_p50_s']} s | {row['late_p99_s']} s | {row['process_cpu_us_per_step']} "
+            f"| {row['server_cpu_us_per_step'] or '–'} | {row['worker_peak_rss_mb']} MB |"
         )
     target = 5000
     for row in rows:
@@ -385,7 +443,24 @@ def main() -> None:
             f"{ratio:.2f}× the 5,000 steps/s target; p99 lateness {row['late_p99_s']} s "
             f"(Celery ETA: 31.8 s at 5,000/s; a PostgreSQL job queue: 42.6 s at 1,000/s); "
             f"timer CPU {row['timer_cpu_us_per_step']} µs per step (target 150), whole worker "
-            f"process {row['process_cpu_us_per_step']} µs per step"
+            f"process {row['process_cpu_us_per_step']} µs per step, server "
+            f"{row['server_cpu_us_per_step'] or '–'} µs per step (target 120)"
+        )
+    print_scaling(rows)
+
+
+def print_scaling(rows: list[dict[str, Any]]) -> None:
+    """Each worker count against one worker on the same backend and pending count, this run."""
+    single = {(row["backend"], row["pending"]): row for row in rows if row["workers"] == 1}
+    for row in rows:
+        base = single.get((row["backend"], row["pending"]))
+        if base is None or row is base or not base["throughput_steps_per_s"]:
+            continue
+        print(
+            f"{row['backend']} {row['pending']:,}: {row['workers']} workers against 1: "
+            f"throughput {row['throughput_steps_per_s'] / base['throughput_steps_per_s']:.2f}×, "
+            f"capacity {row['capacity_steps_per_s'] / max(1, base['capacity_steps_per_s']):.2f}×"
+            f", p99 lateness {row['late_p99_s']} s against {base['late_p99_s']} s"
         )
 
 
