@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ steps:
     body: "{{ brand }}: {{ first_name }}, your {{ product }} is waiting: {{ link }}"
 """
 CHUNK = 20_000
+# `--no-send`: the workers run the timer alone, to tell its scaling from the dispatcher's.
+SEND = os.environ.get("CARTBACK_BENCH_SEND", "1") == "1"
 # Shoppers live where it is daytime when the bench runs, so quiet hours defer nothing: the bench
 # measures the timer, not the night. (E.164 prefix, digits after it, the zone of that prefix.)
 DAYTIME_NUMBERS = (
@@ -227,7 +230,8 @@ def child(url: str, out: str, stream_end: float, stop_after: float) -> None:
                 time.sleep(0.05)
 
     sender = threading.Thread(target=dispatch_loop)
-    sender.start()
+    if SEND:
+        sender.start()
     deadline = time.time() + stop_after
     while time.time() < deadline:
         began = time.time()
@@ -246,7 +250,8 @@ def child(url: str, out: str, stream_end: float, stop_after: float) -> None:
         else:
             time.sleep(0.02)
     done.set()
-    sender.join()
+    if SEND:
+        sender.join()
     dispatcher.close()
     result = {
         "fired": fired,
@@ -296,16 +301,36 @@ class ServerCpu:
             autocommit=True,
         )
         self.seen: dict[int, float] = {}
+        # What active backends were seen waiting on, per sample: lock waits here mean the
+        # workers queue on each other's rows rather than share them out.
+        self.waits: Counter[str] = Counter()
+        self.commits_before = self._commits()
+        # The sampler's own statements are transactions too; they are not the workers'.
+        self.own = 1
+
+    def _commits(self) -> int:
+        row = self.connection.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def commits(self) -> int:
+        """Transactions the workers committed (read once their backends have ended)."""
+        time.sleep(1.0)  # a backend's counters reach pg_stat_database as it exits
+        return self._commits() - self.commits_before - self.own
 
     def sample(self) -> None:
-        pids = self.connection.execute(
-            "SELECT pid FROM pg_stat_activity "
+        backends = self.connection.execute(
+            "SELECT pid, state, wait_event_type, wait_event FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         ).fetchall()
-        for (pid,) in pids:
+        self.own += 1
+        for pid, state, wait_type, wait in backends:
             used = cpu_seconds(pid)
             if used is not None:
                 self.seen[pid] = max(used, self.seen.get(pid, 0.0))
+            if state == "active":
+                self.waits[f"{wait_type}:{wait}" if wait_type else "running"] += 1
 
     def total(self) -> float:
         self.connection.close()
@@ -331,8 +356,12 @@ def run_workers(url: str, tmp: str, workers: int, stream_end: float, stop_after:
         time.sleep(0.1)
     if any(proc.returncode != 0 for proc in procs):
         raise SystemExit(f"a worker failed: exit codes {[proc.returncode for proc in procs]}")
-    server_cpu = server.total() if server is not None else None
-    return [json.loads(Path(out).read_text()) for out in outs], peak, server_cpu
+    server_cpu = commits = None
+    if server is not None:
+        commits = server.commits()
+        server_cpu = server.total()
+        print(f"{workers} worker(s): active backends seen {dict(server.waits.most_common(6))}")
+    return [json.loads(Path(out).read_text()) for out in outs], peak, (server_cpu, commits)
 
 
 def run(
@@ -355,7 +384,9 @@ def run(
             seed_s = time.time() - seeded
             stream_end = start + due / rate
             # Generous: a saturated worker needs far longer than the window to work off the stream.
-            results, peak, server_cpu = run_workers(url, tmp, workers, stream_end, window + 900)
+            results, peak, (server_cpu, commits) = run_workers(
+                url, tmp, workers, stream_end, window + 900
+            )
         finally:
             if cleanup is not None:
                 drop_database(*cleanup)
@@ -392,6 +423,8 @@ def run(
         "server_cpu_us_per_step": (
             round(1e6 * server_cpu / fired, 1) if fired and server_cpu is not None else None
         ),
+        # Each commit waits for the WAL flush: with fsync on, commits per step bound the rate.
+        "commits_per_step": round(commits / fired, 3) if fired and commits is not None else None,
         "started_at": start,
     }
 
@@ -407,11 +440,14 @@ def main() -> None:
     parser.add_argument("--lead", type=float)
     # Repeat it to compare worker counts in one run: `--workers 1 --workers 2`.
     parser.add_argument("--workers", type=int, action="append")
+    parser.add_argument("--no-send", action="store_true", help="run the timer alone")
     args = parser.parse_args()
     if args.child:
         url, out, stream_end, stop_after = args.child
         child(url, out, float(stream_end), float(stop_after))
         return
+    if args.no_send:
+        os.environ["CARTBACK_BENCH_SEND"] = "0"  # the workers inherit it
     rows = []
     for backend in args.backend or ["sqlite", "postgres"]:
         for pending in args.pending or [100_000, 1_000_000]:
