@@ -342,9 +342,13 @@ def run_workers(url: str, tmp: str, workers: int, stream_end: float, stop_after:
     their results, the highest peak RSS and the server CPU seconds (None on SQLite)."""
     outs = [f"{tmp}/worker-{n}.json" for n in range(workers)]
     server = ServerCpu(url) if url.startswith("postgresql") else None
+    # Each worker in a session of its own, as separate services run: with the kernel's
+    # autogroup scheduling, the processes of one session share one slice of the CPU, and a
+    # second worker beside the first would only split it.
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--child", url, out, str(stream_end), str(stop_after)]
+            [sys.executable, __file__, "--child", url, out, str(stream_end), str(stop_after)],
+            start_new_session=True,
         )
         for out in outs
     ]
