@@ -115,6 +115,15 @@ def parse_roles(values: Iterable[str]) -> frozenset[Role]:
 _LISTENS = {Role.TIMER: Topic.DUE, Role.DISPATCHER: Topic.OUTBOX, Role.INBOX: Topic.INBOX}
 
 
+def timer_wait(next_wake: datetime | None, now: datetime, poll_seconds: float) -> float:
+    """How long the timer waits after a run that took everything due: until the next wake, at
+    most the poll. A wake already past came due after the claim's clock, or another worker
+    holds it (SKIP LOCKED) and commits shortly: looked at again soon, without spinning."""
+    if next_wake is not None and next_wake <= now:
+        return min(poll_seconds, TIMER_RECHECK_SECONDS)
+    return idle_wait(next_wake, now, poll_seconds)
+
+
 @dataclass
 class Worker:
     app: App
@@ -307,13 +316,7 @@ class Worker:
         except Exception:
             log.exception("reading the next wake time failed; polling")
             due = None
-        now = self.app.clock.now()
-        if due is not None and due <= now:
-            # Due already: it came due after the claim's clock, or another worker holds it
-            # (SKIP LOCKED) and commits shortly. Looked at again soon, without spinning.
-            self.wakeups.wait(Topic.DUE, min(poll, TIMER_RECHECK_SECONDS))
-            return
-        self.wakeups.wait(Topic.DUE, idle_wait(due, now, poll))
+        self.wakeups.wait(Topic.DUE, timer_wait(due, self.app.clock.now(), poll))
 
     def _prune_loop(self) -> None:
         while not self.stop.is_set():
