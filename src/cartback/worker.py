@@ -253,8 +253,9 @@ class Worker:
         ]
 
     def _inbox_loop(self) -> None:
-        """Apply accepted events. An idle poll is one indexed query on pending rows, so it
-        runs often: the apply lag is what shoppers' first messages wait on."""
+        """Apply accepted events. The apply lag is what shoppers' first messages wait on: on
+        SQLite the idle poll (one indexed query) runs often; on PostgreSQL the web server's
+        notification wakes it, and the worker's poll is only the fallback."""
         settings = self.app.settings
         applier = InboxApplier(
             self.app.engine,
