@@ -1227,6 +1227,7 @@ def worker(
         list[str] | None,
         typer.Option(
             "--role",
+            metavar="ROLE",
             help="What this process runs: timer, dispatcher, inbox, jobs or all (the default). "
             "Repeat it or give a comma list; run every role in some process.",
         ),
