@@ -50,6 +50,11 @@ class Codec:
         processor = impl.result_processor(self.dialect, coltype)
         return processor or _same
 
+    def encoders(self, columns: Sequence[Column[Any]]) -> list[tuple[int, _Process]]:
+        """(position, processor) for the values of a row to write that need one."""
+        found = [(i, self.bind(column)) for i, column in enumerate(columns)]
+        return [(i, process) for i, process in found if process is not _same]
+
     def decoders(self, columns: Sequence[Column[Any]]) -> list[tuple[int, _Process]]:
         """(position, processor) for the columns of a row that need one."""
         found = [(i, self.result(column)) for i, column in enumerate(columns)]

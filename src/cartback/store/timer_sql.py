@@ -9,12 +9,14 @@ PostgreSQL. Whole-table reads list the table's columns, so a new column needs no
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import cache
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Column, Connection, Dialect, Table
+from sqlalchemy import JSON, Column, Connection, Dialect, Table
 
 from cartback.store import tables as t
 from cartback.store.hot import Codec
@@ -54,7 +56,13 @@ class _Reader:
             for i, process in self.decoders
         ]
         found: list[Row] = []
-        for fetched in conn.exec_driver_sql(sql or self.sql, tuple(params)).fetchall():
+        result = conn.exec_driver_sql(sql or self.sql, tuple(params))
+        try:
+            # The driver's own tuples: SQLAlchemy's Row objects cost more than the query.
+            fetched_rows = result.cursor.fetchall()
+        finally:
+            result.close()
+        for fetched in fetched_rows:
             values = list(fetched)
             for i, process in decoders:
                 values[i] = process(values[i])
@@ -81,6 +89,21 @@ def _remembered(process: _Process) -> _Process:
     return remembered
 
 
+def _json_text(value: Any) -> str:
+    """A JSON column's value as Core writes it (None is JSON's null, not SQL NULL)."""
+    return json.dumps(value)
+
+
+def _null_once(process: _Process) -> _Process:
+    """`process`, with its answer for None worked out once (a JSON column's `null`)."""
+    null = process(None)
+
+    def processed(value: Any) -> Any:
+        return null if value is None else process(value)
+
+    return processed
+
+
 class TimerSql:
     """The timer's statements for one dialect."""
 
@@ -88,7 +111,7 @@ class TimerSql:
         self.sqlite = dialect.name == "sqlite"
         self.codec = codec = Codec(dialect)
         self.time = codec.bind(t.enrollments.c.wake_at)
-        self._inserts: dict[tuple[str, tuple[str, ...]], tuple[str, list[_Process]]] = {}
+        self._inserts: dict[tuple[str, tuple[str, ...]], tuple[str, list[Column[Any]]]] = {}
         e, o = t.enrollments.c, t.outbox.c
         lock = "" if self.sqlite else " FOR UPDATE"
         self._claim = _Reader(
@@ -133,12 +156,22 @@ class TimerSql:
             f"JOIN carts c ON c.id = e.cart_id WHERE c.contact_id {self._in} "
             "AND e.created_at >= ? GROUP BY c.contact_id"
         )
-        self._update = self._q(
-            "UPDATE enrollments SET "
-            + ", ".join(f"{name} = ?" for name in UPDATE_COLUMNS)
-            + " WHERE id = ?"
-        )
-        self._update_in = [codec.bind(e[name]) for name in UPDATE_COLUMNS]
+        self._update_columns = [*(e[name] for name in UPDATE_COLUMNS), e.id]
+        if self.sqlite:
+            self._update = (
+                "UPDATE enrollments SET "
+                + ", ".join(f"{_quote(name)} = ?" for name in UPDATE_COLUMNS)
+                + " WHERE id = ?"
+            )
+        else:
+            self._update = (
+                "UPDATE enrollments SET "
+                + ", ".join(
+                    f"{_quote(name)} = {self._from_array(e[name])}" for name in UPDATE_COLUMNS
+                )
+                + f" FROM {self._unnest(self._update_columns)} WHERE enrollments.id = v.id"
+            )
+        self._update_keys = (*UPDATE_COLUMNS, "b_id")
         self._lease = self._q(f"UPDATE enrollments SET wake_at = ? WHERE id {self._in}")
         self._release = self._q("UPDATE enrollments SET wake_at = ? WHERE id = ?")
         self._held = self._q(f"SELECT id FROM enrollments WHERE wake_at = ? AND id {self._in}")
@@ -224,38 +257,64 @@ class TimerSql:
         key = (table.name + tail, names)
         built = self._inserts.get(key)
         if built is None:
-            marks = ", ".join("?" * len(names))
-            sql = self._q(
-                f"INSERT INTO {table.name} ({', '.join(map(_quote, names))}) VALUES ({marks})"
-                + tail
-            )
-            built = self._inserts[key] = (sql, [self.codec.bind(table.c[n]) for n in names])
-        sql, binds = built
-        binds = [
-            _remembered(bind) if _is_time(table.c[n]) else bind
-            for bind, n in zip(binds, names, strict=True)
-        ]
-        params = [
-            tuple(bind(row[name]) for bind, name in zip(binds, names, strict=True)) for row in rows
-        ]
-        conn.exec_driver_sql(sql, params)
+            columns = [table.c[name] for name in names]
+            into = f"INSERT INTO {table.name} ({', '.join(map(_quote, names))}) "
+            if self.sqlite:
+                sql = into + f"VALUES ({', '.join('?' * len(names))}){tail}"
+            else:
+                # One statement for the batch: its values as one array per column.
+                picks = ", ".join(self._from_array(column) for column in columns)
+                sql = into + f"SELECT {picks} FROM {self._unnest(columns)}{tail}"
+            built = self._inserts[key] = (sql, columns)
+        sql, columns = built
+        conn.exec_driver_sql(sql, self._encode(columns, names, rows))
 
     def update_enrollments(self, conn: Connection, updates: Sequence[Mapping[str, Any]]) -> None:
         """Each update: UPDATE_COLUMNS and `b_id`, the enrollment's id."""
-        if not updates:
-            return
-        binds = [
-            _remembered(bind) if _is_time(t.enrollments.c[name]) else bind
-            for bind, name in zip(self._update_in, UPDATE_COLUMNS, strict=True)
-        ]
-        params = [
-            (
-                *(bind(update[name]) for bind, name in zip(binds, UPDATE_COLUMNS, strict=True)),
-                update["b_id"],
+        if updates:
+            conn.exec_driver_sql(
+                self._update, self._encode(self._update_columns, self._update_keys, updates)
             )
-            for update in updates
+
+    def _encode(
+        self, columns: Sequence[Column[Any]], keys: Sequence[str], rows: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[Any, ...]]:
+        """Each row's values under `keys`, through the bind processors of `columns`."""
+        encoders = [
+            (i, _remembered(process) if _is_time(columns[i]) else _null_once(process))
+            for i, process in self.codec.encoders(columns)
         ]
-        conn.exec_driver_sql(self._update, params)
+        if not self.sqlite:
+            # PostgreSQL takes JSON values as text in its arrays, cast back in `_from_array`.
+            encoders = [
+                (i, _json_text if isinstance(columns[i].type, JSON) else process)
+                for i, process in encoders
+            ]
+        get = itemgetter(*keys)
+        encoded: list[tuple[Any, ...]] = []
+        for row in rows:
+            values = list(get(row)) if len(keys) > 1 else [get(row)]
+            for i, process in encoders:
+                values[i] = process(values[i])
+            encoded.append(tuple(values))
+        if self.sqlite:
+            return encoded
+        return [tuple(list(column) for column in zip(*encoded, strict=True))]
+
+    def _unnest(self, columns: Sequence[Column[Any]]) -> str:
+        """`unnest(...) AS v(...)`: one array parameter per column (PostgreSQL)."""
+        arrays = ", ".join(f"%s::{self._array_type(column)}[]" for column in columns)
+        return f"unnest({arrays}) AS v({', '.join(_quote(c.name) for c in columns)})"
+
+    def _array_type(self, column: Column[Any]) -> str:
+        if isinstance(column.type, JSON):
+            return "text"
+        return str(column.type.compile(dialect=self.codec.dialect))
+
+    @staticmethod
+    def _from_array(column: Column[Any]) -> str:
+        value = f"v.{_quote(column.name)}"
+        return f"{value}::json" if isinstance(column.type, JSON) else value
 
     def lease(self, conn: Connection, ids: Sequence[int], until: datetime) -> None:
         """Move these enrollments' wake time to `until`: no other claim takes them before."""
