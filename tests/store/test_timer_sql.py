@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from cartback.services.facts import abandoned_this_year
 from cartback.store import tables as t
 from cartback.store.timer_sql import UPDATE_COLUMNS, timer_sql
 from tests.store.test_timer_faults import _ingest
@@ -60,7 +61,13 @@ def test_reads_equal_core_reads(world: World, seed: int) -> None:
             "stores": sql.stores(conn, [world.store.id]),
             "consent": sql.consent_events(conn, picked_contacts),
             "claimed": sql.claim(conn, world.now + timedelta(days=30), 1000),
+            "abandoned": sql.abandoned_since(
+                conn,
+                picked_contacts,
+                world.now.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0),
+            ),
         }
+        slow_abandoned = abandoned_this_year(conn, picked_contacts, world.now)
     c, e = t.consent_events.c, t.enrollments.c
     with world.app.engine.connect() as conn:
         consent = conn.execute(
@@ -81,6 +88,7 @@ def test_reads_equal_core_reads(world: World, seed: int) -> None:
         "stores": _core(world, t.stores, t.stores.c.id, [world.store.id]),
         "consent": core_consent,
         "claimed": core_claimed,
+        "abandoned": slow_abandoned,
     }
     assert fast == core
     assert {row["id"] for row in fast["claimed"]} == set(enrollments)
