@@ -21,6 +21,7 @@ from cartback.core.model import Store
 from cartback.imports import events_csv, shopify_csv
 from cartback.imports.drafts import Draft, FormatError, Rejection, open_csv, read_rows
 from cartback.services.ingest import HISTORY, EventStatus, ingest
+from cartback.store.migrate import analyze
 from cartback.web import problems
 from cartback.web.convert import FieldError, to_event
 from cartback.web.schemas import EVENT_TYPES, EventIn, EventWindow
@@ -121,6 +122,9 @@ def run(
             flush()
     if pending:
         flush()
+    if report.imported and not dry_run:
+        # The planner's statistics still describe the tables before the import.
+        analyze(engine)
     report.rejections.sort(key=lambda rejection: rejection.line)
     return report
 

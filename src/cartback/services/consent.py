@@ -22,7 +22,7 @@ from cartback.services import outbound
 from cartback.store import tables as t
 
 
-def _event_from_row(row: Mapping[Any, Any]) -> ConsentEvent:
+def event_from_row(row: Mapping[Any, Any]) -> ConsentEvent:
     evidence = row["evidence"] or {}
     opt_in_at = evidence.get("double_opt_in_at")
     return ConsentEvent(
@@ -54,7 +54,7 @@ def ledger(conn: Connection, contact_ids: Iterable[int]) -> dict[int, list[Conse
     for row in conn.execute(
         select(t.consent_events).where(c.contact_id.in_(ids)).order_by(c.received_at, c.id)
     ).mappings():
-        events[row["contact_id"]].append(_event_from_row(row))
+        events[row["contact_id"]].append(event_from_row(row))
     return events
 
 

@@ -19,10 +19,9 @@ from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from cartback.core.consent import erased_view
+from cartback.core.consent import ConsentEvent, erased_view
 from cartback.core.engine import LATE_RULE, Advance, Outcome, advance, hold_step
 from cartback.core.flows import Flow, Step, with_exclusions
 from cartback.core.model import (
@@ -40,10 +39,8 @@ from cartback.core.policy import SentRecord
 from cartback.core.storepolicy import store_exclusions, store_policy
 from cartback.services import outbound, unique_codes
 from cartback.services.compose import PENDING_RULE, UNIQUE_POOL, ComposeError, compose
-from cartback.services.consent import LazyViews
-from cartback.services.consent import ledger as consent_ledger
+from cartback.services.consent import LazyViews, event_from_row
 from cartback.services.discounts import code_for
-from cartback.services.facts import abandoned_this_year
 from cartback.services.flows import FlowRegistry, UnknownFlow
 from cartback.services.gates import policy_gate
 from cartback.store import tables as t
@@ -55,12 +52,14 @@ from cartback.store.rows import (
     holds_to_json,
     store_from_row,
 )
+from cartback.store.timer_sql import TimerSql, timer_sql
 
 log = logging.getLogger("cartback.timer")
 
-# Sends that count for cooldowns and caps: everything claimed or out, not what was withdrawn.
-COUNTED = ("pending", "claimed", "sending", "sent", "delivered", "unknown")
 RECENT = timedelta(days=7)
+# SQLite: how long a claimed batch is kept from other claims while it is computed outside the
+# write lock. Longer than any batch takes; a worker that dies mid-batch delays it this long.
+LEASE = timedelta(seconds=60)
 # A failing enrollment is tried again after each of these waits, then parked for an operator.
 RETRY_AFTER = (timedelta(minutes=1), timedelta(minutes=5))
 RETRY_RULE = "timer.retry"
@@ -94,15 +93,6 @@ class TickStats:
         self.late += other.late
 
 
-def claim_due(conn: Connection, now: datetime, limit: int) -> list[Mapping[Any, Any]]:
-    e = t.enrollments.c
-    query = select(t.enrollments).where(e.wake_at <= now).order_by(e.wake_at).limit(limit)
-    if not is_sqlite(conn.engine):
-        # Rows another worker holds are passed over, not waited for.
-        query = query.with_for_update(skip_locked=True)
-    return list(conn.execute(query).mappings())
-
-
 def tick(
     engine: Engine,
     registry: FlowRegistry,
@@ -111,37 +101,135 @@ def tick(
     limit: int = 500,
     base_url: str = "",
 ) -> TickStats:
+    """Advance up to `limit` due enrollments. PostgreSQL: one transaction, the claimed rows and
+    their contacts locked (other workers skip or wait for them). SQLite has one write lock for
+    the whole database, so the batch is claimed and leased in one short transaction, computed
+    outside any, and written in another (`_tick_leased`)."""
+    sql = timer_sql(engine.dialect)
+    if is_sqlite(engine):
+        return _tick_leased(engine, sql, registry, now, limit, base_url)
     stats = TickStats()
     with engine.begin() as conn:
-        rows = claim_due(conn, now, limit)
+        rows = sql.claim(conn, now, limit)
         if not rows:
             return stats
-        stats.claimed = len(rows)
         outbound.carts_abandoned(conn, rows, now)
-        context = _load_context(conn, rows, now)
-        planned: list[_Planned] = []
-        failures: list[_Failure] = []
-        for row in rows:
-            stats.lateness.append((now - row["wake_at"]).total_seconds())
-            try:
-                item = _plan(conn, registry, context, row, now, base_url)
-            except SQLAlchemyError:
-                # The database failed, not this enrollment; the transaction may be gone.
-                raise
-            except _StageFailed as failed:
-                failures.append(_Failure(row, failed.stage, failed.error, failed.step_id))
-                continue
-            except Exception as error:
-                failures.append(_Failure(row, "advance", error))
-                continue
-            planned.append(item)
-        written, write_failures = _write_isolating(conn, planned)
-        for item in written:
-            stats.add(item.stats)
-        failures.extend(write_failures)
-        if failures:
-            _retry_or_park(conn, registry, failures, now, stats)
+        context = _load_context(conn, sql, rows, now)
+        planned, failures = _plan_batch(conn, registry, context, rows, now, base_url, stats)
+        _write_batch(conn, registry, planned, failures, now, stats)
     return stats
+
+
+def _tick_leased(
+    engine: Engine,
+    sql: TimerSql,
+    registry: FlowRegistry,
+    now: datetime,
+    limit: int,
+    base_url: str,
+) -> TickStats:
+    """The claim moves the batch's wake times to a lease (`now + LEASE`), which keeps other
+    claims off them while this worker computes. The write goes through only for enrollments
+    whose wake time is still that lease (an order, a cart update or an erasure since then has
+    changed it), and not for a shopper another worker queued a message to meanwhile: those go
+    back to their wake time, to be decided again with that send counted."""
+    stats = TickStats()
+    lease = now + LEASE
+    with engine.connect() as conn:
+        with conn.begin():
+            rows = sql.claim(conn, now, limit)
+            if not rows:
+                return stats
+            sql.lease(conn, [row["id"] for row in rows], lease)
+            context = _load_context(conn, sql, rows, now)
+            seen = sql.max_outbox_id(conn)
+        try:
+            # A step that asks the database (a pooled code) takes the write lock from here on.
+            planned, failures = _plan_batch(conn, registry, context, rows, now, base_url, stats)
+            held = sql.still_held(conn, [row["id"] for row in rows], lease)
+            crowded = sql.sent_since(conn, seen, sorted(context.contacts))
+            again = [
+                row for row in rows if row["id"] in held and _contact_id(context, row) in crowded
+            ]
+            mine = held - {row["id"] for row in again}
+            sql.release(conn, again)
+            outbound.carts_abandoned(conn, [row for row in rows if row["id"] in mine], now)
+            _write_batch(
+                conn,
+                registry,
+                [item for item in planned if item.row["id"] in mine],
+                [failure for failure in failures if failure.row["id"] in mine],
+                now,
+                stats,
+            )
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            _release_after_failure(engine, sql, rows, lease)
+            raise
+    return stats
+
+
+def _contact_id(context: _Context, row: Mapping[Any, Any]) -> int | None:
+    cart = context.carts.get(row["cart_id"])
+    return None if cart is None else cart.contact_id
+
+
+def _release_after_failure(
+    engine: Engine, sql: TimerSql, rows: list[dict[str, Any]], lease: datetime
+) -> None:
+    """After a failed write the batch is due again at once, not when its lease runs out."""
+    try:
+        with engine.begin() as conn:
+            held = sql.still_held(conn, [row["id"] for row in rows], lease)
+            sql.release(conn, [row for row in rows if row["id"] in held])
+    except SQLAlchemyError as error:
+        log.warning("timer could not release its lease (%s)", type(error).__name__)
+
+
+def _plan_batch(
+    conn: Connection,
+    registry: FlowRegistry,
+    context: _Context,
+    rows: list[dict[str, Any]],
+    now: datetime,
+    base_url: str,
+    stats: TickStats,
+) -> tuple[list[_Planned], list[_Failure]]:
+    stats.claimed = len(rows)
+    planned: list[_Planned] = []
+    failures: list[_Failure] = []
+    for row in rows:
+        stats.lateness.append((now - row["wake_at"]).total_seconds())
+        try:
+            item = _plan(conn, registry, context, row, now, base_url)
+        except SQLAlchemyError:
+            # The database failed, not this enrollment; the transaction may be gone.
+            raise
+        except _StageFailed as failed:
+            failures.append(_Failure(row, failed.stage, failed.error, failed.step_id))
+            continue
+        except Exception as error:
+            failures.append(_Failure(row, "advance", error))
+            continue
+        planned.append(item)
+    return planned, failures
+
+
+def _write_batch(
+    conn: Connection,
+    registry: FlowRegistry,
+    planned: list[_Planned],
+    failures: list[_Failure],
+    now: datetime,
+    stats: TickStats,
+) -> None:
+    written, write_failures = _write_isolating(conn, planned)
+    for item in written:
+        stats.add(item.stats)
+    failures = failures + write_failures
+    if failures:
+        _retry_or_park(conn, registry, failures, now, stats)
 
 
 @dataclass
@@ -236,34 +324,29 @@ def _read_each(
     return done
 
 
-def _load_context(conn: Connection, rows: list[Mapping[Any, Any]], now: datetime) -> _Context:
-    cart_ids = {row["cart_id"] for row in rows}
-    enrollment_ids = [row["id"] for row in rows]
+def _load_context(
+    conn: Connection, sql: TimerSql, rows: list[dict[str, Any]], now: datetime
+) -> _Context:
     unreadable: dict[tuple[str, int], Exception] = {}
     carts = _read_each(
-        conn.execute(select(t.carts).where(t.carts.c.id.in_(cart_ids))).mappings(),
-        cart_from_row,
-        "carts",
-        unreadable,
+        sql.carts(conn, list({row["cart_id"] for row in rows})), cart_from_row, "carts", unreadable
     )
     contact_ids = sorted({c.contact_id for c in carts.values() if c.contact_id is not None})
     opted_out_at: dict[int, datetime | None] = {}
     erased: set[int] = set()
-    query = select(t.contacts).where(t.contacts.c.id.in_(contact_ids)).order_by(t.contacts.c.id)
-    if not is_sqlite(conn.engine):
-        # The per-contact lock: two workers cannot both pass a cap or a cooldown for one shopper.
-        # Taken in id order, so two batches can never wait on each other in a cycle.
-        query = query.with_for_update()
-    contact_rows = list(conn.execute(query).mappings())
+    contact_rows = sql.contacts(conn, contact_ids)
     contacts = _read_each(contact_rows, contact_from_row, "contacts", unreadable)
-    for contact_id, count in abandoned_this_year(conn, contact_ids, now).items():
+    year_start = now.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
+    for contact_id, count in sql.abandoned_since(conn, contact_ids, year_start).items():
         if contact_id in contacts:
             contacts[contact_id] = replace(contacts[contact_id], abandoned_count=count)
     for r in contact_rows:
         opted_out_at[r["id"]] = r["opted_out_at"]
         if r["erased_at"] is not None:
             erased.add(r["id"])
-    events = consent_ledger(conn, contact_ids)
+    events: dict[int, list[ConsentEvent]] = defaultdict(list)
+    for event_row in sql.consent_events(conn, contact_ids):
+        events[event_row["contact_id"]].append(event_from_row(event_row))
     consent: dict[int, Mapping[Channel, ConsentView]] = {
         contact_id: (
             {channel: erased_view(channel) for channel in Channel}
@@ -272,33 +355,22 @@ def _load_context(conn: Connection, rows: list[Mapping[Any, Any]], now: datetime
         )
         for contact_id in contact_ids
     }
-    recent = _recent_sends(conn, contact_ids, now)
-    store_ids = {row["store_id"] for row in rows}
+    recent = _recent_sends(conn, sql, contact_ids, now)
     stores = _read_each(
-        conn.execute(select(t.stores).where(t.stores.c.id.in_(store_ids))).mappings(),
+        sql.stores(conn, list({row["store_id"] for row in rows})),
         store_from_row,
         "stores",
         unreadable,
     )
     history: dict[int, dict[str, StepOutcome]] = defaultdict(dict)
-    o = t.outbox.c
-    for sent in conn.execute(
-        select(
-            o.enrollment_id,
-            o.step_id,
-            o.status,
-            o.created_at,
-            o.delivered_at,
-            o.opened_at,
-            o.clicked_at,
-        ).where(o.enrollment_id.in_(enrollment_ids))
-    ):
-        history[sent.enrollment_id][sent.step_id] = StepOutcome(
-            sent=sent.status in ("claimed", "sending", "sent", "delivered", "unknown"),
-            delivered=sent.delivered_at is not None or sent.status == "delivered",
-            opened=sent.opened_at is not None,
-            clicked=sent.clicked_at is not None,
-            queued_at=sent.created_at,
+    for sent in sql.history(conn, [row["id"] for row in rows]):
+        status = sent["status"]
+        history[sent["enrollment_id"]][sent["step_id"]] = StepOutcome(
+            sent=status in ("claimed", "sending", "sent", "delivered", "unknown"),
+            delivered=sent["delivered_at"] is not None or status == "delivered",
+            opened=sent["opened_at"] is not None,
+            clicked=sent["clicked_at"] is not None,
+            queued_at=sent["created_at"],
         )
     created_at = {row["id"]: row["created_at"] for row in rows}
     return _Context(
@@ -307,22 +379,15 @@ def _load_context(conn: Connection, rows: list[Mapping[Any, Any]], now: datetime
 
 
 def _recent_sends(
-    conn: Connection, contact_ids: list[int], now: datetime
+    conn: Connection, sql: TimerSql, contact_ids: list[int], now: datetime
 ) -> dict[int, list[SentRecord]]:
-    o, e = t.outbox.c, t.enrollments.c
     recent: dict[int, list[SentRecord]] = defaultdict(list)
-    for row in conn.execute(
-        select(o.contact_id, o.channel, o.created_at, o.sent_at, e.cart_id)
-        .join(t.enrollments, e.id == o.enrollment_id)
-        .where(
-            o.contact_id.in_(contact_ids),
-            o.created_at >= now - RECENT,
-            o.status.in_(COUNTED),
-        )
-    ):
-        recent[row.contact_id].append(
+    for row in sql.recent(conn, contact_ids, now - RECENT):
+        recent[row["contact_id"]].append(
             SentRecord(
-                channel=Channel(row.channel), at=row.sent_at or row.created_at, cart_id=row.cart_id
+                channel=Channel(row["channel"]),
+                at=row["sent_at"] or row["created_at"],
+                cart_id=row["cart_id"],
             )
         )
     return recent
@@ -667,29 +732,9 @@ def _write(
     link_rows: list[dict[str, Any]],
     updates: list[dict[str, Any]],
 ) -> None:
-    decision_rows = list(decision_rows)
-    if link_rows:
-        conn.execute(t.links.insert(), link_rows)
-    if decision_rows:
-        conn.execute(t.decisions.insert(), decision_rows)
-    if outbox_rows:
-        # The unique (enrollment, step) key makes a second write of the same step a no-op.
-        insert = (
-            sqlite.insert(t.outbox) if is_sqlite(conn.engine) else postgresql.insert(t.outbox)
-        ).on_conflict_do_nothing(index_elements=["enrollment_id", "step_id"])
-        conn.execute(insert, outbox_rows)
-    if updates:
-        e = t.enrollments.c
-        conn.execute(
-            update(t.enrollments)
-            .where(e.id == bindparam("b_id"))
-            .values(
-                step_index=bindparam("step_index"),
-                state=bindparam("state"),
-                wake_at=bindparam("wake_at"),
-                exit_reason=bindparam("exit_reason"),
-                holds=bindparam("holds"),
-                updated_at=bindparam("updated_at"),
-            ),
-            updates,
-        )
+    sql = timer_sql(conn.dialect)
+    sql.insert(conn, t.links, link_rows)
+    sql.insert(conn, t.decisions, list(decision_rows))
+    # The unique (enrollment, step) key makes a second write of the same step a no-op.
+    sql.insert(conn, t.outbox, outbox_rows, " ON CONFLICT (enrollment_id, step_id) DO NOTHING")
+    sql.update_enrollments(conn, updates)

@@ -21,11 +21,12 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Column, Connection, Dialect
+from sqlalchemy import Column, Connection, Dialect, Numeric
 
 from cartback.store import tables as t
 
 _Process = Callable[[Any], Any]
+_NUMERIC_OID = 1700
 
 
 def _same(value: Any) -> Any:
@@ -43,8 +44,16 @@ class Codec:
         return processor or _same
 
     def result(self, column: Column[Any]) -> _Process:
-        processor = column.type.dialect_impl(self.dialect).result_processor(self.dialect, None)
+        impl = column.type.dialect_impl(self.dialect)
+        # PostgreSQL's numeric processors ask for the column's type oid; NUMERIC is 1700.
+        coltype = _NUMERIC_OID if isinstance(column.type, Numeric) else None
+        processor = impl.result_processor(self.dialect, coltype)
         return processor or _same
+
+    def encoders(self, columns: Sequence[Column[Any]]) -> list[tuple[int, _Process]]:
+        """(position, processor) for the values of a row to write that need one."""
+        found = [(i, self.bind(column)) for i, column in enumerate(columns)]
+        return [(i, process) for i, process in found if process is not _same]
 
     def decoders(self, columns: Sequence[Column[Any]]) -> list[tuple[int, _Process]]:
         """(position, processor) for the columns of a row that need one."""

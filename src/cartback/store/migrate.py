@@ -19,9 +19,22 @@ def alembic_config(engine: Engine) -> Config:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     config = alembic_config(engine)
+    before = current_revision(engine)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+    if current_revision(engine) != before:
+        analyze(engine)
+
+
+def analyze(engine: Engine) -> None:
+    """Fresh planner statistics on PostgreSQL. Statistics taken while a table was empty make
+    the planner scan where an index would do (the timer's read of recent sends, issue 10);
+    run after migrations and bulk imports. SQLite's planner needs none for these queries."""
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.begin() as connection:
+        connection.exec_driver_sql("ANALYZE")
 
 
 def current_revision(engine: Engine) -> str | None:

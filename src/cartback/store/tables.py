@@ -315,8 +315,14 @@ outbox = Table(
     # At most one message per cart and step, whatever the number of workers.
     UniqueConstraint("enrollment_id", "step_id"),
     Index("ix_outbox_status_available_at", "status", "available_at"),
-    # Cooldowns and caps read a contact's recent sends for every message the timer composes.
-    Index("ix_outbox_contact_id_created_at", "contact_id", "created_at"),
+    # Cooldowns and caps read a contact's recent sends for every message the timer composes;
+    # on PostgreSQL the index carries the status they filter by (store/timer_sql.py).
+    Index(
+        "ix_outbox_contact_id_created_at",
+        "contact_id",
+        "created_at",
+        postgresql_include=["status"],
+    ),
     # Delivery reports that carry only the provider's id find their message by it.
     Index("ix_outbox_provider_provider_id", "provider", "provider_id"),
 )
