@@ -6,10 +6,16 @@ paths; see tests/app/backtest_sample.py."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 
-from tests.app.backtest_sample import FIGURES, plain, replay, setups, shoppers
+from cartback.backtest import synthetic
+from cartback.backtest.replay import Replayer
+from cartback.core.events import CheckoutUpdated
+from cartback.simulate import consent_of
+from tests.app.backtest_sample import FIGURES, SEED, plain, replay, setups, shoppers
 
 
 @pytest.mark.parametrize("name", ["plain", "strict"])
@@ -23,3 +29,17 @@ def test_the_sample_gives_the_reference_figures(name: str) -> None:
 def test_two_processes_give_the_figures_of_one() -> None:
     expected = json.loads(FIGURES.read_text())["plain"]
     assert plain(replay(setups()["plain"], shoppers("plain"), workers=2)) == expected
+
+
+def test_kept_consent_views_equal_a_fresh_fold() -> None:
+    replayer = Replayer(setups()["plain"])
+    checked = 0
+    for shopper in synthetic.shoppers(SEED, 0, 400):
+        for events in shopper:
+            checkout = next(e for e in events if isinstance(e, CheckoutUpdated))
+            # The same flags at another instant too: only the basis time may move.
+            later = replace(checkout, occurred_at=checkout.occurred_at + timedelta(days=3))
+            for event in (checkout, later):
+                assert replayer._consent(event) == consent_of(event)
+                checked += 1
+    assert checked > 800 and len(replayer._consents) > 4
