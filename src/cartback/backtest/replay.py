@@ -262,14 +262,16 @@ class Replayer:
             run.cart = replace(run.cart, status=CartStatus.ORDERED)
         cart = run.cart
         enrollment = self._seen(run, now)
-        consent = {
-            channel: (
-                replace(view, suppressed=True, opted_out_at=self._opt_outs[channel])
-                if channel in self._opt_outs and self._opt_outs[channel] <= now
-                else view
-            )
-            for channel, view in run.consent.items()
-        }
+        consent = run.consent
+        if self._opt_outs:
+            consent = {
+                channel: (
+                    replace(view, suppressed=True, opted_out_at=self._opt_outs[channel])
+                    if channel in self._opt_outs and self._opt_outs[channel] <= now
+                    else view
+                )
+                for channel, view in run.consent.items()
+            }
         # As the timer reads it: an opt-out received after this flow started ends it.
         opted_out = any(run.started <= at <= now for at in self._opt_outs.values())
         gate = policy_gate(
