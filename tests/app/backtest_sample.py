@@ -6,6 +6,7 @@ backtest gives for it are kept in tests/fixtures/backtest/figures.json; regenera
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
 from decimal import Decimal
@@ -100,4 +101,8 @@ def figures() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    FIGURES.write_text(json.dumps(figures(), indent=1, sort_keys=True) + "\n")
+    text = json.dumps(figures(), indent=1, sort_keys=True) + "\n"
+    if sys.argv[1:] == ["--print"]:
+        print(text, end="")
+    else:
+        FIGURES.write_text(text)
