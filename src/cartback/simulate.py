@@ -131,20 +131,7 @@ def timeline(
             )
         ]
     plan = plan_enrollment(flow, cart.token, last_activity)
-    enrollment = Enrollment(
-        id=1,
-        store_id=store.id,
-        cart_id=cart.id,
-        flow_name=flow.name,
-        flow_version=flow.version,
-        step_index=0,
-        state=EnrollmentState.ACTIVE,
-        abandoned_at=plan.abandoned_at,
-        wake_at=plan.wake_at,
-        variant=plan.variant,
-        holdout=plan.holdout,
-        held_channel=plan.held_channel,
-    )
+    enrollment = plan.enrollment(flow, id=1, store_id=store.id, cart_id=cart.id)
     entries.append(
         TimelineEntry(
             plan.abandoned_at,

@@ -20,8 +20,9 @@ from cartback.backtest.engagement import Engagement, StepRates, draw
 from cartback.backtest.messages import MessageBook
 from cartback.backtest.tally import FlowTally, Tally
 from cartback.core.engine import Outcome, StepDecision, advance, may_enroll, plan_enrollment
-from cartback.core.events import CheckoutUpdated, ShopEvent
+from cartback.core.events import CheckoutUpdated, ConsentFlags, ShopEvent
 from cartback.core.flows import Flow, Step, with_exclusions
+from cartback.core.jurisdiction import RuleSet
 from cartback.core.lineup import (
     CHECKOUT_UPDATED,
     PRIORITY_RULE,
@@ -49,6 +50,7 @@ from cartback.simulate import MAX_WAKES, cart_at, cart_of, consent_of, contact_o
 
 # The exit of a flow still waiting after MAX_WAKES timer firings.
 WAKES_RULE = "timer.wakes"
+_NOTHING_SEEN = StepOutcome()
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,9 @@ class _Run:
     ordered_at: datetime | None = None
     ended_at: datetime | None = None
     wakes: int = 0
+    # The contact's rule sets per channel, as policy_gate finds them: the contact is the same
+    # at every wake.
+    rules: dict[Channel, RuleSet] = field(default_factory=dict)
 
 
 class Replayer:
@@ -95,6 +100,7 @@ class Replayer:
         # The store's discount exclusions join each flow's own, as the timer adds them.
         self._exclusions = store_exclusions(setup.store.policy)
         self._with_store_exclusions: dict[str, Flow] = {}
+        self._consents: dict[ConsentFlags | None, tuple[datetime, dict[Channel, ConsentView]]] = {}
         self.book = MessageBook(setup.store, setup.base_url, setup.money)
         self.tally = Tally()
         self._rates: dict[tuple[str, str], StepRates] = {
@@ -189,20 +195,7 @@ class Replayer:
             self.tally.flow(other.flow.name).not_enrolled[PRIORITY_RULE] += 1
         flow = chosen.flow
         plan = plan_enrollment(flow, cart.token, last.occurred_at)
-        enrollment = Enrollment(
-            id=number,
-            store_id=self.setup.store.id,
-            cart_id=number,
-            flow_name=flow.name,
-            flow_version=flow.version,
-            step_index=0,
-            state=EnrollmentState.ACTIVE,
-            abandoned_at=plan.abandoned_at,
-            wake_at=plan.wake_at,
-            variant=plan.variant,
-            holdout=plan.holdout,
-            held_channel=plan.held_channel,
-        )
+        enrollment = plan.enrollment(flow, id=number, store_id=self.setup.store.id, cart_id=number)
         tally = self.tally.flow(flow.name)
         tally.enrolled += 1
         tally.holdout += plan.holdout
@@ -212,11 +205,35 @@ class Replayer:
             events=sorted(events, key=lambda event: event.occurred_at),
             cart=cart,
             contact=contact,
-            consent=consent_of(first),
+            consent=self._consent(first),
             enrollment=enrollment,
             zone=contact_zones(contact, self.policy)[0],
             started=started,
         )
+
+    def _consent(self, checkout: CheckoutUpdated) -> dict[Channel, ConsentView]:
+        """consent_of(checkout), kept per consent flags: a checkout records its grants at one
+        instant, so two checkouts with the same flags fold to the same views but for that
+        instant (basis_since). Views holding any other instant are folded afresh."""
+        kept = self._consents.get(checkout.consent)
+        if kept is None:
+            views = consent_of(checkout)
+            at = checkout.occurred_at
+            if all(
+                view.basis_since in (None, at) and view.opted_out_at is None
+                for view in views.values()
+            ):
+                self._consents[checkout.consent] = (at, views)
+            return views
+        at, views = kept
+        if at == checkout.occurred_at:
+            return dict(views)
+        return {
+            channel: view
+            if view.basis_since is None
+            else replace(view, basis_since=checkout.occurred_at)
+            for channel, view in views.items()
+        }
 
     # --- one timer firing ------------------------------------------------------------------
 
@@ -245,14 +262,16 @@ class Replayer:
             run.cart = replace(run.cart, status=CartStatus.ORDERED)
         cart = run.cart
         enrollment = self._seen(run, now)
-        consent = {
-            channel: (
-                replace(view, suppressed=True, opted_out_at=self._opt_outs[channel])
-                if channel in self._opt_outs and self._opt_outs[channel] <= now
-                else view
-            )
-            for channel, view in run.consent.items()
-        }
+        consent = run.consent
+        if self._opt_outs:
+            consent = {
+                channel: (
+                    replace(view, suppressed=True, opted_out_at=self._opt_outs[channel])
+                    if channel in self._opt_outs and self._opt_outs[channel] <= now
+                    else view
+                )
+                for channel, view in run.consent.items()
+            }
         # As the timer reads it: an opt-out received after this flow started ends it.
         opted_out = any(run.started <= at <= now for at in self._opt_outs.values())
         gate = policy_gate(
@@ -264,6 +283,7 @@ class Replayer:
             store_policy=self.policy,
             now=now,
             spacing=flow.spacing,
+            rules=run.rules,
         )
         result = advance(
             flow,
@@ -306,14 +326,16 @@ class Replayer:
         run.engagement = [item for item in run.engagement if item[0] > now]
         history = dict(run.enrollment.history)
         for _, step_id, what in due:
-            seen = history.get(step_id, StepOutcome())
-            if what == "opened":
-                seen = replace(seen, opened=True)
-            elif what == "clicked":
-                seen = replace(seen, clicked=True)
-            else:
-                seen = replace(seen, delivered=True)
-            history[step_id] = seen
+            seen = history.get(step_id, _NOTHING_SEEN)
+            # Built directly: dataclasses.replace costs twice as much, for every message.
+            history[step_id] = StepOutcome(
+                sent=seen.sent,
+                delivered=seen.delivered or what == "delivered",
+                opened=seen.opened or what == "opened",
+                clicked=seen.clicked or what == "clicked",
+                skipped=seen.skipped,
+                queued_at=seen.queued_at,
+            )
         run.enrollment = replace(run.enrollment, history=history)
         return run.enrollment
 

@@ -22,6 +22,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import Enum
+from operator import attrgetter
 
 from cartback.core.model import Cart, CartLine, Contact, StepOutcome
 from cartback.core.money import Amount, Rates
@@ -250,10 +251,32 @@ def build_facts(
     """The facts a condition sees. Without a contact every contact fact is missing (so false).
     `rates`, the store's exchange rates, let an amount stated in other currencies be compared."""
     facts: dict[str, object] = {
-        step_id: {name: getattr(outcome, name) for name in STEP_FIELDS}
+        step_id: dict(zip(STEP_FIELDS, _read_step_fields(outcome), strict=True))
         for step_id, outcome in history.items()
     }
-    facts["cart"] = {
+    facts["cart"] = _cart_facts(cart, exclusions)
+    facts["contact"] = {} if contact is None else _contact_facts(contact)
+    facts["variant"] = variant
+    if rates is not None:
+        facts[RATES_FACT] = rates
+    return facts
+
+
+_read_step_fields = attrgetter(*STEP_FIELDS)
+
+
+# The last cart's and contact's facts, kept with the (frozen) objects they were read from: the
+# timer and the backtest evaluate several conditions of one cart in a row. Conditions only read
+# these dicts.
+_last_cart: tuple[Cart | None, ProductExclusions | None, dict[str, object]] = (None, None, {})
+_last_contact: tuple[Contact | None, dict[str, object]] = (None, {})
+
+
+def _cart_facts(cart: Cart, exclusions: ProductExclusions) -> dict[str, object]:
+    global _last_cart
+    if cart is _last_cart[0] and exclusions is _last_cart[1]:
+        return _last_cart[2]
+    facts: dict[str, object] = {
         "value": cart.value,
         "currency": cart.currency,
         "item_count": Decimal(cart.item_count),
@@ -262,14 +285,20 @@ def build_facts(
         "has_excluded_products": exclusions.any_in(cart),
         "only_excluded_products": exclusions.all_of(cart),
     }
-    facts["contact"] = {} if contact is None else _contact_facts(contact)
-    facts["variant"] = variant
-    if rates is not None:
-        facts[RATES_FACT] = rates
+    _last_cart = (cart, exclusions, facts)
     return facts
 
 
 def _contact_facts(contact: Contact) -> dict[str, object]:
+    global _last_contact
+    if contact is _last_contact[0]:
+        return _last_contact[1]
+    facts = _read_contact_facts(contact)
+    _last_contact = (contact, facts)
+    return facts
+
+
+def _read_contact_facts(contact: Contact) -> dict[str, object]:
     return {
         "sms_consent": contact.sms_marketing,
         "email_consent": contact.email_marketing,

@@ -117,6 +117,23 @@ class EnrollmentPlan:
     # The channel this cart gets no steps of (the flow's channel holdout), or None.
     held_channel: str | None = None
 
+    def enrollment(self, flow: Flow, *, id: int, store_id: int, cart_id: int) -> Enrollment:
+        """The new, active enrollment row this plan starts (the simulators keep it in memory)."""
+        return Enrollment(
+            id=id,
+            store_id=store_id,
+            cart_id=cart_id,
+            flow_name=flow.name,
+            flow_version=flow.version,
+            step_index=0,
+            state=EnrollmentState.ACTIVE,
+            abandoned_at=self.abandoned_at,
+            wake_at=self.wake_at,
+            variant=self.variant,
+            holdout=self.holdout,
+            held_channel=self.held_channel,
+        )
+
 
 CHANNEL_HOLDOUT_RULE = "channel_holdout"
 
@@ -250,6 +267,8 @@ class _Walk:
         self.holds = dict(enrollment.holds)
         self.released = set(enrollment.released)
         self.cursor = enrollment.step_index
+        # cursor_time, kept until the cursor, history or released steps change (hold, resolve).
+        self._cursor_time: tuple[datetime | None] | None = None
         self.decisions: list[StepDecision] = []
         self.sends: list[Step] = []
         self.send_before: dict[str, datetime] = {}
@@ -258,15 +277,18 @@ class _Walk:
 
     def cursor_time(self) -> datetime | None:
         """When the next step on its turn is due; None once every step had its turn."""
-        if self.cursor >= len(self.flow.steps):
-            return None
-        due = sequence_time(
-            self.flow, self.enrollment.abandoned_at, self.history, self.released, self.cursor
-        )
-        wake_at = self.enrollment.wake_at
-        if self.cursor == self.enrollment.step_index and wake_at is not None:
-            # The step this timer was set for: a retry may have moved it past its offset.
-            due = max(due, wake_at)
+        if self._cursor_time is not None:
+            return self._cursor_time[0]
+        due: datetime | None = None
+        if self.cursor < len(self.flow.steps):
+            due = sequence_time(
+                self.flow, self.enrollment.abandoned_at, self.history, self.released, self.cursor
+            )
+            wake_at = self.enrollment.wake_at
+            if self.cursor == self.enrollment.step_index and wake_at is not None:
+                # The step this timer was set for: a retry may have moved it past its offset.
+                due = max(due, wake_at)
+        self._cursor_time = (due,)
         return due
 
     def held_time(self, step_id: str) -> datetime:
@@ -425,6 +447,7 @@ class _Walk:
     def hold(self, index: int, held: bool, wait: Wait) -> None:
         step = self.flow.steps[index]
         self.holds[step.id] = wait.until
+        self._cursor_time = None
         if not held:
             self.cursor += 1
         reason = wait.reason
@@ -441,6 +464,7 @@ class _Walk:
     ) -> None:
         step = self.flow.steps[index]
         self.decisions.append(decision)
+        self._cursor_time = None
         self.history[step.id] = outcome if outcome is not None else StepOutcome(skipped=True)
         if held:
             del self.holds[step.id]
@@ -459,11 +483,23 @@ class _Walk:
             if on_turn is not None:
                 times.append(on_turn)
             wake_at = min(times)
-        changed = replace(
-            self.enrollment,
+        before = self.enrollment
+        # Built field by field rather than with dataclasses.replace: this runs on every wake,
+        # and replace costs twice as much. tests/unit/test_engine_speed.py holds every field.
+        changed = Enrollment(
+            id=before.id,
+            store_id=before.store_id,
+            cart_id=before.cart_id,
+            flow_name=before.flow_name,
+            flow_version=before.flow_version,
             step_index=self.cursor,
             state=state,
+            abandoned_at=before.abandoned_at,
             wake_at=wake_at,
+            variant=before.variant,
+            holdout=before.holdout,
+            exit_reason=before.exit_reason,
+            held_channel=before.held_channel,
             history=self.history,
             holds=self.holds,
             released=frozenset(self.released),

@@ -644,10 +644,26 @@ def resolve_rules(
     shopper with neither jurisdiction known gets the whole default pack.
     """
     # The timer asks this for every message; the answer depends only on these few values.
-    overrides_key = json.dumps(list(store_overrides), sort_keys=True, default=str)
+    overrides_key = _overrides_key(store_overrides)
     return _resolve_cached(
         phone_country, phone_region, ship_country, ship_region, Channel(channel), overrides_key
     )
+
+
+_last_overrides: tuple[Sequence[Mapping[str, Any]], str] = ((), "[]")
+
+
+def _overrides_key(store_overrides: Sequence[Mapping[str, Any]]) -> str:
+    """The overrides as canonical JSON. A store's policy hands the same overrides object to
+    every call, so the last one's text is kept (with the object, so its id is not reused)."""
+    global _last_overrides
+    if not store_overrides:
+        return "[]"
+    if store_overrides is _last_overrides[0]:
+        return _last_overrides[1]
+    key = json.dumps(list(store_overrides), sort_keys=True, default=str)
+    _last_overrides = (store_overrides, key)
+    return key
 
 
 @lru_cache(maxsize=4096)

@@ -87,6 +87,8 @@ def blocker(flow: Flow, index: int, holds: Mapping[str, datetime]) -> tuple[Step
     """A held step that step `index` must wait for, with the rule: the step before it on its
     own channel (messages on one channel keep their order), or a step its condition reads (a
     condition never reads a step that has not been decided)."""
+    if not holds:
+        return None  # most wakes hold nothing: no need to look for the steps
     step = flow.steps[index]
     same = next((s for s in reversed(flow.steps[:index]) if s.channel is step.channel), None)
     if same is not None and same.id in holds:

@@ -37,12 +37,16 @@ def policy_gate(
     store_policy: StorePolicy,
     now: datetime,
     spacing: timedelta | None = None,
+    rules: dict[Channel, RuleSet] | None = None,
 ) -> SendGate:
     """`recent` is this contact's sends of the last days; an allowed step is appended to it, so
     later decisions in the same batch (other carts of the same shopper) count it too. With
     `spacing` (the flow's), a message less than that after one from another cart of the same
-    shopper is deferred: two carts never message one shopper together."""
-    rules: dict[Channel, RuleSet] = {}
+    shopper is deferred: two carts never message one shopper together. `rules` keeps the
+    contact's rule set per channel; a caller that fires the same contact's timer again and
+    again (the backtest) passes one dict for all its wakes."""
+    if rules is None:
+        rules = {}
 
     def gate(step: Step, _planned: tuple[Step, ...]) -> GateResult:
         if step.channel is Channel.SMS and not contact.phone:
