@@ -29,8 +29,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy src/cartback
 
+# Worker processes for the suite: most tests wait on servers, subprocesses and databases rather
+# than the CPU, so 4 keeps a 2-core machine busy. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 4
 test: lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py

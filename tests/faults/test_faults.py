@@ -16,7 +16,9 @@ from tests.faults import scenarios
 from tests.support.faultrig import RUNS, SUMMARIES, Counts, rig
 from tests.support.pg import start_local_cluster, temporary_database
 
-pytestmark = pytest.mark.slow
+# Under pytest-xdist one worker runs the scenarios in turn, as without it: a scenario judges its
+# workers by deadlines (leases, settling), which scenarios side by side on a small machine overrun.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("faults")]
 
 
 def backends(*, sqlite: str | None = None, postgres: str | None = None) -> list[Any]:
