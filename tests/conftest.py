@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.faultreport import in_faults_group
 from tests.support.pg import acquire_server, background_drops, scratch_database
 from tests.support.templates import copy_migrated_sqlite, migrated_template
 from tests.support.world import World, make_world
@@ -54,7 +55,6 @@ def _test_databases_dropped() -> Iterator[None]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The long multi-process tests first (the fault scenarios, one after another on one
-    pytest-xdist worker, above all), so the short ones fill the other workers around them
-    instead of leaving one worker running them alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The fault scenarios first: one pytest-xdist worker runs them one after another, the
+    longest stretch of the run, while the other workers share out the rest around it."""
+    items.sort(key=lambda item: not in_faults_group(item))

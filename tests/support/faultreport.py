@@ -17,12 +17,18 @@ import pytest
 from tests.support.faultrig import RUNS, SUMMARIES, Counts, total_line
 
 SEED_ENV = "CARTBACK_FAULT_SEED"
+# The pytest-xdist group of the fault scenarios: one worker runs them all, one at a time.
+FAULTS_GROUP = "faults"
 _SEED = pytest.StashKey[int]()
 
 
 def base_seed(config: pytest.Config) -> int:
     """The run's seed: set CARTBACK_FAULT_SEED to replay a run."""
     return config.stash[_SEED]
+
+
+def in_faults_group(item: pytest.Item) -> bool:
+    return any(marker.args == (FAULTS_GROUP,) for marker in item.iter_markers("xdist_group"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
