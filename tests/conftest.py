@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.faultreport import in_faults_group
 from tests.support.pg import acquire_server, background_drops, scratch_database
 from tests.support.templates import copy_migrated_sqlite, migrated_template
 from tests.support.world import World, make_world
 
-# The fault suite's seed and summary lines, whole across pytest-xdist workers.
+# The fault suite's seed, its summary lines whole across pytest-xdist workers, and its order.
 pytest_plugins = ["tests.support.faultreport"]
 
 BACKENDS = [
@@ -52,9 +51,3 @@ def _test_databases_dropped() -> Iterator[None]:
     """The per-test databases are dropped in the background; the run ends once they are."""
     yield
     background_drops.finish()
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The fault scenarios first: one pytest-xdist worker runs them one after another, the
-    longest stretch of the run, while the other workers share out the rest around it."""
-    items.sort(key=lambda item: not in_faults_group(item))

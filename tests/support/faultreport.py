@@ -31,6 +31,12 @@ def in_faults_group(item: pytest.Item) -> bool:
     return any(marker.args == (FAULTS_GROUP,) for marker in item.iter_markers("xdist_group"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The fault scenarios first: one pytest-xdist worker runs them one after another, the
+    longest stretch of the run, while the other workers share out the rest around it."""
+    items.sort(key=lambda item: not in_faults_group(item))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None and "fault_seed" in workerinput:
