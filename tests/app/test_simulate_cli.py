@@ -27,6 +27,10 @@ prices:
 """
 
 
+# One pytest-xdist worker runs this module, so its module-wide fixture is set up once.
+pytestmark = pytest.mark.xdist_group("simulate-sample")
+
+
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("history")

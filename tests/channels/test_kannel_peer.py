@@ -40,6 +40,10 @@ class Rig:
     channel: KannelChannel
 
 
+# One pytest-xdist worker runs this module, so its module-wide fixture is set up once.
+pytestmark = pytest.mark.xdist_group("kannel-peer")
+
+
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     ensure_kannel()

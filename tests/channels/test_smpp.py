@@ -34,6 +34,10 @@ from tests.support.smsc import (
 WAIT = 10.0
 
 
+# One pytest-xdist worker runs this module, so its module-wide fixture is set up once.
+pytestmark = pytest.mark.xdist_group("smsc")
+
+
 @pytest.fixture(scope="module")
 def smsc() -> Iterator[SmscSimulator]:
     simulator = SmscSimulator()

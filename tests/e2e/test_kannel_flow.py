@@ -51,6 +51,10 @@ class Rig:
     port: int  # where `cartback serve` listens, and Kannel's post-url points
 
 
+# One pytest-xdist worker runs this module, so its module-wide fixture is set up once.
+pytestmark = pytest.mark.xdist_group("kannel-flow")
+
+
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     ensure_kannel()

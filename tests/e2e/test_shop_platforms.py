@@ -63,6 +63,10 @@ def _healthy(base: str) -> bool:
         return False
 
 
+# One pytest-xdist worker runs this module, so its module-wide fixture is set up once.
+pytestmark = pytest.mark.xdist_group("shop-platforms")
+
+
 @pytest.fixture(
     scope="module",
     params=[

@@ -13,10 +13,13 @@ from typing import Any
 import pytest
 
 from tests.faults import scenarios
+from tests.support.faultreport import FAULTS_GROUP
 from tests.support.faultrig import RUNS, SUMMARIES, Counts, rig
 from tests.support.pg import start_local_cluster, temporary_database
 
-pytestmark = pytest.mark.slow
+# Under pytest-xdist one worker runs the scenarios in turn, as without it: a scenario judges its
+# workers by deadlines (leases, settling), which scenarios side by side on a small machine overrun.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(FAULTS_GROUP)]
 
 
 def backends(*, sqlite: str | None = None, postgres: str | None = None) -> list[Any]:

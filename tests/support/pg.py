@@ -16,6 +16,7 @@ import getpass
 import glob
 import os
 import pwd
+import queue
 import re
 import shutil
 import signal
@@ -494,12 +495,18 @@ def _check_prefix(prefix: str) -> None:
         )
 
 
-def create_database(server: PgServer, prefix: str = "cartback_test") -> str:
-    """CREATE DATABASE <prefix>_<uuid4 hex>; returns its SQLAlchemy URL."""
+def create_database(
+    server: PgServer, prefix: str = "cartback_test", *, template: str | None = None
+) -> str:
+    """CREATE DATABASE <prefix>_<uuid4 hex>, a copy of database `template` if one is named;
+    returns its SQLAlchemy URL."""
     _check_prefix(prefix)
     name = f"{prefix}_{uuid.uuid4().hex}"
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
     with server.connect_admin() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(statement)
     return server.url(name)
 
 
@@ -530,3 +537,64 @@ def temporary_database(server: PgServer, prefix: str = "cartback_test") -> Itera
         yield url
     finally:
         drop_database(server, url)
+
+
+class BackgroundDrops:
+    """Drops databases on one thread while the tests go on.
+
+    DROP DATABASE waits for a checkpoint, a second or more on a busy server that fsyncs, and a
+    test's teardown has no need to wait for it. At most `backlog` drops wait; `finish` waits
+    for all of them and raises if any failed, so a database is never left behind unnoticed.
+    """
+
+    def __init__(self, backlog: int = 8) -> None:
+        self._queue: queue.Queue[tuple[PgServer, str]] = queue.Queue(maxsize=backlog)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._failures: list[str] = []
+
+    def submit(self, server: PgServer, url: str) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="drop-databases", daemon=True
+                )
+                self._thread.start()
+                # Registered after any throwaway cluster started, so it runs before it stops.
+                atexit.register(self.finish)
+        self._queue.put((server, url))
+
+    def finish(self) -> None:
+        """Wait for every submitted drop; RuntimeError naming those that failed."""
+        self._queue.join()
+        with self._lock:
+            failures, self._failures = self._failures, []
+        if failures:
+            raise RuntimeError("could not drop test databases:\n- " + "\n- ".join(failures))
+
+    def _run(self) -> None:
+        while True:
+            server, url = self._queue.get()
+            try:
+                drop_database(server, url)
+            except Exception as exc:  # reported by finish(), not lost with the thread
+                with self._lock:
+                    self._failures.append(f"{make_url(url).database}: {exc}")
+            finally:
+                self._queue.task_done()
+
+
+background_drops = BackgroundDrops()
+
+
+@contextlib.contextmanager
+def scratch_database(
+    server: PgServer, prefix: str = "cartback_test", *, template: str | None = None
+) -> Iterator[str]:
+    """Like `temporary_database` (a copy of `template` if named) but dropped in the
+    background by `background_drops`: for the per-test databases of the fixtures."""
+    url = create_database(server, prefix, template=template)
+    try:
+        yield url
+    finally:
+        background_drops.submit(server, url)
