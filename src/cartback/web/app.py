@@ -179,7 +179,7 @@ def create_app(app: App) -> FastAPI:
             keys.put(key, store)
         return store
 
-    api.include_router(shop_router(app, _problems(401, 404, 405, 413, 422, 503)))
+    api.include_router(shop_router(app, intake, _problems(401, 404, 405, 413, 422, 503)))
     api.include_router(reports_router(app, current_store, _problems(401, 404, 405, 422, 503)))
     api.include_router(metrics_router(app))
 

@@ -1,5 +1,6 @@
-"""POST /hooks/shop/{platform}/{store}: shop webhooks, verified, recorded once, and applied
-through ingest before the answer."""
+"""POST /hooks/shop/{platform}/{store}: shop webhooks, verified and parsed in the request, then
+appended to the inbox (answered once durable) and applied by the worker; a platform whose
+parse calls its API (BigCommerce) is applied here, after the call (services/shop_inbox.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from cartback.app import App
+from cartback.core.events import ContactErasureRequested, StoreErasureRequested
 from cartback.core.model import Store
-from cartback.services import admin, erasure, store_flows
+from cartback.services import admin, erasure, shop_inbox, store_flows
 from cartback.services import shops as shop_service
 from cartback.shops.base import (
     Adapter,
@@ -26,6 +28,7 @@ from cartback.shops.base import (
     shop_name,
 )
 from cartback.shops.registry import adapter as find_adapter
+from cartback.web.accept import EventIntake
 from cartback.web.problems import Problem, invalid
 
 log = logging.getLogger("cartback.web.shops")
@@ -33,8 +36,11 @@ log = logging.getLogger("cartback.web.shops")
 _RACES = frozenset({"40001", "40P01"})
 
 
-def shop_router(app: App, responses: dict[int | str, dict[str, Any]]) -> APIRouter:
-    """`responses`: the problem+json answers, described as the app describes all of them."""
+def shop_router(
+    app: App, intake: EventIntake, responses: dict[int | str, dict[str, Any]]
+) -> APIRouter:
+    """`intake`: the web server's inbox writer. `responses`: the problem+json answers,
+    described as the app describes all of them."""
     router = APIRouter(tags=["shops"])
 
     @router.post(
@@ -70,19 +76,36 @@ def shop_router(app: App, responses: dict[int | str, dict[str, Any]]) -> APIRout
         if meta.topic not in adapter.TOPICS:
             return JSONResponse({"status": "ignored", "topic": meta.topic})
         try:
-            # Outside any transaction: BigCommerce's parse fetches the cart from its API.
-            items = await run_in_threadpool(adapter.parse, headers, body, link)
+            if adapter.CALLS_API:
+                # Outside any transaction: BigCommerce's parse fetches the cart from its API.
+                items = await run_in_threadpool(adapter.parse, headers, body, link)
+            else:
+                # Pure and quick: on the event loop, so a bad payload is a 422 before anything
+                # is written. The worker parses the kept payload again when it applies it.
+                items = adapter.parse(headers, body, link)
         except PayloadError as error:
             raise invalid([{"field": error.field, "message": error.message}]) from None
         except LinkError as error:
             log.error("store %s: %s delivery not applied: %s", store, platform, error)
             raise _unavailable(str(error)) from None
-        outcome = await run_in_threadpool(_apply, app, found, platform, meta, body, items)
-        if outcome.duplicate:
-            return JSONResponse({"status": "duplicate", "delivery_id": meta.delivery_id})
-        return JSONResponse(
-            {"status": "accepted", "delivery_id": meta.delivery_id, "results": outcome.results}
-        )
+        if adapter.CALLS_API:
+            outcome = await run_in_threadpool(_apply, app, found, platform, meta, body, items)
+            if outcome.duplicate:
+                return JSONResponse({"status": "duplicate", "delivery_id": meta.delivery_id})
+            return JSONResponse(
+                {"status": "accepted", "delivery_id": meta.delivery_id, "results": outcome.results}
+            )
+        if app.settings.suppression_key is None and any(
+            isinstance(item, ContactErasureRequested | StoreErasureRequested) for item in items
+        ):
+            raise _erasure_not_configured()
+        now = link.received_at or app.clock.now()
+        entry = shop_inbox.encode(adapter, meta, headers, body)
+        queued = await intake.append_delivery(found, platform, meta.delivery_id, entry, now)
+        answer: dict[str, Any] = {"status": queued.status, "delivery_id": meta.delivery_id}
+        if queued.results is not None:
+            answer["results"] = queued.results
+        return JSONResponse(answer)
 
     return router
 
@@ -97,6 +120,16 @@ def _meta(adapter: Adapter, headers: dict[str, str], body: bytes) -> DeliveryMet
 def _unavailable(detail: str) -> Problem:
     return Problem(
         503, "Shop unavailable", detail, slug="unavailable", headers={"Retry-After": "60"}
+    )
+
+
+def _erasure_not_configured() -> Problem:
+    return Problem(
+        503,
+        "Erasure not configured",
+        "set CARTBACK_SUPPRESSION_KEY; nothing was applied",
+        slug="unavailable",
+        headers={"Retry-After": "600"},
     )
 
 
@@ -150,13 +183,7 @@ def _apply(
         outcome = _commit(app, ctx, platform, meta, body, items)
     except erasure.SuppressionKeyMissing as error:
         log.error("store %s: %s", store.id, error)
-        raise Problem(
-            503,
-            "Erasure not configured",
-            "set CARTBACK_SUPPRESSION_KEY; nothing was applied",
-            slug="unavailable",
-            headers={"Retry-After": "600"},
-        ) from None
+        raise _erasure_not_configured() from None
     # Files are written after the commit: a failed write never undoes the delivery.
     try:
         shop_service.write_exports(app.settings.export_dir, outcome.exports)
