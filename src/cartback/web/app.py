@@ -165,7 +165,7 @@ def create_app(app: App) -> FastAPI:
     ) -> Store:
         return _store_for(_key_of(credentials))
 
-    keys = KeyCache()
+    keys: KeyCache[Store] = KeyCache()
 
     async def ingesting_store(
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),

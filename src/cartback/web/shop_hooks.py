@@ -29,6 +29,7 @@ from cartback.shops.base import (
 )
 from cartback.shops.registry import adapter as find_adapter
 from cartback.web.accept import EventIntake
+from cartback.web.keys import KeyCache
 from cartback.web.problems import Problem, invalid
 
 log = logging.getLogger("cartback.web.shops")
@@ -42,6 +43,7 @@ def shop_router(
     """`intake`: the web server's inbox writer. `responses`: the problem+json answers,
     described as the app describes all of them."""
     router = APIRouter(tags=["shops"])
+    connections: KeyCache[tuple[Store, shop_service.ShopConnection]] = KeyCache()
 
     @router.post(
         "/hooks/shop/{platform}/{store}",
@@ -53,12 +55,22 @@ def shop_router(
         adapter = find_adapter(platform)
         if adapter is None:
             raise Problem(404, "Unknown platform", f"no adapter for {platform!r}", slug="not-found")
-        found, secrets, link = await run_in_threadpool(_connection, app, adapter, platform, store)
+        key = f"{platform}/{store}"
+        remembered = connections.get(key)
+        found, connection = remembered or await _look_up(app, connections, key, platform, store)
+        secrets, link = _resolved(app, adapter, found, connection)
         body = await request.body()
         headers = dict(request.headers)
         if adapter.ping(headers, body):
             return JSONResponse({"status": "ping"})
-        if not adapter.verify(headers, body, secrets, dict(request.query_params)):
+        query = dict(request.query_params)
+        verified = adapter.verify(headers, body, secrets, query)
+        if not verified and remembered is not None:
+            # The connection may have a new secret since it was remembered: read it again.
+            found, connection = await _look_up(app, connections, key, platform, store)
+            secrets, link = _resolved(app, adapter, found, connection)
+            verified = adapter.verify(headers, body, secrets, query)
+        if not verified:
             raise Problem(
                 401,
                 "Bad signature",
@@ -133,9 +145,24 @@ def _erasure_not_configured() -> Problem:
     )
 
 
-def _connection(
-    app: App, adapter: Adapter, platform: str, slug: str
-) -> tuple[Store, list[bytes], ShopLink]:
+async def _look_up(
+    app: App,
+    connections: KeyCache[tuple[Store, shop_service.ShopConnection]],
+    key: str,
+    platform: str,
+    slug: str,
+) -> tuple[Store, shop_service.ShopConnection]:
+    """The store and its connection, remembered for a few seconds (web/keys.py): a database
+    round trip per delivery would cost more than its append. A connection during a secret
+    rotation (with a previous secret) is read every time, so ending the rotation ends the
+    previous secret at once; a new secret is read as soon as a delivery is signed with it."""
+    found = await run_in_threadpool(_connection, app, platform, slug)
+    if found[1].previous_secret_ref is None:
+        connections.put(key, found)
+    return found
+
+
+def _connection(app: App, platform: str, slug: str) -> tuple[Store, shop_service.ShopConnection]:
     with app.engine.connect() as conn:
         store = admin.store_by_slug(conn, slug)
         link = shop_service.connection(conn, store.id, platform) if store is not None else None
@@ -143,6 +170,14 @@ def _connection(
         raise Problem(
             404, "Unknown store", f"no store {slug!r} connected to {platform}", slug="not-found"
         )
+    return store, link
+
+
+def _resolved(
+    app: App, adapter: Adapter, store: Store, link: shop_service.ShopConnection
+) -> tuple[list[bytes], ShopLink]:
+    """The connection's secrets (and API token or mapping), read from the environment or their
+    files on each delivery: they may change without the connection changing."""
     try:
         secrets = shop_service.secrets_for(link)
         document = (
@@ -152,7 +187,10 @@ def _connection(
         )
     except shop_service.SecretError as error:
         log.error(
-            "store %s: a secret of its %s connection is unreadable: %s", slug, platform, error
+            "store %s: a secret of its %s connection is unreadable: %s",
+            store.id,
+            link.platform,
+            error,
         )
         raise Problem(
             503,
@@ -161,7 +199,7 @@ def _connection(
             slug="unavailable",
             headers={"Retry-After": "60"},
         ) from None
-    return store, secrets, ShopLink(link.shop_domain, store.currency, document, app.clock.now())
+    return secrets, ShopLink(link.shop_domain, store.currency, document, app.clock.now())
 
 
 def _apply(
