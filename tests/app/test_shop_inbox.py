@@ -229,3 +229,24 @@ def test_the_kept_body_round_trips_any_bytes() -> None:
         kept = shop_inbox.read("shopify", shop_inbox.encode(shopify, meta, headers, body))
         assert (kept.body, kept.meta) == (body, meta)
         assert kept.headers == {"X-Shopify-Topic": "checkouts/update"}
+
+
+def test_a_new_secret_is_accepted_at_once_though_the_connection_is_remembered(
+    client: TestClient, shop: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert post(client, "checkouts/create", fixture("checkouts_create")).status_code == 200
+    monkeypatch.setenv("TEST_SHOPIFY_NEW_SECRET", "shpss_test_new_secret")
+    with shop.app.engine.begin() as conn:
+        shop_service.connect(
+            conn,
+            shop.store.id,
+            "shopify",
+            SHOP_DOMAIN,
+            "env:TEST_SHOPIFY_NEW_SECRET",
+            None,
+            None,
+            shop.now,
+        )
+    signed = post(client, "checkouts/update", checkout_at(59), secret="shpss_test_new_secret")
+    assert signed.status_code == 200, signed.text
+    assert post(client, "checkouts/update", checkout_at(58), secret="wrong").status_code == 401
