@@ -57,7 +57,7 @@ def shop_router(
             raise Problem(404, "Unknown platform", f"no adapter for {platform!r}", slug="not-found")
         key = f"{platform}/{store}"
         remembered = connections.get(key)
-        found, connection = remembered or await _look_up(app, connections, key, platform, store)
+        found, connection = remembered or await _look_up(app, adapter, connections, key, store)
         secrets, link = _resolved(app, adapter, found, connection)
         body = await request.body()
         headers = dict(request.headers)
@@ -67,7 +67,7 @@ def shop_router(
         verified = adapter.verify(headers, body, secrets, query)
         if not verified and remembered is not None:
             # The connection may have a new secret since it was remembered: read it again.
-            found, connection = await _look_up(app, connections, key, platform, store)
+            found, connection = await _look_up(app, adapter, connections, key, store)
             secrets, link = _resolved(app, adapter, found, connection)
             verified = adapter.verify(headers, body, secrets, query)
         if not verified:
@@ -147,17 +147,19 @@ def _erasure_not_configured() -> Problem:
 
 async def _look_up(
     app: App,
+    adapter: Adapter,
     connections: KeyCache[tuple[Store, shop_service.ShopConnection]],
     key: str,
-    platform: str,
     slug: str,
 ) -> tuple[Store, shop_service.ShopConnection]:
-    """The store and its connection, remembered for a few seconds (web/keys.py): a database
-    round trip per delivery would cost more than its append. A connection during a secret
-    rotation (with a previous secret) is read every time, so ending the rotation ends the
-    previous secret at once; a new secret is read as soon as a delivery is signed with it."""
-    found = await run_in_threadpool(_connection, app, platform, slug)
-    if found[1].previous_secret_ref is None:
+    """The store and its connection, remembered for a few seconds (web/keys.py) when the
+    delivery is only appended: a database round trip would cost more than the append. A
+    connection during a secret rotation (with a previous secret) is read every time, so ending
+    the rotation ends the previous secret at once; a new secret is read as soon as a delivery
+    is signed with it. A platform whose parse calls its API reads it every time: the call costs
+    far more, and the connection names the API."""
+    found = await run_in_threadpool(_connection, app, adapter.PLATFORM, slug)
+    if found[1].previous_secret_ref is None and not adapter.CALLS_API:
         connections.put(key, found)
     return found
 
