@@ -72,6 +72,7 @@ def inbox_retry(
             app.clock.now,
             future_skew=timedelta(seconds=app.settings.future_skew_seconds),
             suppression_key=app.settings.suppression_key,
+            export_dir=app.settings.export_dir,
         )
         total = inbox.Applied()
         while True:

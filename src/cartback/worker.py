@@ -265,6 +265,7 @@ class Worker:
             future_skew=timedelta(seconds=settings.future_skew_seconds),
             suppression_key=settings.suppression_key,
             batch=settings.inbox_batch,
+            export_dir=settings.export_dir,
         )
         while not self.stop.is_set():
             try:

@@ -171,6 +171,11 @@ def _enrollments(running: Running, slug: str, state: str | None = None) -> int:
     return _count(running, slug, t.enrollments, *where)
 
 
+def _applied(check: Any, what: str) -> None:
+    """A queued delivery is answered once it is durable; the server's worker applies it."""
+    wait_for(check, 15, what)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -183,7 +188,7 @@ def test_woocommerce_with_cartflows_end_to_end(running: Running) -> None:
         f"{url}/cartflows/wc", params={"token": SECRET}, content=checkout, headers=FORM
     )
     assert first.status_code == 200, first.text
-    assert _enrollments(running, "wc") == 1
+    _applied(lambda: _enrollments(running, "wc") == 1, "the checkout's enrollment")
     order = json_body(fixture("woocommerce", "order_processing") | {"date_paid_gmt": _now()[:19]})
     signed = woo_headers("order.created", order, delivery_id="wc-e2e-1")
     refused = httpx.post(
@@ -192,7 +197,7 @@ def test_woocommerce_with_cartflows_end_to_end(running: Running) -> None:
     assert refused.status_code == 401
     assert _enrollments(running, "wc", "exited") == 0
     assert httpx.post(f"{url}/woocommerce/wc", content=order, headers=signed).status_code == 200
-    assert _enrollments(running, "wc", "exited") == 1
+    _applied(lambda: _enrollments(running, "wc", "exited") == 1, "the order to end it")
     again = httpx.post(f"{url}/woocommerce/wc", content=order, headers=signed)
     assert again.json()["status"] == "duplicate"
     assert _count(running, "wc", t.orders) == 1
@@ -207,13 +212,13 @@ def test_cartflows_end_to_end(running: Running) -> None:
         return httpx.post(url, params={"token": token}, content=body, headers=FORM)
 
     assert deliver("abandoned").status_code == 200
-    assert _enrollments(running, "cf") == 1
+    _applied(lambda: _enrollments(running, "cf") == 1, "the checkout's enrollment")
     assert deliver("abandoned").json()["status"] == "duplicate"
     assert _enrollments(running, "cf") == 1 and _count(running, "cf", t.carts) == 1
     assert deliver("completed", token="wrong").status_code == 401
     assert _enrollments(running, "cf", "exited") == 0
     assert deliver("completed").status_code == 200
-    assert _enrollments(running, "cf", "exited") == 1
+    _applied(lambda: _enrollments(running, "cf", "exited") == 1, "the order to end it")
 
 
 def test_bigcommerce_end_to_end(running: Running) -> None:
@@ -239,7 +244,7 @@ def test_generic_webhook_end_to_end(running: Running) -> None:
     checkout = json_body(fixture("generic", "zap_checkout") | {"occurred": _now()})
     first = httpx.post(url, content=checkout, headers=generic_headers(checkout))
     assert first.status_code == 200, first.text
-    assert _enrollments(running, "gen") == 1
+    _applied(lambda: _enrollments(running, "gen") == 1, "the checkout's enrollment")
     again = httpx.post(url, content=checkout, headers=generic_headers(checkout))
     assert again.json()["status"] == "duplicate"
     assert _enrollments(running, "gen") == 1
@@ -248,4 +253,4 @@ def test_generic_webhook_end_to_end(running: Running) -> None:
     assert bad.status_code == 401
     assert _enrollments(running, "gen", "exited") == 0
     assert httpx.post(url, content=order, headers=generic_headers(order)).status_code == 200
-    assert _enrollments(running, "gen", "exited") == 1
+    _applied(lambda: _enrollments(running, "gen", "exited") == 1, "the order to end it")

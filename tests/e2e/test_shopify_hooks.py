@@ -83,7 +83,8 @@ def test_a_shopify_store_end_to_end(database_url: str, tmp_path: Path) -> None:
         checkout = fixture("checkouts_create") | {"updated_at": now.isoformat()}
         first = deliver("checkouts/create", checkout, webhook_id="e2e-1")
         assert first.status_code == 200, first.text
-        assert _count(database_url, t.enrollments) == 1
+        # Answered once durable; the server's worker applies it.
+        wait_for(lambda: _count(database_url, t.enrollments) == 1, 15, "the enrollment")
         again = deliver("checkouts/create", checkout, webhook_id="e2e-1")
         assert again.json()["status"] == "duplicate"
         assert _count(database_url, t.enrollments) == 1
@@ -91,15 +92,19 @@ def test_a_shopify_store_end_to_end(database_url: str, tmp_path: Path) -> None:
         order = fixture("orders_create") | {"processed_at": now.isoformat()}
         assert deliver("orders/create", order).status_code == 200
         exited = t.enrollments.c.state == "exited"
-        assert _count(database_url, t.enrollments, exited) == 1
+        wait_for(lambda: _count(database_url, t.enrollments, exited) == 1, 15, "the exit")
         redact = deliver("customers/redact", fixture("customers_redact"))
         assert redact.status_code == 200, redact.text
-        assert _count(database_url, t.contacts, t.contacts.c.phone.is_not(None)) == 0
+        phones = t.contacts.c.phone.is_not(None)
+        wait_for(lambda: _count(database_url, t.contacts, phones) == 0, 15, "the erasure")
         assert _count(database_url, t.suppressions) == 2
         # The same number checks out again later: it stays blocked.
         later = (now + timedelta(seconds=1)).isoformat()
         resent = checkout | {"token": "ck-resent", "id": 70009, "updated_at": later}
         assert deliver("checkouts/create", resent).status_code == 200
+        # Its answer came once its inbox row was committed: none pending means it is applied.
+        pending = t.inbox.c.applied_at.is_(None)
+        wait_for(lambda: _count(database_url, t.inbox, pending) == 0, 15, "the resend")
         assert _count(database_url, t.enrollments) == 1
         assert _count(database_url, t.contacts, t.contacts.c.phone == "+4791234567") == 0
     finally:

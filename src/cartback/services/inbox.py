@@ -7,6 +7,9 @@ worker applies pending rows in arrival order through `services.ingest`, one save
 stale checks, the consent ledger, enrollments and orders ending flows are exactly those of a
 synchronous ingest, with the row's receive time as ingest's `now`. A row that cannot be applied
 keeps its error and waits for `cartback inbox retry`; the others go on.
+
+Shop webhook deliveries are rows too (source: the platform, event id: its delivery id); they are
+parsed again and applied with their delivery record by services/shop_inbox.py.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Engine, bindparam, func, select, text, update
@@ -26,7 +30,7 @@ from cartback import metrics
 from cartback.core.events import ShopEvent
 from cartback.core.lineup import Lineup
 from cartback.core.model import Store
-from cartback.services import admin, store_flows
+from cartback.services import admin, shop_inbox, store_flows
 from cartback.services.flows import FlowRegistry
 from cartback.services.ingest import DEFAULT_FUTURE_SKEW, EventStatus, ingest
 from cartback.store import tables as t
@@ -124,6 +128,7 @@ class InboxApplier:
         suppression_key: str | None = None,
         batch: int = 500,
         budget_seconds: float | None = None,
+        export_dir: Path | None = None,
     ) -> None:
         self.engine = engine
         self.registry = registry
@@ -136,6 +141,8 @@ class InboxApplier:
             sqlite_db = engine.dialect.name == "sqlite"
             budget_seconds = SQLITE_APPLY_BUDGET_SECONDS if sqlite_db else float("inf")
         self.budget_seconds = budget_seconds
+        # Where a shop's data requests are written (services/shop_inbox.py).
+        self.export_dir = export_dir
 
     def apply_pending(self, ids: Iterable[int] | None = None) -> Applied:
         """Apply up to `batch` pending rows (only `ids`, when given), oldest first."""
@@ -276,16 +283,24 @@ class InboxApplier:
             return event
         return self._ingest(conn, row, event, context)
 
-    def _decode(self, row: Any) -> ShopEvent | _Failure:
+    def _decode(self, row: Any) -> ShopEvent | shop_inbox.QueuedDelivery | _Failure:
         try:
+            if row.source in shop_inbox.SOURCES:
+                return shop_inbox.read(row.source, row.body)
             return self.decode(row.body)
         except Exception as error:  # a body that no longer validates is this row's problem only
             return _Failure(f"cannot read the event: {_describe(error)}", raced=False)
 
     def _ingest(
-        self, conn: Connection, row: Any, event: ShopEvent, context: tuple[Store, Lineup]
+        self,
+        conn: Connection,
+        row: Any,
+        event: ShopEvent | shop_inbox.QueuedDelivery,
+        context: tuple[Store, Lineup],
     ) -> tuple[str, str | None]:
         store, lineup = context
+        if isinstance(event, shop_inbox.QueuedDelivery):
+            return self._deliver(conn, row, event, context)
         (result,) = ingest(
             conn,
             store,
@@ -299,6 +314,29 @@ class InboxApplier:
         if result.status is EventStatus.STALE:
             _note_stale(conn, store.id, event, result.detail, row.received_at)
         return str(result.status), result.detail
+
+    def _deliver(
+        self,
+        conn: Connection,
+        row: Any,
+        delivery: shop_inbox.QueuedDelivery,
+        context: tuple[Store, Lineup],
+    ) -> tuple[str, str | None]:
+        """A shop webhook delivery: parsed again and applied with its delivery record."""
+        store, lineup = context
+        done = shop_inbox.apply(
+            conn,
+            store,
+            lineup,
+            delivery,
+            row.received_at,
+            future_skew=self.future_skew,
+            suppression_key=self.suppression_key,
+            export_dir=self.export_dir,
+        )
+        for event, detail in done.stale:
+            _note_stale(conn, store.id, event, detail, row.received_at)
+        return done.status, done.detail
 
     def _apply_row(
         self, conn: Connection, row: Any, context: tuple[Store, Lineup]

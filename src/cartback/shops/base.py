@@ -88,6 +88,12 @@ class Adapter(Protocol):
     TOPICS: frozenset[str]
     # Whether `parse` needs `ShopLink.document` (the connection's --api-token reference).
     USES_DOCUMENT: bool
+    # The headers `parse` reads: kept with a delivery queued in the inbox, so the worker parses
+    # it as the request did (nothing else of the request is stored: headers can carry secrets).
+    PARSE_HEADERS: frozenset[str]
+    # Whether `parse` calls the platform's API (BigCommerce fetches the cart). Such a delivery
+    # is applied in its request, after the call; the others are queued in the inbox.
+    CALLS_API: bool
 
     def ping(self, headers: Headers, raw_body: bytes) -> bool:
         """An unsigned hello a platform sends when a webhook is created: answered 200, and

@@ -47,6 +47,8 @@ ABANDONED = "store/cart/abandoned"
 CONVERTED = "store/cart/converted"
 TOPICS = frozenset({ABANDONED, CONVERTED})
 USES_DOCUMENT = True
+PARSE_HEADERS: frozenset[str] = frozenset()
+CALLS_API = True
 AUTH_HEADER = "X-Cartback-Token"
 API_ROOT = "https://api.bigcommerce.com/stores/"
 # The webhook waits for our answer: keep every API call short.

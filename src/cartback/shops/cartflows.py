@@ -38,6 +38,8 @@ from cartback.web.convert import FieldError, normalize_phone
 PLATFORM = "cartflows"
 TOPICS = frozenset({"abandoned", "completed"})
 USES_DOCUMENT = False
+PARSE_HEADERS: frozenset[str] = frozenset()
+CALLS_API = False
 TOKEN_PARAM = "token"
 SESSION_PARAM = "wcf_ac_token"
 

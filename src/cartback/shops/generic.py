@@ -47,6 +47,8 @@ PLATFORM = "generic"
 TOPICS = frozenset({"webhook"})
 KINDS = frozenset({"checkout", "order"})
 USES_DOCUMENT = True
+PARSE_HEADERS: frozenset[str] = frozenset()
+CALLS_API = False
 SIGNATURE_HEADER = "X-Cartback-Signature"
 DELIVERY_HEADER = "X-Cartback-Delivery-Id"
 # Our fields, each read from a dotted path; `lines.*` are read inside each line.

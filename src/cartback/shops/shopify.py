@@ -67,6 +67,10 @@ TOPICS = (
 COLLECTED_FROM = {"SHOPIFY": ConsentSource.CHECKOUT}
 OTHER_SOURCE = ConsentSource.IMPORT
 USES_DOCUMENT = False
+PARSE_HEADERS: frozenset[str] = frozenset(
+    {"X-Shopify-Topic", "X-Shopify-Triggered-At", "X-Shopify-Shop-Domain"}
+)
+CALLS_API = False
 
 
 def ping(headers: Headers, raw_body: bytes) -> bool:

@@ -36,6 +36,8 @@ from cartback.web.convert import FieldError, normalize_phone
 PLATFORM = "woocommerce"
 TOPICS = frozenset({"order.created", "order.updated"})
 USES_DOCUMENT = False
+PARSE_HEADERS: frozenset[str] = frozenset({"X-WC-Webhook-Topic"})
+CALLS_API = False
 # Paid, or paid and shipped: the shopper bought. `pending`, `on-hold` and `failed` have not.
 PLACED = frozenset({"processing", "completed"})
 # Meta data keys under which a storefront snippet keeps cartback's cart token on the order.

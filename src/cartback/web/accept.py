@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -18,11 +20,21 @@ from cartback.core.model import Store
 from cartback.services.inbox import Entry, InboxApplier
 from cartback.services.inbox_writer import InboxWriter
 from cartback.services.ingest import EventStatus
+from cartback.store import tables as t
 from cartback.web.intake import event_from_stored
 
 log = logging.getLogger("cartback.web.events")
 
 ALREADY_RECEIVED = "already received"
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedAnswer:
+    """A shop delivery's answer: `accepted` or `duplicate`, and (inline mode, once applied)
+    what applying it made of its events."""
+
+    status: str
+    results: list[dict[str, Any]] | None = None
 
 
 class EventIntake:
@@ -53,6 +65,7 @@ class EventIntake:
                 future_skew=timedelta(seconds=app.settings.future_skew_seconds),
                 suppression_key=app.settings.suppression_key,
                 batch=app.settings.inbox_batch,
+                export_dir=app.settings.export_dir,
             )
         return self._applier
 
@@ -86,6 +99,32 @@ class EventIntake:
             json.dumps(answer, separators=(",", ":"), ensure_ascii=False),
             media_type="application/json",
         )
+
+    async def append_delivery(
+        self, store: Store, platform: str, delivery_id: str, body: str, now: datetime
+    ) -> QueuedAnswer:
+        """A verified and parsed shop delivery (services/shop_inbox.py): one inbox row whose
+        event id is the platform's delivery id, so a redelivery is a duplicate."""
+        entries = [Entry(delivery_id, body)]
+        (row,) = await asyncio.wrap_future(self.writer.submit(store.id, platform, entries, now))
+        if row is None:
+            return QueuedAnswer(str(EventStatus.DUPLICATE))
+        if not self.app.settings.inbox_apply_inline:
+            return QueuedAnswer(str(EventStatus.ACCEPTED))
+        await self._apply_inline([row])
+        return await run_in_threadpool(self._applied, row)
+
+    def _applied(self, row: int) -> QueuedAnswer:
+        i = t.inbox.c
+        with self.app.engine.connect() as conn:
+            found = conn.execute(
+                select(i.status, i.detail).where(i.id == row, i.applied_at.is_not(None))
+            ).first()
+        if found is None:  # not applied yet (the worker has it), or kept with its error
+            return QueuedAnswer(str(EventStatus.ACCEPTED))
+        if found.status == EventStatus.DUPLICATE:
+            return QueuedAnswer(str(EventStatus.DUPLICATE))
+        return QueuedAnswer(str(EventStatus.ACCEPTED), json.loads(found.detail or "[]"))
 
     async def _apply_inline(self, rows: list[int]) -> None:
         try:

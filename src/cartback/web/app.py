@@ -165,7 +165,7 @@ def create_app(app: App) -> FastAPI:
     ) -> Store:
         return _store_for(_key_of(credentials))
 
-    keys = KeyCache()
+    keys: KeyCache[Store] = KeyCache()
 
     async def ingesting_store(
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
@@ -179,7 +179,7 @@ def create_app(app: App) -> FastAPI:
             keys.put(key, store)
         return store
 
-    api.include_router(shop_router(app, _problems(401, 404, 405, 413, 422, 503)))
+    api.include_router(shop_router(app, intake, _problems(401, 404, 405, 413, 422, 503)))
     api.include_router(reports_router(app, current_store, _problems(401, 404, 405, 422, 503)))
     api.include_router(metrics_router(app))
 

@@ -2,15 +2,17 @@
 
 `POST /v1/events` needs only the store's id to append; a database round trip (and a thread
 hop) for each request would cost more than the append itself. Only known keys are remembered,
-so a new key works at once; a revoked key stops working within `ttl` seconds.
+so a new key works at once; a revoked key stops working within `ttl` seconds. The shop webhook
+route keeps its stores' connections the same way (web/shop_hooks.py).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
-from cartback.core.model import Store
+V = TypeVar("V")
 
 # How long a key's store is remembered.
 KEY_TTL_SECONDS = 5.0
@@ -18,7 +20,7 @@ KEY_TTL_SECONDS = 5.0
 MAX_KEYS = 10_000
 
 
-class KeyCache:
+class KeyCache(Generic[V]):
     def __init__(
         self,
         ttl: float = KEY_TTL_SECONDS,
@@ -26,15 +28,15 @@ class KeyCache:
     ) -> None:
         self.ttl = ttl
         self.clock = clock
-        self._known: dict[str, tuple[float, Store]] = {}
+        self._known: dict[str, tuple[float, V]] = {}
 
-    def get(self, key: str) -> Store | None:
+    def get(self, key: str) -> V | None:
         found = self._known.get(key)
         if found is None or self.clock() >= found[0]:
             return None
         return found[1]
 
-    def put(self, key: str, store: Store) -> None:
+    def put(self, key: str, value: V) -> None:
         if len(self._known) >= MAX_KEYS:
             self._known.clear()
-        self._known[key] = (self.clock() + self.ttl, store)
+        self._known[key] = (self.clock() + self.ttl, value)

@@ -1,5 +1,6 @@
-"""POST /hooks/shop/{platform}/{store}: shop webhooks, verified, recorded once, and applied
-through ingest before the answer."""
+"""POST /hooks/shop/{platform}/{store}: shop webhooks, verified and parsed in the request, then
+appended to the inbox (answered once durable) and applied by the worker; a platform whose
+parse calls its API (BigCommerce) is applied here, after the call (services/shop_inbox.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from cartback.app import App
+from cartback.core.events import ContactErasureRequested, StoreErasureRequested
 from cartback.core.model import Store
-from cartback.services import admin, erasure, store_flows
+from cartback.services import admin, erasure, shop_inbox, store_flows
 from cartback.services import shops as shop_service
 from cartback.shops.base import (
     Adapter,
@@ -26,6 +28,8 @@ from cartback.shops.base import (
     shop_name,
 )
 from cartback.shops.registry import adapter as find_adapter
+from cartback.web.accept import EventIntake
+from cartback.web.keys import KeyCache
 from cartback.web.problems import Problem, invalid
 
 log = logging.getLogger("cartback.web.shops")
@@ -33,9 +37,13 @@ log = logging.getLogger("cartback.web.shops")
 _RACES = frozenset({"40001", "40P01"})
 
 
-def shop_router(app: App, responses: dict[int | str, dict[str, Any]]) -> APIRouter:
-    """`responses`: the problem+json answers, described as the app describes all of them."""
+def shop_router(
+    app: App, intake: EventIntake, responses: dict[int | str, dict[str, Any]]
+) -> APIRouter:
+    """`intake`: the web server's inbox writer. `responses`: the problem+json answers,
+    described as the app describes all of them."""
     router = APIRouter(tags=["shops"])
+    connections: KeyCache[tuple[Store, shop_service.ShopConnection]] = KeyCache()
 
     @router.post(
         "/hooks/shop/{platform}/{store}",
@@ -47,12 +55,22 @@ def shop_router(app: App, responses: dict[int | str, dict[str, Any]]) -> APIRout
         adapter = find_adapter(platform)
         if adapter is None:
             raise Problem(404, "Unknown platform", f"no adapter for {platform!r}", slug="not-found")
-        found, secrets, link = await run_in_threadpool(_connection, app, adapter, platform, store)
+        key = f"{platform}/{store}"
+        remembered = connections.get(key)
+        found, connection = remembered or await _look_up(app, adapter, connections, key, store)
+        secrets, link = _resolved(app, adapter, found, connection)
         body = await request.body()
         headers = dict(request.headers)
         if adapter.ping(headers, body):
             return JSONResponse({"status": "ping"})
-        if not adapter.verify(headers, body, secrets, dict(request.query_params)):
+        query = dict(request.query_params)
+        verified = adapter.verify(headers, body, secrets, query)
+        if not verified and remembered is not None:
+            # The connection may have a new secret since it was remembered: read it again.
+            found, connection = await _look_up(app, adapter, connections, key, store)
+            secrets, link = _resolved(app, adapter, found, connection)
+            verified = adapter.verify(headers, body, secrets, query)
+        if not verified:
             raise Problem(
                 401,
                 "Bad signature",
@@ -70,19 +88,36 @@ def shop_router(app: App, responses: dict[int | str, dict[str, Any]]) -> APIRout
         if meta.topic not in adapter.TOPICS:
             return JSONResponse({"status": "ignored", "topic": meta.topic})
         try:
-            # Outside any transaction: BigCommerce's parse fetches the cart from its API.
-            items = await run_in_threadpool(adapter.parse, headers, body, link)
+            if adapter.CALLS_API:
+                # Outside any transaction: BigCommerce's parse fetches the cart from its API.
+                items = await run_in_threadpool(adapter.parse, headers, body, link)
+            else:
+                # Pure and quick: on the event loop, so a bad payload is a 422 before anything
+                # is written. The worker parses the kept payload again when it applies it.
+                items = adapter.parse(headers, body, link)
         except PayloadError as error:
             raise invalid([{"field": error.field, "message": error.message}]) from None
         except LinkError as error:
             log.error("store %s: %s delivery not applied: %s", store, platform, error)
             raise _unavailable(str(error)) from None
-        outcome = await run_in_threadpool(_apply, app, found, platform, meta, body, items)
-        if outcome.duplicate:
-            return JSONResponse({"status": "duplicate", "delivery_id": meta.delivery_id})
-        return JSONResponse(
-            {"status": "accepted", "delivery_id": meta.delivery_id, "results": outcome.results}
-        )
+        if adapter.CALLS_API:
+            outcome = await run_in_threadpool(_apply, app, found, platform, meta, body, items)
+            if outcome.duplicate:
+                return JSONResponse({"status": "duplicate", "delivery_id": meta.delivery_id})
+            return JSONResponse(
+                {"status": "accepted", "delivery_id": meta.delivery_id, "results": outcome.results}
+            )
+        if app.settings.suppression_key is None and any(
+            isinstance(item, ContactErasureRequested | StoreErasureRequested) for item in items
+        ):
+            raise _erasure_not_configured()
+        now = link.received_at or app.clock.now()
+        entry = shop_inbox.encode(adapter, meta, headers, body)
+        queued = await intake.append_delivery(found, platform, meta.delivery_id, entry, now)
+        answer: dict[str, Any] = {"status": queued.status, "delivery_id": meta.delivery_id}
+        if queued.results is not None:
+            answer["results"] = queued.results
+        return JSONResponse(answer)
 
     return router
 
@@ -100,9 +135,36 @@ def _unavailable(detail: str) -> Problem:
     )
 
 
-def _connection(
-    app: App, adapter: Adapter, platform: str, slug: str
-) -> tuple[Store, list[bytes], ShopLink]:
+def _erasure_not_configured() -> Problem:
+    return Problem(
+        503,
+        "Erasure not configured",
+        "set CARTBACK_SUPPRESSION_KEY; nothing was applied",
+        slug="unavailable",
+        headers={"Retry-After": "600"},
+    )
+
+
+async def _look_up(
+    app: App,
+    adapter: Adapter,
+    connections: KeyCache[tuple[Store, shop_service.ShopConnection]],
+    key: str,
+    slug: str,
+) -> tuple[Store, shop_service.ShopConnection]:
+    """The store and its connection, remembered for a few seconds (web/keys.py) when the
+    delivery is only appended: a database round trip would cost more than the append. A
+    connection during a secret rotation (with a previous secret) is read every time, so ending
+    the rotation ends the previous secret at once; a new secret is read as soon as a delivery
+    is signed with it. A platform whose parse calls its API reads it every time: the call costs
+    far more, and the connection names the API."""
+    found = await run_in_threadpool(_connection, app, adapter.PLATFORM, slug)
+    if found[1].previous_secret_ref is None and not adapter.CALLS_API:
+        connections.put(key, found)
+    return found
+
+
+def _connection(app: App, platform: str, slug: str) -> tuple[Store, shop_service.ShopConnection]:
     with app.engine.connect() as conn:
         store = admin.store_by_slug(conn, slug)
         link = shop_service.connection(conn, store.id, platform) if store is not None else None
@@ -110,6 +172,14 @@ def _connection(
         raise Problem(
             404, "Unknown store", f"no store {slug!r} connected to {platform}", slug="not-found"
         )
+    return store, link
+
+
+def _resolved(
+    app: App, adapter: Adapter, store: Store, link: shop_service.ShopConnection
+) -> tuple[list[bytes], ShopLink]:
+    """The connection's secrets (and API token or mapping), read from the environment or their
+    files on each delivery: they may change without the connection changing."""
     try:
         secrets = shop_service.secrets_for(link)
         document = (
@@ -119,7 +189,10 @@ def _connection(
         )
     except shop_service.SecretError as error:
         log.error(
-            "store %s: a secret of its %s connection is unreadable: %s", slug, platform, error
+            "store %s: a secret of its %s connection is unreadable: %s",
+            store.id,
+            link.platform,
+            error,
         )
         raise Problem(
             503,
@@ -128,7 +201,7 @@ def _connection(
             slug="unavailable",
             headers={"Retry-After": "60"},
         ) from None
-    return store, secrets, ShopLink(link.shop_domain, store.currency, document, app.clock.now())
+    return secrets, ShopLink(link.shop_domain, store.currency, document, app.clock.now())
 
 
 def _apply(
@@ -150,13 +223,7 @@ def _apply(
         outcome = _commit(app, ctx, platform, meta, body, items)
     except erasure.SuppressionKeyMissing as error:
         log.error("store %s: %s", store.id, error)
-        raise Problem(
-            503,
-            "Erasure not configured",
-            "set CARTBACK_SUPPRESSION_KEY; nothing was applied",
-            slug="unavailable",
-            headers={"Retry-After": "600"},
-        ) from None
+        raise _erasure_not_configured() from None
     # Files are written after the commit: a failed write never undoes the delivery.
     try:
         shop_service.write_exports(app.settings.export_dir, outcome.exports)
