@@ -197,7 +197,18 @@ def test_an_error_inside_ingest_rolls_back_that_row_only(world: World, monkeypat
             raise ValueError("boom")
         return real(conn, store, flow, events, *args, **kwargs)
 
+    real_batch = module.apply_checkouts
+
+    def flaky_batch(conn: Any, store: Any, lineup: Any, items: Any, **kwargs: Any) -> Any:
+        # The same fault in the checkouts' batched path: the whole run is rolled back and its
+        # rows are applied one by one, through `ingest`.
+        outcomes = real_batch(conn, store, lineup, items, **kwargs)
+        if any(item.event.cart_token == "bad" for item in items):
+            raise ValueError("boom")
+        return outcomes
+
     monkeypatch.setattr(module, "ingest", flaky)
+    monkeypatch.setattr(module, "apply_checkouts", flaky_batch)
     _append(world, checkout_payload("bad", world.now), checkout_payload("good", world.now))
     assert _applier(world).apply_pending() == inbox.Applied(applied=1, failed=1)
     with world.app.engine.connect() as conn:

@@ -111,28 +111,25 @@ def record_consent(
     `at` to the receive time: kept as evidence.
     """
     received_at = at if received_at is None else received_at
-    kept: dict[str, Any] = dict(evidence or {})
-    if double_opt_in and granted:
-        kept["double_opt_in_at"] = at.isoformat()
-    if basis is not None:
-        kept["basis"] = basis
-    if clamped_from is not None:
-        kept["clamped_from"] = clamped_from.isoformat()
     conn.execute(
         t.consent_events.insert().values(
-            store_id=store_id,
-            contact_id=contact_id,
-            channel=str(channel),
-            purpose=str(purpose),
-            granted=granted,
-            source=str(ConsentSource(source)),
-            wording=wording,
-            wording_hash=wording_hash(wording) if wording else None,
-            ip=ip,
-            user_agent=user_agent,
-            evidence=kept or None,
-            at=at,
-            received_at=received_at,
+            **ledger_values(
+                store_id=store_id,
+                contact_id=contact_id,
+                channel=channel,
+                purpose=purpose,
+                granted=granted,
+                source=source,
+                at=at,
+                wording=wording,
+                ip=ip,
+                user_agent=user_agent,
+                double_opt_in=double_opt_in,
+                basis=basis,
+                received_at=received_at,
+                clamped_from=clamped_from,
+                evidence=evidence,
+            )
         )
     )
     current = views(ledger(conn, [contact_id])[contact_id])
@@ -149,6 +146,49 @@ def record_consent(
             at=received_at,
         )
     return current[channel]
+
+
+def ledger_values(
+    *,
+    store_id: int,
+    contact_id: int,
+    channel: Channel,
+    purpose: Purpose,
+    granted: bool,
+    source: ConsentSource | str,
+    at: datetime,
+    received_at: datetime,
+    wording: str | None = None,
+    ip: str | None = None,
+    user_agent: str | None = None,
+    double_opt_in: bool = False,
+    basis: str | None = None,
+    clamped_from: datetime | None = None,
+    evidence: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """One ledger row's columns (see `record_consent`)."""
+    kept: dict[str, Any] = dict(evidence or {})
+    if double_opt_in and granted:
+        kept["double_opt_in_at"] = at.isoformat()
+    if basis is not None:
+        kept["basis"] = basis
+    if clamped_from is not None:
+        kept["clamped_from"] = clamped_from.isoformat()
+    return {
+        "store_id": store_id,
+        "contact_id": contact_id,
+        "channel": str(channel),
+        "purpose": str(purpose),
+        "granted": granted,
+        "source": str(ConsentSource(source)),
+        "wording": wording,
+        "wording_hash": wording_hash(wording) if wording else None,
+        "ip": ip,
+        "user_agent": user_agent,
+        "evidence": kept or None,
+        "at": at,
+        "received_at": received_at,
+    }
 
 
 def withdraw_queued(
@@ -205,18 +245,22 @@ def withdraw_queued(
 def refresh_flags(
     conn: Connection, contact_id: int, current: Mapping[Channel, ConsentView], at: datetime
 ) -> None:
-    sms, email = current[Channel.SMS], current[Channel.EMAIL]
-    stamps = [view.opted_out_at for view in (sms, email) if view.opted_out_at is not None]
     conn.execute(
         update(t.contacts)
         .where(t.contacts.c.id == contact_id)
-        .values(
-            sms_marketing=sms.marketing and not sms.suppressed,
-            email_marketing=email.marketing and not email.suppressed,
-            opted_out_at=max(stamps) if stamps else None,
-            updated_at=at,
-        )
+        .values(**flag_values(current), updated_at=at)
     )
+
+
+def flag_values(current: Mapping[Channel, ConsentView]) -> dict[str, Any]:
+    """The contact's cached consent columns for this fold."""
+    sms, email = current[Channel.SMS], current[Channel.EMAIL]
+    stamps = [view.opted_out_at for view in (sms, email) if view.opted_out_at is not None]
+    return {
+        "sms_marketing": sms.marketing and not sms.suppressed,
+        "email_marketing": email.marketing and not email.suppressed,
+        "opted_out_at": max(stamps) if stamps else None,
+    }
 
 
 def contact_history(conn: Connection, store_id: int, contact_id: int) -> dict[str, Any] | None:

@@ -3,10 +3,11 @@
 A request's events are validated, then appended to `inbox` in one statement whose unique key
 (store, source, event id) answers `duplicate` for a repeat; the request is answered once that
 row is committed (services/inbox_writer.py groups the commits of concurrent requests). The
-worker applies pending rows in arrival order through `services.ingest`, one savepoint per row:
-stale checks, the consent ledger, enrollments and orders ending flows are exactly those of a
-synchronous ingest, with the row's receive time as ingest's `now`. A row that cannot be applied
-keeps its error and waits for `cartback inbox retry`; the others go on.
+worker applies pending rows in arrival order: runs of checkouts as sets (services.ingest_batch),
+anything else through `services.ingest`; stale checks, the consent ledger, enrollments and
+orders ending flows are exactly those of a synchronous ingest, with the row's receive time as
+ingest's `now`. One savepoint covers a batch; after a failure each row gets its own. A row
+that cannot be applied keeps its error and waits for `cartback inbox retry`; the others go on.
 
 Shop webhook deliveries are rows too (source: the platform, event id: its delivery id); they are
 parsed again and applied with their delivery record by services/shop_inbox.py.
@@ -27,12 +28,13 @@ from sqlalchemy import Connection, Dialect, Engine, bindparam, func, select, tex
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from cartback import metrics
-from cartback.core.events import ShopEvent
+from cartback.core.events import CheckoutUpdated, ShopEvent
 from cartback.core.lineup import Lineup
 from cartback.core.model import Store
 from cartback.services import admin, shop_inbox, store_flows
 from cartback.services.flows import FlowRegistry
 from cartback.services.ingest import DEFAULT_FUTURE_SKEW, EventStatus, ingest
+from cartback.services.ingest_batch import Item, apply_checkouts, batchable
 from cartback.store import tables as t
 
 log = logging.getLogger("cartback.inbox")
@@ -47,6 +49,9 @@ APPLY_LOCK = 0x696E626F78
 # write lock, which the web server's appends wait for. PostgreSQL's appends never wait on it, so
 # there a transaction takes the whole batch and its fixed costs are shared by more rows.
 SQLITE_APPLY_BUDGET_SECONDS = 0.05
+# The most checkouts applied as one set (services.ingest_batch): enough to share its dozen
+# statements, few enough that a run stays inside SQLite's budget.
+CHECKOUT_RUN = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +134,7 @@ class InboxApplier:
         batch: int = 500,
         budget_seconds: float | None = None,
         export_dir: Path | None = None,
+        batched: bool = True,
     ) -> None:
         self.engine = engine
         self.registry = registry
@@ -137,6 +143,9 @@ class InboxApplier:
         self.future_skew = future_skew
         self.suppression_key = suppression_key
         self.batch = batch
+        # False: every row through `ingest` on its own, the reference the batched path is held
+        # to (tests/store/test_inbox_batches.py).
+        self.batched = batched
         if budget_seconds is None:
             sqlite_db = engine.dialect.name == "sqlite"
             budget_seconds = SQLITE_APPLY_BUDGET_SECONDS if sqlite_db else float("inf")
@@ -215,9 +224,10 @@ class InboxApplier:
             if getattr(error.orig, "sqlstate", None) not in _RACES:
                 raise  # the database timed out or went away: the batch is tried again
             outcomes = self._run(conn, claimed, contexts, isolated=True)
-        except Exception:
+        except Exception as error:
             # A row failed: the batch again, each row under a savepoint of its own, so the
             # others are applied and the bad one is named. (Counters of the first pass stay.)
+            log.info("inbox batch applied row by row after %s", type(error).__name__)
             outcomes = self._run(conn, claimed, contexts, isolated=True)
         done: list[dict[str, Any]] = []
         lags: list[float] = []
@@ -265,23 +275,59 @@ class InboxApplier:
         run). Not `isolated`, a row's database error propagates to the caller."""
         started = time.monotonic()
         outcomes: list[tuple[Any, tuple[str, str | None] | _Failure]] = []
+        checkouts: list[tuple[Any, CheckoutUpdated]] = []
         for row in claimed:
-            if outcomes and time.monotonic() - started > self.budget_seconds:
+            if (outcomes or checkouts) and time.monotonic() - started > self.budget_seconds:
                 break
             context = contexts[row.store_id]
             if isolated:
                 outcomes.append((row, self._apply_row(conn, row, context)))
-            else:
-                outcomes.append((row, self._apply_directly(conn, row, context)))
+                continue
+            event = self._decode(row)
+            if isinstance(event, _Failure):
+                outcomes.append((row, event))  # it changed nothing: the others go on
+                continue
+            if checkouts and (
+                checkouts[0][0].store_id != row.store_id or len(checkouts) >= CHECKOUT_RUN
+            ):
+                outcomes += self._apply_checkouts(conn, checkouts, contexts)
+            if (
+                self.batched
+                and isinstance(event, CheckoutUpdated)
+                and batchable(event, row.received_at, self.future_skew)
+            ):
+                checkouts.append((row, event))
+                continue
+            # Anything else waits for the checkouts before it, so each cart keeps its order.
+            outcomes += self._apply_checkouts(conn, checkouts, contexts)
+            outcomes.append((row, self._ingest(conn, row, event, context)))
+        outcomes += self._apply_checkouts(conn, checkouts, contexts)
         return outcomes
 
-    def _apply_directly(
-        self, conn: Connection, row: Any, context: tuple[Store, Lineup]
-    ) -> tuple[str, str | None] | _Failure:
-        event = self._decode(row)
-        if isinstance(event, _Failure):
-            return event
-        return self._ingest(conn, row, event, context)
+    def _apply_checkouts(
+        self,
+        conn: Connection,
+        checkouts: list[tuple[Any, CheckoutUpdated]],
+        contexts: dict[int, tuple[Store, Lineup]],
+    ) -> list[tuple[Any, tuple[str, str | None] | _Failure]]:
+        """A run of checkouts of one store at once (services.ingest_batch); empties `checkouts`."""
+        if not checkouts:
+            return []
+        rows = [row for row, _ in checkouts]
+        store, lineup = contexts[rows[0].store_id]
+        items = [Item(event, row.received_at, row.source) for row, event in checkouts]
+        checkouts.clear()
+        outcomes = apply_checkouts(conn, store, lineup, items, suppression_key=self.suppression_key)
+        notes = [
+            (outcome.stale_cart_id, item.event.event_id, outcome.result.detail, item.now)
+            for item, outcome in zip(items, outcomes, strict=True)
+            if outcome.stale_cart_id is not None
+        ]
+        _note_stale_many(conn, store.id, notes)
+        return [
+            (row, (str(outcome.result.status), outcome.result.detail))
+            for row, outcome in zip(rows, outcomes, strict=True)
+        ]
 
     def _decode(self, row: Any) -> ShopEvent | shop_inbox.QueuedDelivery | _Failure:
         try:
@@ -396,6 +442,33 @@ def _note_stale(
             reason=f"event {event.event_id} not applied: {detail or 'stale'}",
             at=at,
         )
+    )
+
+
+def _note_stale_many(
+    conn: Connection,
+    store_id: int,
+    notes: Sequence[tuple[int, str, str | None, datetime]],
+) -> None:
+    """`_note_stale` for stale checkouts whose carts are known: (cart id, event id, detail,
+    receive time) each."""
+    if not notes:
+        return
+    conn.execute(
+        t.decisions.insert(),
+        [
+            {
+                "store_id": store_id,
+                "enrollment_id": None,
+                "cart_id": cart_id,
+                "step_id": None,
+                "outcome": "skip",
+                "rule": STALE_RULE,
+                "reason": f"event {event_id} not applied: {detail or 'stale'}",
+                "at": at,
+            }
+            for cart_id, event_id, detail, at in notes
+        ],
     )
 
 

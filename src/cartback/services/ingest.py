@@ -11,7 +11,7 @@ one, and a cart, contact or receipt created by two requests at once is created o
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -212,7 +212,27 @@ def upsert_contact(conn: Connection, store_id: int, info: ContactInfo, now: date
         return None
     c = t.contacts.c
     row = _find_contact(conn, store_id, info)
-    fields: dict[str, Any] = {
+    if row is None:
+        inserted = _insert_or_nothing(conn, t.contacts, new_contact_values(store_id, info, now))
+        if inserted is not None:
+            return int(inserted)
+        # A concurrent request created the shopper first: update theirs.
+        row = _find_contact(conn, store_id, info)
+        if row is None:
+            raise RuntimeError("contact insert conflicted but no contact matches")
+    contact_id = int(row["id"])
+
+    def owned_by_other(key: str, value: str) -> bool:
+        return _owned_by_other(conn, store_id, key, value, contact_id)
+
+    fields = contact_changes(info, row, owned_by_other)
+    if fields:
+        conn.execute(update(t.contacts).where(c.id == contact_id).values(updated_at=now, **fields))
+    return contact_id
+
+
+def _told_fields(info: ContactInfo) -> dict[str, Any]:
+    return {
         key: value
         for key, value in (
             ("first_name", info.first_name),
@@ -224,36 +244,35 @@ def upsert_contact(conn: Connection, store_id: int, info: ContactInfo, now: date
         )
         if value is not None
     }
-    if row is None:
-        new = {
-            "store_id": store_id,
-            "phone": info.phone,
-            **phone_fact_columns(info.phone),
-            "email": info.email,
-            "sms_marketing": False,
-            "email_marketing": False,
-            "orders_count": 0,
-            "tags": list(info.tags),
-            "created_at": now,
-            "updated_at": now,
-            **fields,
-            **_postal_columns(info, None),
-        }
-        inserted = _insert_or_nothing(conn, t.contacts, new)
-        if inserted is not None:
-            return int(inserted)
-        # A concurrent request created the shopper first: update theirs.
-        row = _find_contact(conn, store_id, info)
-        if row is None:
-            raise RuntimeError("contact insert conflicted but no contact matches")
-    contact_id = int(row["id"])
+
+
+def new_contact_values(store_id: int, info: ContactInfo, now: datetime) -> dict[str, Any]:
+    """The row of a shopper first named by this event."""
+    return {
+        "store_id": store_id,
+        "phone": info.phone,
+        **phone_fact_columns(info.phone),
+        "email": info.email,
+        "sms_marketing": False,
+        "email_marketing": False,
+        "orders_count": 0,
+        "tags": list(info.tags),
+        "created_at": now,
+        "updated_at": now,
+        **_told_fields(info),
+        **_postal_columns(info, None),
+    }
+
+
+def contact_changes(
+    info: ContactInfo, row: Mapping[Any, Any], owned_by_other: Callable[[str, str], bool]
+) -> dict[str, Any]:
+    """The columns of a known shopper's row this event newly tells (empty: nothing to write).
+    `owned_by_other(column, value)`: does another contact of the store hold that phone/email?"""
+    fields = _told_fields(info)
     # A phone or email already owned by another contact stays with that contact.
     for key, value in (("phone", info.phone), ("email", info.email)):
-        if (
-            value
-            and row[key] != value
-            and not _owned_by_other(conn, store_id, key, value, contact_id)
-        ):
+        if value and row[key] != value and not owned_by_other(key, value):
             fields[key] = value
     fields.update(_postal_columns(info, row))
     if "phone" in fields or (row["phone"] and row["phone_zones"] is None):
@@ -261,9 +280,7 @@ def upsert_contact(conn: Connection, store_id: int, info: ContactInfo, now: date
         fields.update(phone_fact_columns(fields.get("phone", row["phone"])))
     if info.tags:
         fields["tags"] = sorted(set(row["tags"] or ()) | set(info.tags))
-    if fields:
-        conn.execute(update(t.contacts).where(c.id == contact_id).values(updated_at=now, **fields))
-    return contact_id
+    return fields
 
 
 def _postal_columns(info: ContactInfo, row: Mapping[Any, Any] | None) -> dict[str, Any]:
@@ -316,44 +333,78 @@ def _checkout_consent(
             t.contacts.c.sms_marketing, t.contacts.c.email_marketing, t.contacts.c.opted_out_at
         ).where(t.contacts.c.id == contact_id)
     ).one()
+    wanted = checkout_consent_wanted(
+        event,
+        clamped_from,
+        (current.sms_marketing, current.email_marketing, current.opted_out_at),
+        lambda: _has_cart_reminders(conn, contact_id),
+    )
+    for channel, purpose in wanted:
+        grant = checkout_grant(store_id, contact_id, channel, purpose, event, now, clamped_from)
+        record_consent(conn, **grant)
+
+
+def checkout_grant(
+    store_id: int,
+    contact_id: int,
+    channel: Channel,
+    purpose: Purpose,
+    event: CheckoutUpdated,
+    now: datetime,
+    clamped_from: datetime | None,
+) -> dict[str, Any]:
+    """A checkout's grant, as `record_consent` (and `consent.ledger_values`) take it."""
+    flags = event.consent
+    assert flags is not None
+    return {
+        "store_id": store_id,
+        "contact_id": contact_id,
+        "channel": channel,
+        "purpose": purpose,
+        "granted": True,
+        "source": "checkout",
+        "at": event.occurred_at,
+        "received_at": now,
+        "clamped_from": clamped_from,
+        "wording": flags.wording,
+        "ip": flags.ip,
+        "user_agent": flags.user_agent,
+        "double_opt_in": flags.double_opt_in,
+    }
+
+
+def checkout_consent_wanted(
+    event: CheckoutUpdated,
+    clamped_from: datetime | None,
+    current: tuple[bool, bool, datetime | None],
+    has_cart_reminders: Callable[[], bool],
+) -> list[tuple[Channel, Purpose]]:
+    """The grants a checkout adds to the ledger, given the contact's cached (sms_marketing,
+    email_marketing, opted_out_at); `has_cart_reminders` is asked only when it matters."""
+    flags = event.consent
+    if flags is None:
+        return []
+    sms_marketing, email_marketing, opted_out_at = current
     # `opted_out_at` is when the opt-out was received; this checkout is received after it. It
     # re-subscribes only if the shop also stamped it after that: a checkout stamped earlier is
     # a late report of a box ticked before the shopper said stop, and a clamped time (the
     # shop's clock is ahead) is no evidence of order at all. The fold applies the same rule
     # (to grants from every path), so skipping here only keeps ineffective rows out.
-    if current.opted_out_at is not None and (
-        clamped_from is not None or event.occurred_at <= current.opted_out_at
-    ):
-        return
+    if opted_out_at is not None and (clamped_from is not None or event.occurred_at <= opted_out_at):
+        return []
     wanted = [
         (channel, Purpose.MARKETING)
         for channel, asked, have in (
-            (Channel.SMS, flags.sms_marketing, current.sms_marketing),
-            (Channel.EMAIL, flags.email_marketing, current.email_marketing),
+            (Channel.SMS, flags.sms_marketing, sms_marketing),
+            (Channel.EMAIL, flags.email_marketing, email_marketing),
         )
         # Record changes only: a checkout repeating the same answer adds nothing to the ledger,
         # and a checkout box left unticked never revokes consent given elsewhere.
         if asked and not have
     ]
-    if flags.cart_reminders and flags.sms_marketing and not _has_cart_reminders(conn, contact_id):
+    if flags.cart_reminders and flags.sms_marketing and not has_cart_reminders():
         wanted.append((Channel.SMS, Purpose.CART_REMINDERS))
-    for channel, purpose in wanted:
-        record_consent(
-            conn,
-            store_id=store_id,
-            contact_id=contact_id,
-            channel=channel,
-            purpose=purpose,
-            granted=True,
-            source="checkout",
-            at=event.occurred_at,
-            received_at=now,
-            clamped_from=clamped_from,
-            wording=flags.wording,
-            ip=flags.ip,
-            user_agent=flags.user_agent,
-            double_opt_in=flags.double_opt_in,
-        )
+    return wanted
 
 
 def _has_cart_reminders(conn: Connection, contact_id: int) -> bool:
@@ -378,18 +429,7 @@ def _checkout_updated(
 ) -> EventResult:
     contact_id = upsert_contact(conn, store.id, event.contact, now)
     status = CartStatus.OPEN if event.lines else CartStatus.EMPTIED
-    content: dict[str, Any] = {
-        "lines": lines_to_json(event.lines),
-        "value": event.value,
-        "currency": event.currency,
-        "restore_url": event.restore_url,
-        "tags": list(event.tags),
-        "occurred_at": event.occurred_at,
-        "updated_at": now,
-        "status": str(status),
-    }
-    if contact_id is not None:
-        content["contact_id"] = contact_id
+    content = cart_content(event, now, contact_id)
     cart_id = _update_if_newer(conn, store.id, event.cart_token, event.occurred_at, content)
     if cart_id is None:
         new = {"store_id": store.id, "token": event.cart_token, "created_at": now, **content}
@@ -410,6 +450,24 @@ def _checkout_updated(
     ):
         return EventResult(event.event_id, EventStatus.ACCEPTED, HISTORY)
     return EventResult(event.event_id, EventStatus.ACCEPTED)
+
+
+def cart_content(event: CheckoutUpdated, now: datetime, contact_id: int | None) -> dict[str, Any]:
+    """The columns a checkout writes to its cart."""
+    status = CartStatus.OPEN if event.lines else CartStatus.EMPTIED
+    content: dict[str, Any] = {
+        "lines": lines_to_json(event.lines),
+        "value": event.value,
+        "currency": event.currency,
+        "restore_url": event.restore_url,
+        "tags": list(event.tags),
+        "occurred_at": event.occurred_at,
+        "updated_at": now,
+        "status": str(status),
+    }
+    if contact_id is not None:
+        content["contact_id"] = contact_id
+    return content
 
 
 def _update_if_newer(
@@ -439,9 +497,14 @@ def _stale(conn: Connection, store_id: int, event: CheckoutUpdated) -> EventResu
     status = conn.execute(
         select(c.status).where(c.store_id == store_id, c.token == event.cart_token)
     ).scalar()
-    if status == CartStatus.ORDERED:
-        return EventResult(event.event_id, EventStatus.STALE, "the cart was already ordered")
-    return EventResult(event.event_id, EventStatus.STALE, "an event as new or newer was applied")
+    return EventResult(event.event_id, EventStatus.STALE, stale_detail(status))
+
+
+def stale_detail(cart_status: str | None) -> str:
+    """Why a checkout was not applied to its cart."""
+    if cart_status == CartStatus.ORDERED:
+        return "the cart was already ordered"
+    return "an event as new or newer was applied"
 
 
 HISTORY = "kept as history: its first message would have been due before the import"

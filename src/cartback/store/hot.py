@@ -310,3 +310,110 @@ def dispatch_sql(dialect: Dialect) -> DispatchSql:
     if found is None:
         found = _BY_DIALECT.setdefault(dialect.name, DispatchSql(dialect))
     return found
+
+
+class IngestSql:
+    """The batched inbox apply's set-based reads and its receipts insert (services.ingest_batch).
+
+    Reads of rows whose key is in a set of values are plain SQL with `IN (?, ...)` on SQLite
+    and `= ANY(array)` on PostgreSQL: SQLAlchemy renders an expanding IN anew for every call,
+    which costs more than the query itself at hundreds of values."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.sqlite = dialect.name == "sqlite"
+        self.codec = Codec(dialect)
+        self.time = self.codec.bind(t.event_receipts.c.received_at)
+        self._decoders: dict[tuple[str, tuple[str, ...]], list[tuple[int, _Process]]] = {}
+
+    def rows_where(
+        self,
+        conn: Connection,
+        table: Any,
+        columns: Sequence[str],
+        matches: Sequence[tuple[str, Sequence[Any]]],
+        *,
+        store_id: int | None = None,
+        lock: bool = False,
+    ) -> list[dict[str, Any]]:
+        """`columns` of the rows (of `store_id`, if given) whose column is in its values, for
+        any of `matches` ((column, values) each); locked on PostgreSQL when `lock`."""
+        matches = [(column, list(values)) for column, values in matches if values]
+        if not matches:
+            return []
+        params: list[Any] = [] if store_id is None else [store_id]
+        tests = []
+        for column, values in matches:
+            if self.sqlite:
+                tests.append(f"{column} {_qmarks(len(values))}")
+                params.extend(values)
+            else:
+                kind = "bigint" if isinstance(values[0], int) else "text"
+                tests.append(f"{column} = ANY(%s::{kind}[])")
+                params.append(values)
+        mark = "?" if self.sqlite else "%s"
+        scope = "" if store_id is None else f"store_id = {mark} AND "
+        sql = f"SELECT {', '.join(columns)} FROM {table.name} WHERE {scope}({' OR '.join(tests)})"
+        if lock and not self.sqlite:
+            sql += " FOR UPDATE"
+        decoders = self._decoders_of(table, tuple(columns))
+        found = []
+        for row in conn.exec_driver_sql(sql, tuple(params)).fetchall():
+            values = list(row)
+            for i, process in decoders:
+                values[i] = process(values[i])
+            found.append(dict(zip(columns, values, strict=True)))
+        return found
+
+    def _decoders_of(self, table: Any, columns: tuple[str, ...]) -> list[tuple[int, _Process]]:
+        key = (table.name, columns)
+        found = self._decoders.get(key)
+        if found is None:
+            found = self._decoders[key] = self.codec.decoders([table.c[c] for c in columns])
+        return found
+
+    def first_receipts(
+        self, conn: Connection, store_id: int, receipts: Sequence[tuple[str, str, datetime]]
+    ) -> set[tuple[str, str]]:
+        """Insert (source, event id, received at) receipts, none clamped; the (source, event
+        id) of those not received before."""
+        if not receipts:
+            return set()
+        if self.sqlite:
+            params: tuple[Any, ...] = tuple(
+                value
+                for source, event_id, at in receipts
+                for value in (store_id, source, event_id, self.time(at))
+            )
+            rows = conn.exec_driver_sql(_receipts_sql(len(receipts)), params)
+        else:
+            # One short text over arrays: psycopg parses a long multi-row text on every call.
+            sources, event_ids, times = zip(*receipts, strict=True)
+            params = (store_id, list(sources), list(event_ids), [self.time(at) for at in times])
+            rows = conn.exec_driver_sql(_PG_RECEIPTS, params)
+        return {(str(source), str(event_id)) for source, event_id in rows}
+
+
+_RECEIPTS = "INSERT INTO event_receipts (store_id, source, event_id, received_at, clamped_seconds) "
+_RECEIPT_KEY = " ON CONFLICT (store_id, source, event_id) DO NOTHING RETURNING source, event_id"
+_PG_RECEIPTS = (
+    _RECEIPTS
+    + "SELECT %s, v.source, v.event_id, v.received_at, NULL "
+    + "FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS v(source, event_id, received_at)"
+    + _RECEIPT_KEY
+)
+
+
+@cache
+def _receipts_sql(rows: int) -> str:
+    return _RECEIPTS + "VALUES " + ", ".join(["(?, ?, ?, ?, NULL)"] * rows) + _RECEIPT_KEY
+
+
+_INGEST_BY_DIALECT: dict[str, IngestSql] = {}
+
+
+def ingest_sql(dialect: Dialect) -> IngestSql:
+    """The batched apply's statements for this dialect, built on first use."""
+    found = _INGEST_BY_DIALECT.get(dialect.name)
+    if found is None:
+        found = _INGEST_BY_DIALECT.setdefault(dialect.name, IngestSql(dialect))
+    return found
