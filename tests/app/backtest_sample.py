@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
 from decimal import Decimal
@@ -81,6 +82,23 @@ def replay(setup: Setup, sample: list[Any], workers: int = 1) -> Tally:
             replayer.shopper(shopper)
         return replayer.tally
     return backtest(sample, setup, workers=workers)
+
+
+class PausingClock:
+    """The render sandbox's clock, as it reads during a pause of 2 s (a long garbage
+    collection, a busy machine) at each of the readings `at` and the one after: whichever of
+    the two starts a render, a render is stopped by its 1 s budget there."""
+
+    def __init__(self, *at: int) -> None:
+        self.at = frozenset(at) | frozenset(reading + 1 for reading in at)
+        self.readings = 0
+        self.paused = 0.0
+
+    def monotonic(self) -> float:
+        self.readings += 1
+        if self.readings in self.at:
+            self.paused += 2.0
+        return time.monotonic() + self.paused
 
 
 def plain(value: Any) -> Any:

@@ -7,7 +7,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
+
 from cartback.backtest.messages import MessageBook
+from cartback.core import sandbox
 from cartback.core.flows import Step, default_flow_path, load_flow, parse_flow
 from cartback.core.model import (
     Cart,
@@ -18,9 +21,11 @@ from cartback.core.model import (
     EnrollmentState,
     Store,
 )
+from cartback.core.storepolicy import parse_store_policy_text
 from cartback.services.compose import ComposeError, compose
 from cartback.services.reports import money_from
 from cartback.simulate import sample_code
+from tests.app.backtest_sample import PausingClock
 
 STORE = Store(
     id=1, name="DemoShop", brand="DemoShop", domains=("shop.example",), postal_address="1 Demo St"
@@ -81,10 +86,12 @@ def _enrollment(flow_name: str) -> Enrollment:
     )
 
 
-def _direct(cart: Cart, contact: Contact, flow_name: str, step: Step) -> tuple[object, ...]:
+def _direct(
+    cart: Cart, contact: Contact, flow_name: str, step: Step, store: Store = STORE
+) -> tuple[object, ...]:
     try:
         row = compose(
-            STORE,
+            store,
             cart,
             contact,
             _enrollment(flow_name),
@@ -135,3 +142,93 @@ def test_a_template_reading_a_name_the_key_does_not_follow_is_rendered_each_time
     again = replace(cases[0][0], id=99)
     book.render("odd", again, cases[0][1], _enrollment("odd"), flow.steps[0], NOW)
     assert book.composed == len(cases) + 1
+
+
+def _as_compared(rendered: object) -> tuple[object, ...]:
+    return (
+        getattr(rendered, "segments", None),
+        getattr(rendered, "encoding", None),
+        getattr(rendered, "error_rule", None),
+    )
+
+
+def test_a_render_the_clock_stopped_is_rendered_again_not_kept_for_later_carts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flow = load_flow(default_flow_path())
+    sms1 = flow.steps[0]
+    cart, contact = _cases()[1]
+    expected = _direct(cart, contact, flow.name, sms1)
+    assert expected[2] is None
+    # A cart with the same key: the same step, language, name and product.
+    twin = replace(cart, id=500, token="c500", restore_url="https://shop.example/cart/c500")
+    book = MessageBook(STORE, "https://cb.example", money_from({}, "NOK"))
+    # The pause falls on the clock's second reading, inside the first render of cart's text.
+    clock = PausingClock(2)
+    monkeypatch.setattr(sandbox, "time", clock)
+    first = book.render(flow.name, cart, contact, _enrollment(flow.name), sms1, NOW)
+    later = book.render(flow.name, twin, contact, _enrollment(flow.name), sms1, NOW)
+    assert _as_compared(first) == expected
+    assert _as_compared(later) == expected
+    assert clock.paused > 0 and clock.readings > 3
+    # Rendered twice for the first cart (the stopped render and the one after), then kept.
+    assert book.composed == 2
+
+
+def test_a_render_stopped_by_the_clock_every_time_is_a_template_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flow = load_flow(default_flow_path())
+    cart, contact = _cases()[1]
+    book = MessageBook(STORE, "https://cb.example", money_from({}, "NOK"))
+    monkeypatch.setattr(sandbox, "time", PausingClock(*range(2, 200, 2)))
+    slow = book.render(flow.name, cart, contact, _enrollment(flow.name), flow.steps[0], NOW)
+    assert slow.error_rule == "template"
+    assert slow.error is not None and "longer than 1 s" in slow.error
+    assert book.composed == 3
+
+
+RATES_FLOW = """\
+name: rates
+abandon_after: 10m
+amounts:
+  large_cart: {EUR: 90}
+discount_exclusions:
+  tags: [no-discount]
+steps:
+  - id: sms1
+    at: 15m
+    channel: sms
+    max_segments: 3
+    body: >-
+      {{ brand }}: {% if discount_code %}{{ discount_text }} your cart with code
+      {{ discount_code }}, valid for the next 48 hours on everything in it, shipping
+      included{% else %}Your cart is saved{% endif %}: {{ link }}
+    discount:
+      code: COMEBACK10
+      percent: 10
+      min_value: large_cart
+"""
+
+
+def test_a_discount_the_store_rates_offer_keeps_its_own_text() -> None:
+    # The threshold is in euros only: a cart in dollars qualifies through the store's rates,
+    # unless it is made only of excluded products. Two such carts differ only there.
+    flow = parse_flow(RATES_FLOW, "rates.yaml")
+    policy = parse_store_policy_text('exchange_rates:\n  base: EUR\n  USD: "0.92"\n', "s.yaml")
+    store = replace(STORE, policy=policy)
+    contact = _cases()[0][1]
+    offered = replace(
+        _cases()[1][0], currency="USD", value=Decimal("200.00"), restore_url=None, tags=()
+    )
+    excluded = replace(offered, id=77, token="c77", tags=("no-discount",))
+    step = flow.steps[0]
+    expected = {
+        cart.id: _direct(cart, contact, "rates", step, store) for cart in (offered, excluded)
+    }
+    assert expected[offered.id] != expected[excluded.id]
+    for order in ((offered, excluded), (excluded, offered)):
+        book = MessageBook(store, "https://cb.example", money_from({}, "EUR"))
+        for cart in order:
+            got = book.render("rates", cart, contact, _enrollment("rates"), step, NOW)
+            assert _as_compared(got) == expected[cart.id]

@@ -5,6 +5,11 @@ Rendering every message of a million carts would cost more than the rest of the 
 together, and most texts repeat: the same step, language, first name and product give the same
 text up to its link, whose length is fixed. So a step's result is kept under a key made of the
 inputs its templates read, and composed again only for a new key.
+
+A kept result stands in for every later cart with its key, so it must be a function of the key
+alone: a render the sandbox's wall clock stopped (a long garbage collection, a busy machine) is
+rendered again rather than kept, or one pause would skip that text for every cart after it and
+the figures would depend on which carts a process replayed first.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from jinja2 import meta
 from cartback.core.flows import Content, ContentOverride, Step
 from cartback.core.links import LinkRejected, checked_destination
 from cartback.core.model import Cart, Channel, Contact, Enrollment, Store
-from cartback.core.sandbox import parse_template
+from cartback.core.sandbox import parse_template, timed_out
+from cartback.core.storepolicy import store_rates
 from cartback.core.timezones import region_for_phone
 from cartback.services.compose import ComposeError, compose
 from cartback.services.reports import Money
@@ -51,6 +57,8 @@ _DISCOUNT = frozenset({"discount_code", "discount_text"})
 
 # Rendered results kept at most; a store with more distinct texts than this renders again.
 MAX_KEPT = 200_000
+# Renders of one message the clock may stop before the book takes it for a slow template.
+RENDER_TRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +78,9 @@ class MessageBook:
         self.store = store
         self.base_url = base_url
         self.money = money
+        # The store's exchange rates, as compose reads them: whether a discount is offered
+        # can depend on them (a threshold in another currency).
+        self.rates = store_rates(store.policy)
         self._rendered: dict[tuple[Any, ...], Rendered] = {}
         self._reads: dict[tuple[str, str], tuple[str, ...] | None] = {}
         self._last_link: tuple[str | None, str | None] | None = None
@@ -85,7 +96,7 @@ class MessageBook:
         now: datetime,
     ) -> Rendered:
         reads = self._reads_of(flow_name, step)
-        offered = step.discount is not None and step.discount.offered_for(cart)
+        offered = step.discount is not None and step.discount.offered_for(cart, self.rates)
         if step.channel is Channel.EMAIL:
             # An email costs the same whatever its text: one render per step, language and
             # currency shows that the templates work and the store can send it.
@@ -128,14 +139,19 @@ class MessageBook:
     def _compose(
         self, cart: Cart, contact: Contact, enrollment: Enrollment, step: Step, now: datetime
     ) -> Rendered:
-        self.composed += 1
-        try:
-            row = compose(
-                self.store, cart, contact, enrollment, step, now, self.base_url, codes=sample_code
-            ).outbox
-        except ComposeError as error:
-            return Rendered(step.channel, error_rule=error.rule, error=str(error))
-        return Rendered(step.channel, segments=row["segments"], encoding=row["encoding"])
+        tries = 1
+        while True:
+            self.composed += 1
+            try:
+                row = compose(
+                    self.store, cart, contact, enrollment, step, now, self.base_url, sample_code
+                ).outbox
+            except ComposeError as error:
+                if timed_out(error) and tries < RENDER_TRIES:
+                    tries += 1  # the machine's pause, not the message's: render it again
+                    continue
+                return Rendered(step.channel, error_rule=error.rule, error=str(error))
+            return Rendered(step.channel, segments=row["segments"], encoding=row["encoding"])
 
     def _reads_of(self, flow_name: str, step: Step) -> tuple[str, ...] | None:
         """The cart and contact inputs the step's templates read, in any language or variant,

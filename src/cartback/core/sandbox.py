@@ -58,6 +58,22 @@ class LimitExceeded(SecurityError):
     """A render went past one of its limits; the message names which."""
 
 
+class TimeLimitExceeded(LimitExceeded):
+    """A render went past its wall-clock time. Unlike the other limits this one depends on the
+    machine as well as on the template and its data: a long garbage collection or a busy CPU
+    can stop a render that otherwise takes a millisecond."""
+
+
+def timed_out(error: BaseException) -> bool:
+    """Whether `error`, or an error it was raised from, is a render stopped by the clock."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, TimeLimitExceeded):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 class RenderInterrupted(BaseException):
     """The process is shutting down: the render stops at once. A BaseException so that no
     `except Exception` on the way out records it as the cart's failure; the transaction
@@ -79,7 +95,7 @@ class Budget:
         if self.stopping is not None and self.stopping.is_set():
             raise RenderInterrupted("rendering stopped: the process is shutting down")
         if time.monotonic() > self.deadline:
-            raise LimitExceeded(f"rendering took longer than {self.seconds:g} s")
+            raise TimeLimitExceeded(f"rendering took longer than {self.seconds:g} s")
 
     def iterate(self) -> None:
         self.iterations += 1
