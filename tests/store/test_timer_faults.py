@@ -13,8 +13,10 @@ import pytest
 from sqlalchemy import event, func, select, update
 
 from cartback.core.model import Cart
+from cartback.core.render import RenderError
+from cartback.core.sandbox import TimeLimitExceeded
 from cartback.services import tick as tick_module
-from cartback.services.compose import Composed
+from cartback.services.compose import Composed, ComposeError
 from cartback.services.ingest import ingest
 from cartback.services.tick import TickStats, resume, tick
 from cartback.store import tables as t
@@ -108,6 +110,47 @@ def test_one_poison_enrollment_never_blocks_the_batch(
 
     monkeypatch.setattr(tick_module, "compose", compose)
     _assert_poison_is_isolated_then_parked(world, caplog, fix=broken.clear)
+
+
+def _stalled_render() -> ComposeError:
+    """The error compose raises when the sandbox's clock stops a render, with its real chain."""
+    try:
+        try:
+            raise TimeLimitExceeded("rendering took longer than 1 s")
+        except TimeLimitExceeded as stopped:
+            raise RenderError(f"template failed to render: {stopped}") from stopped
+    except RenderError as failed:
+        try:
+            raise ComposeError("template", f"template error: {failed}") from failed
+        except ComposeError as error:
+            return error
+
+
+def test_a_render_stopped_by_the_clock_is_tried_again_not_skipped(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy or collecting worker can stop a render that takes a millisecond: the message is
+    tried again at the next retry, not skipped as a broken template."""
+    real = tick_module.compose
+    stalled = {POISON}
+
+    def compose(store: Any, cart: Cart, *args: Any, **kwargs: Any) -> Composed:
+        if cart.token in stalled:
+            raise _stalled_render()
+        return real(store, cart, *args, **kwargs)
+
+    monkeypatch.setattr(tick_module, "compose", compose)
+    _ingest(world, TOKENS)
+    world.clock.advance(timedelta(minutes=25))
+    stats = _tick(world)
+    assert (stats.sent, stats.skipped, stats.failed) == (20, 0, 1)
+    assert not [d for d in _decisions(world, POISON) if d["outcome"] == "skip"]
+    assert _enrollment(world, POISON)["wake_at"] == world.now + timedelta(minutes=1)
+
+    stalled.clear()
+    world.clock.advance(timedelta(minutes=1))
+    assert _tick(world).sent == 1
+    assert (POISON, "sms1") in {(token, step) for token, step, _ in _messages(world)}
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from cartback.core.model import (
     format_duration,
 )
 from cartback.core.policy import SentRecord
+from cartback.core.sandbox import timed_out
 from cartback.core.storepolicy import store_exclusions, store_policy
 from cartback.services import outbound, unique_codes
 from cartback.services.compose import PENDING_RULE, UNIQUE_POOL, ComposeError, compose
@@ -514,6 +515,10 @@ def _collect(
                     codes=partial(_codes, conn, store.id, now=now),
                 )
             except ComposeError as error:
+                if timed_out(error):
+                    # The render ran out of wall-clock time (a long garbage collection, a busy
+                    # CPU), not the template's fault: tried again later, never skipped for good.
+                    raise _StageFailed("compose", error, step.id) from error
                 outcome, rule, reason = Outcome.SKIP, error.rule, str(error)
                 if rule == PENDING_RULE:
                     outcome, rule, reason = _pending(conn, flow, enrollment, step, reason)
