@@ -34,7 +34,7 @@ typecheck: $(STAMP)
 # run at the same time. TEST_WORKERS=3 spreads the rest over more processes on a bigger box.
 TEST_WORKERS ?= 0
 test: lint typecheck
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=30
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
